@@ -1,0 +1,38 @@
+# The two commands the README opens with: `make train` (the main job) and `make test` (the suite).
+# Each builds what it needs first: a virtual environment with miniai installed, and the Fashion-MNIST files.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA_DIR := /usr/share/datasets/fashion-mnist
+ARGS ?=
+
+.PHONY: setup data train test bench clean
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Debian's dataset-fashion-mnist holds the four IDX files; without root or apt, miniai falls back to
+# $$MINIAI_DATA or the Hugging Face hub, and says so if neither is there.
+data:
+	@if [ -z "$$MINIAI_DATA" ] && [ ! -f $(DATA_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	  else echo "note: Fashion-MNIST not found: 'sudo apt-get install dataset-fashion-mnist', or set MINIAI_DATA"; fi; \
+	fi
+
+train: setup
+	$(VENV)/bin/miniai train $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+bench: setup
+	$(PY) benchmarks/bench_optimizers.py
+
+clean:
+	rm -rf $(VENV) runs _docs

@@ -1,0 +1,172 @@
+"""Looking inside a model while it trains: `GeneralRelu`, `Hook`/`Hooks`, `HooksCallback` and `ActivationStats`.
+
+Explained in nbs/03_activations.ipynb.
+"""
+from __future__ import annotations
+
+import warnings
+from functools import partial
+
+import fastcore.all as fc
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .core import Callback
+
+__all__ = ['GeneralRelu', 'Hook', 'Hooks', 'HooksCallback', 'ActivationStats', 'append_stats', 'get_hist', 'get_min']
+
+
+class GeneralRelu(nn.Module):
+    """ReLU (leaky with `leak`), shifted down by `sub` so the mean sits nearer 0, clamped at `maxv`."""
+    def __init__(self, leak: float | None = None, sub: float | None = None, maxv: float | None = None):
+        super().__init__()
+        self.leak, self.sub, self.maxv = leak, sub, maxv
+
+    def forward(self, x):
+        x = F.leaky_relu(x, self.leak) if self.leak else F.relu(x)
+        if self.sub is not None: x = x - self.sub
+        if self.maxv is not None: x = x.clamp_max(self.maxv)
+        return x
+
+
+class Hook:
+    """A forward hook on module `m` calling `f(hook, module, input, output)`; remove it, or use it as a context."""
+    def __init__(self, m: nn.Module, f):
+        self.module, self.handle = m, m.register_forward_hook(partial(f, self))
+
+    def remove(self):
+        if self.handle is not None: self.handle.remove(); self.handle = None
+
+    def __enter__(self): return self
+    def __exit__(self, *args): self.remove()
+    def __del__(self): self.remove()
+
+
+class Hooks(list):
+    """A `Hook` on each of `ms`; a context manager that removes them all on exit, whatever ended the block."""
+    def __init__(self, ms, f): super().__init__(Hook(m, f) for m in ms)
+    def __enter__(self): return self
+    def __exit__(self, *args): self.remove()
+    def __del__(self): self.remove()
+
+    def __delitem__(self, i):
+        self[i].remove()
+        super().__delitem__(i)
+
+    def remove(self):
+        for h in self: h.remove()
+
+
+N_BINS, HIST_MAX = 40, 10.
+
+
+def append_stats(hook, mod, inp, outp):
+    """Keep the mean, std and a 40-bin histogram of |activation| over [0, 10] for this batch, all detached."""
+    acts = outp.detach().float()
+    summary = torch.cat([torch.stack([acts.mean(), acts.std()]), acts.abs().histc(N_BINS, 0, HIST_MAX)])
+    # stay on the device until the epoch ends: copying 42 numbers to the host per layer per batch would sync
+    hook.pending.append(summary)
+
+
+def _flush(hook):
+    if hook.pending:
+        rows = torch.stack(hook.pending).cpu()
+        hook.means += rows[:, 0].tolist()
+        hook.stds += rows[:, 1].tolist()
+        hook.hists += list(rows[:, 2:])
+        hook.pending = []
+
+
+def get_hist(h) -> torch.Tensor:
+    """Bins × batches, log(1 + count): the picture `color_dim` draws."""
+    return torch.stack(h.hists).t().float().log1p()
+
+
+def get_min(h) -> torch.Tensor:
+    """Per batch, the share of activations in the lowest bin (|a| < 0.25): how much of the layer is dead."""
+    hist = torch.stack(h.hists).t().float()
+    return hist[0] / hist.sum(0).clamp_min(1)
+
+
+class HooksCallback(Callback):
+    """Hook `hookfunc` on the modules `mod_filter` picks (or `mods`) for the fit; the hooks go in `cleanup_fit`."""
+    def __init__(self, hookfunc, mod_filter=fc.noop, on_train: bool = True, on_valid: bool = False, mods=None):
+        self.hookfunc, self.mod_filter, self.on_train, self.on_valid, self.mods = \
+            hookfunc, mod_filter, on_train, on_valid, mods
+        self.hooks = Hooks([], None)
+
+    def before_fit(self, learn):
+        mods = self.mods if self.mods is not None else [m for m in learn.model.modules() if self.mod_filter(m)]
+        if not mods: warnings.warn(f"{type(self).__name__}: mod_filter matched no module of the model; "
+                                   "nothing will be recorded", stacklevel=2)
+        self._learn = learn
+        self.hooks = Hooks(mods, self._hookfunc)
+        for h in self.hooks: self.init_hook(h)
+
+    def init_hook(self, h): pass
+
+    def _hookfunc(self, hook, *args):
+        training = self._learn.training
+        if (self.on_train and training) or (self.on_valid and not training): self.hookfunc(hook, *args)
+
+    def cleanup_fit(self, learn):
+        self.hooks.remove()
+        self._learn = None
+
+    def __iter__(self): return iter(self.hooks)
+    def __len__(self): return len(self.hooks)
+
+
+class ActivationStats(HooksCallback):
+    """Per-layer means, stds and histograms of activations on training batches, with plots to read them."""
+    def __init__(self, mod_filter=fc.noop, with_hist: bool = True):
+        super().__init__(append_stats, mod_filter)
+        self.with_hist = with_hist
+
+    def init_hook(self, h): h.means, h.stds, h.hists, h.pending = [], [], [], []
+
+    def after_epoch(self, learn):
+        for h in self.hooks: _flush(h)
+
+    def cleanup_fit(self, learn):
+        for h in self.hooks: _flush(h)
+        super().cleanup_fit(learn)
+
+    def _grid(self, n, figsize):
+        import matplotlib.pyplot as plt
+        ncols = min(n, 4)
+        nrows = -(-n // ncols)
+        fig, axs = plt.subplots(nrows, ncols, figsize=(figsize[0] * ncols, figsize[1] * nrows), squeeze=False)
+        for ax in axs.flat[n:]: ax.set_axis_off()
+        return fig, axs.flat
+
+    def color_dim(self, figsize=(3, 3)):
+        """Each layer's log-histogram of |activations|, batch by batch: a healthy layer spreads out smoothly."""
+        if not self.with_hist: raise ValueError("color_dim needs ActivationStats(with_hist=True)")
+        fig, axs = self._grid(len(self.hooks), figsize)
+        for i, (ax, h) in enumerate(zip(axs, self.hooks)):
+            ax.imshow(get_hist(h), origin='lower', aspect='auto')
+            ax.set(title=f'layer {i}', xlabel='batch')
+            ax.set_yticks([])
+        return fig
+
+    def dead_chart(self, figsize=(3, 2.5)):
+        """Share of near-zero activations per layer over batches: near 1 means a dead layer."""
+        fig, axs = self._grid(len(self.hooks), figsize)
+        for i, (ax, h) in enumerate(zip(axs, self.hooks)):
+            ax.plot(get_min(h))
+            ax.set(ylim=(0, 1), title=f'layer {i}', xlabel='batch')
+        return fig
+
+    def plot_stats(self, figsize=(10, 4)):
+        """Means and standard deviations of each layer's activations over batches."""
+        import matplotlib.pyplot as plt
+        fig, axs = plt.subplots(1, 2, figsize=figsize)
+        for i, h in enumerate(self.hooks):
+            axs[0].plot(h.means, label=f'layer {i}')
+            axs[1].plot(h.stds)
+        axs[0].set_title('means')
+        axs[1].set_title('stds')
+        axs[0].legend(fontsize='small')
+        return fig

@@ -1,0 +1,149 @@
+"""The learning-rate finder: `LRFinderCB`, `lr_find` (also `Learner.lr_find`) and its suggestions.
+
+An exponential lr sweep over training batches with a bias-corrected smoothed loss. `lr_find` puts the model, the
+optimizer, the lr and torch's RNG back exactly as they were, so finding an lr never changes the training that
+follows. Explained in nbs/03_activations.ipynb.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .core import CancelEpochException, CancelFitException, Callback
+
+__all__ = ['LRFinderCB', 'LRFinderResult', 'lr_find', 'valley', 'steep', 'minimum']
+
+
+class LRFinderCB(Callback):
+    """Multiply the lr by `gamma` after each training batch; stop once the smoothed loss passes `max_mult` × its
+    minimum (with `stop_div`), turns non-finite, or after `num_it` batches. Skips validation."""
+    order = 5  # after TrainCB has computed the loss
+
+    def __init__(self, gamma: float = 1.3, max_mult: float = 3, num_it: int | None = None, stop_div: bool = True,
+                 beta: float = 0.98):
+        if gamma <= 1: raise ValueError(f"gamma must be > 1 for a rising sweep, got {gamma}")
+        self.gamma, self.max_mult, self.num_it, self.stop_div, self.beta = gamma, max_mult, num_it, stop_div, beta
+
+    def before_fit(self, learn):
+        self.lrs, self.losses, self.smoothed, self._avg, self.min = [], [], [], 0., math.inf
+
+    def before_epoch(self, learn):
+        if not learn.training: raise CancelEpochException()
+
+    def after_batch(self, learn):
+        loss = float(learn.loss.detach())  # one sync per batch: the sweep has to see every loss to stop in time
+        self.lrs.append(learn.opt.param_groups[0]['lr'])
+        self.losses.append(loss)
+        self._avg = self.beta * self._avg + (1 - self.beta) * loss
+        smooth = self._avg / (1 - self.beta ** len(self.losses))
+        self.smoothed.append(smooth)
+        self.min = min(self.min, smooth)
+        if not math.isfinite(loss): raise CancelFitException()
+        if self.stop_div and smooth > self.max_mult * self.min: raise CancelFitException()
+        if self.num_it is not None and len(self.losses) >= self.num_it: raise CancelFitException()
+        for g in learn.opt.param_groups: g['lr'] *= self.gamma
+
+
+def _finite(lrs, losses):
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    ok = np.isfinite(losses)
+    return lrs[ok], losses[ok]
+
+
+def minimum(lrs, losses) -> float:
+    """A tenth of the lr at the lowest loss: the lowest point is already too far."""
+    lrs, losses = _finite(lrs, losses)
+    return float(lrs[np.argmin(losses)] / 10)
+
+
+def steep(lrs, losses) -> float:
+    """The lr where the loss falls fastest against log(lr)."""
+    lrs, losses = _finite(lrs, losses)
+    if len(lrs) < 2: return float(lrs[0])
+    return float(lrs[np.argmin(np.gradient(losses, np.log(lrs)))])
+
+
+def valley(lrs, losses) -> float:
+    """The lr halfway along the longest descending stretch of the loss curve: a robust, rather safe choice."""
+    lrs, losses = _finite(lrs, losses)
+    n = len(losses)
+    run = np.ones(n, dtype=int)  # run[i]: longest decreasing subsequence ending at i
+    prev = np.full(n, -1)
+    for i in range(1, n):
+        lower = np.nonzero(losses[:i] > losses[i])[0]
+        if len(lower):
+            j = lower[np.argmax(run[lower])]
+            run[i], prev[i] = run[j] + 1, j
+    end = int(np.argmax(run))
+    start = end
+    while prev[start] >= 0: start = prev[start]
+    return float(lrs[start + (end - start) // 2])
+
+
+@dataclass
+class LRFinderResult:
+    """What `lr_find` saw (`lrs`, raw `losses`, `smoothed` losses) and its suggestions; none is applied."""
+    lrs: list
+    losses: list
+    smoothed: list
+    valley: float
+    steep: float
+    minimum: float
+    fig: object = field(default=None, repr=False)
+
+    def plot(self):
+        """Smoothed loss against lr on a log axis, the suggestions marked; returns the figure."""
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(self.lrs, self.smoothed)
+        for name, marker in (('valley', 'o'), ('steep', 's'), ('minimum', '^')):
+            lr = getattr(self, name)
+            ax.plot([lr], [np.interp(np.log(lr), np.log(self.lrs), self.smoothed)], marker, label=f'{name}: {lr:.2e}')
+        ax.set(xscale='log', xlabel='learning rate', ylabel='loss (smoothed)')
+        ax.legend()
+        return fig
+
+
+def _opt_snapshot(opt):
+    if opt is None: return None
+    if hasattr(opt, 'state_dict'): return copy.deepcopy(opt.state_dict())
+    return {'lr': getattr(opt, 'lr', None)}
+
+
+def _opt_restore(opt, snap):
+    if hasattr(opt, 'load_state_dict'): opt.load_state_dict(snap)
+    elif snap.get('lr') is not None: opt.lr = snap['lr']
+
+
+def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True,
+            show_plot: bool = True, max_mult: float = 3) -> LRFinderResult:
+    """Sweep the lr from `start_lr` to `end_lr` over `num_it` training batches; put everything back afterwards."""
+    if not 0 < start_lr < end_lr: raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+    if num_it < 2: raise ValueError(f"num_it must be >= 2, got {num_it}")
+    learn._check_train_loader()
+    model_state = copy.deepcopy(learn.model.state_dict())
+    had_opt, opt_state = learn.opt is not None, _opt_snapshot(learn.opt)
+    rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    all_cbs = list(learn.cbs)
+    cb = LRFinderCB(gamma=(end_lr / start_lr) ** (1 / (num_it - 1)), max_mult=max_mult, num_it=num_it,
+                    stop_div=stop_div)
+    # callbacks that keep records (metrics, checkpoints) sit the sweep out
+    learn.cbs[:] = [c for c in all_cbs if not getattr(c, 'lr_find_excluded', False)]
+    try:
+        learn.fit(math.ceil(num_it / len(learn.dls.train)), valid=False, lr=start_lr, cbs=[cb])
+    finally:
+        learn.cbs[:] = all_cbs
+        learn.model.load_state_dict(model_state)
+        if had_opt: _opt_restore(learn.opt, opt_state)
+        else: learn.opt = None
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None: torch.cuda.set_rng_state_all(rng[1])
+    if not cb.losses: raise RuntimeError("lr_find saw no training batch")
+    res = LRFinderResult(cb.lrs, cb.losses, cb.smoothed, valley(cb.lrs, cb.smoothed), steep(cb.lrs, cb.smoothed),
+                         minimum(cb.lrs, cb.smoothed))
+    if show_plot: res.fig = res.plot()
+    return res

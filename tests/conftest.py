@@ -1,0 +1,57 @@
+"""Seeded factories for fast tests: synthetic data, tiny models, a synthetic learner (as fastai's synth_learner)."""
+import os
+
+import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+matplotlib.use('Agg')
+os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # tests never reach the network
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+
+class DLs:
+    """The smallest thing a Learner accepts as dls."""
+    def __init__(self, train, valid): self.train, self.valid = train, valid
+
+
+def linear_data(n=200, a=2., b=1., bs=32, seed=0):
+    """y = a*x + b + noise, as loaders of (x, y) with x and y shaped (bs, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, generator=g)
+    y = a * x + b + 0.1 * torch.randn(n, 1, generator=g)
+    return DLs(DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True),
+               DataLoader(TensorDataset(x, y), batch_size=bs))
+
+
+def toy_images(n=230, bs=64, seed=0, n_classes=10):
+    """A learnable 10-class set of 1×28×28 images (class k brightens row band k); n not a multiple of bs."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    x = 0.3 * torch.randn(n, 1, 28, 28, generator=g)
+    for k in range(n_classes): x[y == k, :, 2 * k + 4:2 * k + 7, :] += 1.
+    return DLs(DataLoader(TensorDataset(x, y), batch_size=bs, shuffle=True),
+               DataLoader(TensorDataset(x, y), batch_size=bs))
+
+
+def tiny_cnn(n_classes=10):
+    return nn.Sequential(nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(4, 8, 3, stride=2, padding=1),
+                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, n_classes))
+
+
+@pytest.fixture
+def lin_dls(): return linear_data()
+
+
+@pytest.fixture
+def img_dls(): return toy_images()
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+    torch.use_deterministic_algorithms(False)
