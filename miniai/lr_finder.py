@@ -60,28 +60,42 @@ def minimum(lrs, losses) -> float:
     return float(lrs[np.argmin(losses)] / 10)
 
 
+def _falling(losses, min_drop=0.05):
+    """Indices (first, lowest): from where the loss has fallen by `min_drop` of its total fall to its minimum.
+
+    Before `first` a sweep is flat and noisy; suggestions taken there would be orders of magnitude too small.
+    """
+    lowest = int(np.argmin(losses))
+    fall = losses[0] - losses[lowest]
+    begun = np.nonzero(losses[:lowest + 1] <= losses[0] - min_drop * fall)[0]
+    return (int(begun[0]) if fall > 0 and len(begun) else 0), lowest
+
+
 def steep(lrs, losses) -> float:
-    """The lr where the loss falls fastest against log(lr)."""
+    """The lr where the loss falls fastest against log(lr), within the falling part of the curve."""
     lrs, losses = _finite(lrs, losses)
-    if len(lrs) < 2: return float(lrs[0])
-    return float(lrs[np.argmin(np.gradient(losses, np.log(lrs)))])
+    first, lowest = _falling(losses)
+    if lowest - first < 2: return float(lrs[first])
+    seg = slice(first, lowest + 1)
+    return float(lrs[seg][np.argmin(np.gradient(losses[seg], np.log(lrs[seg])))])
 
 
 def valley(lrs, losses) -> float:
-    """The lr halfway along the longest descending stretch of the loss curve: a robust, rather safe choice."""
+    """The lr halfway (in log space) along the longest descending stretch of the falling part of the curve."""
     lrs, losses = _finite(lrs, losses)
-    n = len(losses)
-    run = np.ones(n, dtype=int)  # run[i]: longest decreasing subsequence ending at i
-    prev = np.full(n, -1)
+    first, lowest = _falling(losses)
+    seg = losses[first:lowest + 1]
+    n = len(seg)
+    run, prev = np.ones(n, dtype=int), np.full(n, -1)  # run[i]: longest decreasing subsequence ending at i
     for i in range(1, n):
-        lower = np.nonzero(losses[:i] > losses[i])[0]
-        if len(lower):
-            j = lower[np.argmax(run[lower])]
+        higher = np.nonzero(seg[:i] > seg[i])[0]
+        if len(higher):
+            j = higher[np.argmax(run[higher])]
             run[i], prev[i] = run[j] + 1, j
     end = int(np.argmax(run))
     start = end
     while prev[start] >= 0: start = prev[start]
-    return float(lrs[start + (end - start) // 2])
+    return float(lrs[first + start + (end - start) // 2])
 
 
 @dataclass
