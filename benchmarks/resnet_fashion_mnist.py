@@ -1,0 +1,94 @@
+"""Train the course's ResNet on Fashion-MNIST with per-image batch augmentation and a one-cycle schedule.
+
+`get_resnet(GeneralRelu(0.1, -0.4))` with kaiming init, AdamW (wd 0.01), `learn.fit_one_cycle(epochs, lr)`,
+`default_tfms(padding)` (random 1-pixel crop + flip, `--erase` adds random erasing) applied on the device by
+`BatchTransformCB`; prints a metrics row per epoch and phase, the final test accuracy and, with `--tta`, the
+accuracy of the averaged probabilities on the test images and their mirror images.
+The course (14_augment) reports 0.932 after 5 epochs (no augmentation) and 0.938 / 0.942 with TTA after 20.
+
+Usage: `python benchmarks/resnet_fashion_mnist.py [--epochs 5 --lr 1e-2 --bs 1024 --tta --limit 2000]`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torcheval.metrics import MulticlassAccuracy
+
+from miniai.activations import GeneralRelu
+from miniai.augment import BatchTransformCB, default_tfms, get_preds
+from miniai.datasets import DataLoaders, InMemoryLoader, get_dls
+from miniai.init import init_weights
+from miniai.learner import DeviceCB, MetricsCB, ProgressCB, TrainLearner, def_device, set_seed
+from miniai.resnet import get_resnet
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--epochs', type=int, default=5)
+    p.add_argument('--lr', type=float, default=1e-2, help='peak lr of the one-cycle schedule')
+    p.add_argument('--bs', type=int, default=1024)
+    p.add_argument('--wd', type=float, default=1e-2, help='AdamW weight decay')
+    p.add_argument('--padding', type=int, default=1, help='random-crop padding (0: no crop)')
+    p.add_argument('--no-flip', action='store_true', help='no random horizontal flips')
+    p.add_argument('--erase', action='store_true', help='add random erasing')
+    p.add_argument('--tta', action='store_true', help='also report test-time augmentation (flip) accuracy')
+    p.add_argument('--limit', type=int, default=None, help='use only the first N training and test images')
+    p.add_argument('--seed', type=int, default=42)
+    p.add_argument('--device', default=def_device)
+    return p.parse_args(argv)
+
+
+def _head(dl: InMemoryLoader, n: int | None, shuffle: bool) -> InMemoryLoader:
+    if n is None: return dl
+    return InMemoryLoader(tuple(x[:n] for x in dl.xs), dl.batch_size, shuffle=shuffle, batch_tfm=dl.batch_tfm)
+
+
+def accuracy(preds, targs) -> float: return (preds.argmax(1) == targs).float().mean().item()
+
+
+def sync(device):
+    if torch.device(device).type == 'cuda': torch.cuda.synchronize()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    print(json.dumps(vars(args)))
+    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}", flush=True)
+    set_seed(args.seed)
+    dls = get_dls(args.bs, device=args.device)
+    dls = DataLoaders(_head(dls.train, args.limit, True), _head(dls.valid, args.limit, False))
+    print(f"{len(dls.train.dataset)} training, {len(dls.valid.dataset)} test images", flush=True)
+
+    model = get_resnet(act=partial(GeneralRelu, leak=0.1, sub=0.4)).apply(partial(init_weights, leaky=0.1))
+    tfms = default_tfms(padding=args.padding, flip=not args.no_flip, erase=args.erase)
+    print(f"augmentation: {tfms}")
+    cbs = [DeviceCB(args.device), BatchTransformCB(tfms), MetricsCB(accuracy=MulticlassAccuracy()),
+           ProgressCB(interactive=False)]
+    opt_func = partial(torch.optim.AdamW, weight_decay=args.wd)
+    learn = TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=opt_func)
+
+    sync(args.device)
+    t0 = time.perf_counter()
+    learn.fit_one_cycle(args.epochs, args.lr)
+    sync(args.device)
+    secs = time.perf_counter() - t0
+    print(f"training: {secs:.0f}s ({secs / args.epochs:.0f}s per epoch, validation included)")
+
+    preds, targs = get_preds(learn)
+    acc = accuracy(preds, targs)
+    print(f"test accuracy: {acc:.4f}")
+    if args.tta:
+        probs, _ = get_preds(learn, tta=True)
+        tta = accuracy(probs, targs)
+        print(f"TTA (flip) accuracy: {tta:.4f} (gain {tta - acc:+.4f})")
+
+
+if __name__ == '__main__':
+    main()

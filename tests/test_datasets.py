@@ -1,0 +1,357 @@
+"""miniai.datasets: offline Fashion-MNIST (schema, sources, cache, corrupt files), loaders and show_images.
+
+Synthetic IDX files in tmp_path for everything but one integration test on the real data.
+"""
+import gzip, os, shutil, struct, subprocess, sys
+from pathlib import Path
+
+os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # before `datasets` is imported: tests never reach the hub
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+
+import datasets as hf
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+
+import miniai.datasets as mds
+from miniai.datasets import (FASHION_CLASSES, DataLoaders, InMemoryLoader, collate_dict, fashion_mnist_tensors,
+                             get_dls, inplace, load_fashion_mnist, read_idx, show_images)
+
+REAL = os.environ.get('MINIAI_DATA') or ('/usr/share/datasets/fashion-mnist'
+                                         if Path('/usr/share/datasets/fashion-mnist').is_dir() else None)
+NAMES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
+         'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
+
+
+def write_idx(fn, arr, magic=None, count=None, payload=None, raw=None):
+    """Write `arr` as a gzipped uint8 IDX file; `magic`, `count` (first dim) and `payload` can lie about it."""
+    arr = np.asarray(arr, np.uint8)
+    shape = [count if count is not None else len(arr), *arr.shape[1:]]
+    head = struct.pack(f'>I{arr.ndim}I', magic or 2048 + arr.ndim, *shape)
+    data = head + (arr.tobytes() if payload is None else payload)
+    Path(fn).write_bytes(raw if raw is not None else gzip.compress(data, compresslevel=0, mtime=0))  # size = f(shape)
+
+
+def make_source(folder, n_train=50, n_test=20, seed=0):
+    """Four IDX .gz files of random images and labels in `folder`; returns {split: (x, y)}."""
+    rng, out = np.random.default_rng(seed), {}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for split, n in (('train', n_train), ('test', n_test)):
+        x, y = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+        write_idx(Path(folder) / NAMES[split][0], x)
+        write_idx(Path(folder) / NAMES[split][1], y)
+        out[split] = x, y
+    return out
+
+
+class NoHub:
+    """Stands in for the hub: records calls and fails as an offline `load_dataset` does."""
+    def __init__(self): self.calls = 0
+    def __call__(self):
+        self.calls += 1
+        raise ConnectionError("Couldn't reach 'fashion_mnist' on the Hub (OfflineModeIsEnabled)")
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No real source, hub, or ~/.cache: each test decides which sources exist."""
+    monkeypatch.setenv('MINIAI_CACHE', str(tmp_path / 'cache'))
+    monkeypatch.delenv('MINIAI_DATA', raising=False)
+    monkeypatch.setattr(mds, '_DEBIAN_DIR', tmp_path / 'no-debian')
+    hub = NoHub()
+    monkeypatch.setattr(mds, '_load_hub', hub)
+    return hub
+
+
+@pytest.fixture
+def src(tmp_path): return tmp_path / 'src', make_source(tmp_path / 'src')
+
+
+def pixels(ds): return np.stack([np.asarray(im) for im in ds['image']])
+
+
+def test_schema_rows_names_and_pixels_round_trip(src, tmp_path):
+    folder, arrs = src
+    dd = load_fashion_mnist(folder, cache_dir=tmp_path / 'c')
+    assert list(dd) == ['train', 'test'] and dd.num_rows == {'train': 50, 'test': 20}
+    feats = hf.Features({'image': hf.Image(), 'label': hf.ClassLabel(names=list(FASHION_CLASSES))})
+    assert dd['train'].features == feats and dd['test'].features == feats
+    assert dd['train'].features['label'].names[0] == 'T - shirt / top' and len(FASHION_CLASSES) == 10
+    im = dd['train'][0]['image']
+    assert im.mode == 'L' and im.size == (28, 28)
+    for split, (x, y) in arrs.items():
+        np.testing.assert_array_equal(pixels(dd[split]), x)
+        np.testing.assert_array_equal(dd[split]['label'], y)
+
+
+def test_source_order_path_then_env_then_debian(tmp_path, monkeypatch, isolated):
+    for name, n in (('a', 11), ('b', 12), ('debian', 13)): make_source(tmp_path / name, n_train=n, n_test=3)
+    monkeypatch.setattr(mds, '_DEBIAN_DIR', tmp_path / 'debian')
+    monkeypatch.setenv('MINIAI_DATA', str(tmp_path / 'b'))
+    assert len(load_fashion_mnist(tmp_path / 'a')['train']) == 11
+    assert len(load_fashion_mnist()['train']) == 12
+    monkeypatch.delenv('MINIAI_DATA')
+    assert len(load_fashion_mnist()['train']) == 13
+    assert len(fashion_mnist_tensors()['train'][0]) == 13
+    assert isolated.calls == 0
+
+
+def test_hub_is_the_last_resort(monkeypatch, isolated, src, tmp_path):
+    hub = load_fashion_mnist(src[0], tmp_path / 'c')       # stands in for the hub's DatasetDict
+    monkeypatch.setattr(mds, '_load_hub', lambda: hub)
+    assert load_fashion_mnist() is hub
+    t = fashion_mnist_tensors()                            # decoded from the hub's images
+    assert t['train'][0].dtype == torch.uint8 and torch.equal(t['train'][0], torch.from_numpy(src[1]['train'][0]))
+    assert torch.equal(t['test'][1], torch.from_numpy(src[1]['test'][1]).long())
+
+
+def test_no_source_error_names_every_way(isolated):
+    with pytest.raises(FileNotFoundError) as e: load_fashion_mnist()
+    msg = str(e.value)
+    assert 'path=' in msg and 'MINIAI_DATA' in msg and 'apt-get install dataset-fashion-mnist' in msg
+    assert 'online' in msg and 'hub' in msg and isinstance(e.value.__cause__, ConnectionError)
+    assert isolated.calls == 1
+
+
+@pytest.mark.parametrize('how', ['path', 'env'])
+def test_explicit_source_missing_a_file_is_an_error(src, monkeypatch, how, isolated):
+    folder = src[0]
+    (folder / NAMES['test'][1]).unlink()
+    if how == 'env': monkeypatch.setenv('MINIAI_DATA', str(folder))
+    with pytest.raises(FileNotFoundError, match=NAMES['test'][1]):
+        load_fashion_mnist(folder if how == 'path' else None)
+    assert isolated.calls == 0                             # a wrong explicit source never falls back silently
+
+
+def edit_pixel(folder, x, i, keep_mtime_of=None):
+    """Rewrite `folder`'s train images as `x` with pixel `i` inverted: same size; mtime copied or bumped by 1 s."""
+    x = x.copy()
+    x[i] = 255 - x[i]
+    fn, ref = folder / NAMES['train'][0], (keep_mtime_of or folder) / NAMES['train'][0]
+    st = ref.stat()
+    write_idx(fn, x)
+    os.utime(fn, ns=(st.st_atime_ns, st.st_mtime_ns + (0 if keep_mtime_of else 10**9)))
+    return x
+
+
+def test_cache_is_reused_and_keyed_by_source(src, tmp_path, monkeypatch):
+    a, arrs = src
+    b, cache, i = tmp_path / 'b', tmp_path / 'cache', (3, 5, 7)
+    shutil.copytree(a, b)                                  # same names, sizes and mtimes: only the folder differs
+    xb = edit_pixel(b, arrs['train'][0], i, keep_mtime_of=a)
+    assert (a / NAMES['train'][0]).stat().st_size == (b / NAMES['train'][0]).stat().st_size
+    px = lambda folder: np.asarray(load_fashion_mnist(folder, cache)['train'][i[0]]['image'])[i[1:]]
+    assert px(a) == arrs['train'][0][i] and px(b) == xb[i] != arrs['train'][0][i]
+    assert len([p for p in cache.iterdir() if not p.name.startswith('.')]) == 2
+    build = mds._build
+    monkeypatch.setattr(mds, '_build', lambda folder: pytest.fail('cache not used'))
+    assert px(a) == arrs['train'][0][i] and px(b) == xb[i]
+    monkeypatch.setattr(mds, '_build', build)
+    xb = edit_pixel(b, xb, i)                              # an edited file (new mtime) is rebuilt, not served stale
+    assert px(b) == xb[i] == arrs['train'][0][i]
+
+
+def test_interrupted_build_leaves_no_cache(src, tmp_path, monkeypatch):
+    def killed(self, path, **kw):
+        Path(path, 'partial.arrow').write_bytes(b'half')
+        raise KeyboardInterrupt
+    save = hf.DatasetDict.save_to_disk
+    monkeypatch.setattr(hf.DatasetDict, 'save_to_disk', killed)
+    with pytest.raises(KeyboardInterrupt): load_fashion_mnist(src[0], tmp_path / 'cache')
+    assert list((tmp_path / 'cache').iterdir()) == []
+    monkeypatch.setattr(hf.DatasetDict, 'save_to_disk', save)
+    assert len(load_fashion_mnist(src[0], tmp_path / 'cache')['test']) == 20
+
+
+def corrupt(folder, case):
+    """Damage the IDX files in `folder` as `case` says; return the file that the error must name."""
+    fx, fy = folder / NAMES['train'][0], folder / NAMES['train'][1]
+    x, y = np.zeros((50, 28, 28), np.uint8), np.zeros(50, np.uint8)
+    if case == 'not gzip': write_idx(fx, x, raw=b'certainly not gzip data')
+    elif case == 'truncated gzip': fx.write_bytes(fx.read_bytes()[:200])
+    elif case == 'wrong magic': write_idx(fx, x, magic=2049)
+    elif case == 'extra data': write_idx(fx, x, payload=x.tobytes() + b'\0')
+    elif case == 'count lies': write_idx(fx, x[:49], count=50)
+    elif case == 'label magic': write_idx(fy, y, magic=2051)
+    elif case == 'images vs labels': write_idx(fy, y[:40]); return fx
+    elif case == 'label > 9': y[17] = 10; write_idx(fy, y); return fy
+    return fx if 'label' not in case else fy
+
+
+SHAPE_LIE = r'header says shape \(50, 28, 28\)'
+
+
+@pytest.mark.parametrize('case, why', [('not gzip', 'gzip'), ('truncated gzip', 'gzip'), ('wrong magic', 'magic'),
+                                       ('extra data', SHAPE_LIE), ('count lies', SHAPE_LIE),
+                                       ('label magic', 'magic'), ('images vs labels', '40 labels'),
+                                       ('label > 9', 'label 10 at index 17')])
+def test_corrupt_files_raise_naming_the_file(src, tmp_path, case, why):
+    bad = corrupt(src[0], case)
+    with pytest.raises(ValueError, match=why) as e: load_fashion_mnist(src[0], tmp_path / 'cache')
+    assert str(bad) in str(e.value)
+    with pytest.raises(ValueError): fashion_mnist_tensors(src[0])
+    assert not (tmp_path / 'cache').exists() or list((tmp_path / 'cache').iterdir()) == []
+
+
+def test_read_idx_checks_generic_files(tmp_path):
+    write_idx(tmp_path / 'x.gz', np.arange(6).reshape(2, 3), magic=0x0802)
+    np.testing.assert_array_equal(read_idx(tmp_path / 'x.gz'), np.arange(6).reshape(2, 3))
+    write_idx(tmp_path / 'f.gz', np.arange(6), magic=0x0D01)          # float IDX: not ours to misread
+    with pytest.raises(ValueError, match='not a uint8 IDX'): read_idx(tmp_path / 'f.gz')
+
+
+def test_fashion_mnist_tensors_match_the_files(src):
+    t = fashion_mnist_tensors(src[0])
+    for split, (x, y) in src[1].items():
+        tx, ty = t[split]
+        assert tx.dtype == torch.uint8 and tx.shape == (len(x), 28, 28) and ty.dtype == torch.int64
+        assert torch.equal(tx, torch.from_numpy(x)) and torch.equal(ty, torch.from_numpy(y).long())
+
+
+def test_inplace_returns_the_mutated_batch():
+    @inplace
+    def f(b): b['a'] = b['a'] * 2
+    b = {'a': 3}
+    assert f(b) is b and b['a'] == 6
+
+
+def test_collate_dict_follows_feature_order():
+    rows = [{'y': 1, 'x': torch.tensor([1., 2.])}, {'y': 0, 'x': torch.tensor([3., 4.])}]
+    xy = hf.Dataset.from_dict({'x': [[1., 2.], [3., 4.]], 'y': [1, 0]})
+    x, y = collate_dict(xy)(rows)
+    assert torch.equal(x, torch.tensor([[1., 2.], [3., 4.]])) and torch.equal(y, torch.tensor([1, 0]))
+    yx = hf.Dataset.from_dict({'y': [1, 0], 'x': [[1., 2.], [3., 4.]]})
+    assert torch.equal(collate_dict(yx)(rows)[0], torch.tensor([1, 0]))
+
+
+@inplace
+def transformi(b): b['image'] = [(TF.to_tensor(o) - 0.28) / 0.35 for o in b['image']]   # the seeds' transform
+
+
+def batches(dl): return [tuple(t.clone() for t in b) for b in dl]
+
+
+def test_from_dd_in_memory_matches_plain_loader(src, tmp_path):
+    tds = load_fashion_mnist(src[0], tmp_path / 'cache').with_transform(transformi)
+    plain, mem = DataLoaders.from_dd(tds, 16), DataLoaders.from_dd(tds, 16, in_memory=True)
+    pv, mv = batches(plain.valid), batches(mem.valid)
+    assert [len(b[0]) for b in mv] == [16, 4] and len(mem.valid) == 2 == len(plain.valid)
+    for (px, py), (mx, my) in zip(pv, mv, strict=True):
+        assert mx.dtype == px.dtype == torch.float32 and my.dtype == py.dtype == torch.int64
+        assert torch.equal(px, mx) and torch.equal(py, my)
+    for dls in plain, mem:
+        tb = batches(dls.train)
+        assert [len(b[0]) for b in tb] == [16, 16, 16, 2] and len(dls.train) == 4
+        assert sorted(torch.cat([b[1] for b in tb]).tolist()) == sorted(src[1]['train'][1].tolist())
+        torch.manual_seed(3); one = batches(dls.train)
+        torch.manual_seed(3); two = batches(dls.train)
+        assert all(torch.equal(a, b) for p, q in zip(one, two) for a, b in zip(p, q))
+        assert not torch.equal(one[0][1], torch.from_numpy(src[1]['train'][1][:16]).long())   # shuffled
+    torch.manual_seed(7); pt = batches(plain.train)        # a seeded run visits the same batches either way
+    torch.manual_seed(7); mt = batches(mem.train)
+    assert all(torch.equal(a, b) for p, m in zip(pt, mt, strict=True) for a, b in zip(p, m, strict=True))
+
+
+def test_from_dd_options(src, tmp_path):
+    tds = load_fashion_mnist(src[0], tmp_path / 'cache').with_transform(transformi)
+    for im in False, True:
+        dls = DataLoaders.from_dd(tds, 16, in_memory=im, drop_last=True, num_workers=2)
+        assert [len(b[0]) for b in dls.train] == [16] * 3 and len(dls.train) == 3
+        assert [len(b[0]) for b in dls.valid] == [16, 4]                 # validation never drops data
+        b = next(iter(DataLoaders.from_dd(tds, 4, as_tuple=False, in_memory=im).valid))
+        assert set(b) == {'image', 'label'} and b['image'].shape == (4, 1, 28, 28)
+    plain = DataLoaders.from_dd(tds, 16, num_workers=2)
+    assert plain.train.num_workers == 2 and plain.train.worker_init_fn is mds._seed_worker
+    assert plain.train.pin_memory == torch.cuda.is_available()
+    with pytest.raises(TypeError, match='shufle'): DataLoaders.from_dd(tds, 16, in_memory=True, shufle=False)
+
+
+def test_in_memory_loader_shards_cover_every_index_once():
+    xs = (torch.arange(11), torch.arange(11) * 10)
+    for shuffle in False, True:
+        seen = []
+        for rank in 0, 1:
+            dl = InMemoryLoader(xs, 3, shuffle=shuffle, num_replicas=2, rank=rank, seed=5)
+            dl.set_epoch(1)
+            got = [b for b in dl]
+            assert len(got) == len(dl) == 2 and all(torch.equal(b[1], b[0] * 10) for b in got)
+            seen += torch.cat([b[0] for b in got]).tolist()
+        assert sorted(seen) == list(range(11))
+    dl = InMemoryLoader(xs, 11, shuffle=True, num_replicas=2, rank=0)
+    orders = []
+    for epoch in 0, 0, 1:
+        dl.set_epoch(epoch)
+        orders.append(next(iter(dl))[0].tolist())
+    assert orders[0] == orders[1] != orders[2]
+    with pytest.raises(ValueError, match='rank'): InMemoryLoader(xs, 3, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match='equal-length'): InMemoryLoader((torch.arange(3), torch.arange(4)), 2)
+
+
+def test_in_memory_loader_batches():
+    x = torch.arange(10)
+    dl = InMemoryLoader((x,), 4)
+    assert [b[0].tolist() for b in dl] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and len(dl) == 3
+    assert len(InMemoryLoader((x,), 4, drop_last=True)) == 2 == len(list(InMemoryLoader((x,), 4, drop_last=True)))
+    dl = InMemoryLoader((x,), 4, shuffle=True, batch_tfm=lambda b: (b[0] * 2,))
+    torch.manual_seed(0); a = torch.cat([b[0] for b in dl])
+    torch.manual_seed(0); b = torch.cat([b[0] for b in dl])
+    torch.manual_seed(1); c = torch.cat([b[0] for b in dl])
+    assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x * 2)
+    assert sorted(a.tolist()) == list(range(0, 20, 2))
+    assert len(dl.dataset) == 10 and dl.batch_size == 4
+
+
+def test_get_dls_in_memory_equals_the_seeds_way(src):
+    mem, plain = get_dls(16, path=src[0]), get_dls(16, path=src[0], in_memory=False)
+    assert isinstance(mem.train, InMemoryLoader) and isinstance(plain.train, torch.utils.data.DataLoader)
+    for (mx, my), (px, py) in zip(mem.valid, plain.valid, strict=True):
+        assert mx.shape[1:] == (1, 28, 28) and mx.dtype == torch.float32 and my.dtype == torch.int64
+        assert torch.equal(mx, px) and torch.equal(my, py)
+    x, y = src[1]['test']
+    want = (torch.from_numpy(x[:16]).double() / 255 - 0.28) / 0.35
+    assert torch.allclose(next(iter(mem.valid))[0][:, 0].double(), want, atol=1e-6)
+    seeds = DataLoaders.from_dd(load_fashion_mnist(src[0]).with_transform(transformi), 16)
+    assert torch.equal(next(iter(seeds.valid))[0], next(iter(mem.valid))[0])
+    torch.manual_seed(1); a = next(iter(mem.train))
+    torch.manual_seed(1); b = next(iter(plain.train))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert len(get_dls(16, path=src[0], drop_last=True).train) == 3
+
+
+def test_show_images_headless():
+    import matplotlib.pyplot as plt
+    plt.close('all')
+    ims = [torch.rand(1, 28, 28), torch.rand(3, 8, 8), np.zeros((5, 6), np.uint8), torch.rand(28, 28),
+           torch.rand(2, 2)]
+    fig = show_images(ims, titles=['a', 'b'])
+    axs = [ax for ax in fig.axes if ax.images]
+    assert len(axs) == 5 and len(fig.axes) >= 5 and plt.get_fignums() == [fig.number]  # one figure, no strays
+    assert [ax.images[0].get_array().shape for ax in axs[:3]] == [(28, 28), (8, 8, 3), (5, 6)]
+    assert [ax.get_title() for ax in axs[:3]] == ['a', 'b', '']
+    plt.close('all')
+
+
+def test_import_is_light_and_all_resolves():
+    code = ("import sys, miniai.datasets as m; assert 'matplotlib.pyplot' not in sys.modules; "
+            "assert all(hasattr(m, n) and not n.startswith('_') for n in m.__all__)")
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(sys.path)}
+    subprocess.run([sys.executable, '-c', code], check=True, env=env)
+
+
+@pytest.mark.skipif(REAL is None, reason='MINIAI_DATA unset and no /usr/share/datasets/fashion-mnist '
+                                         '(apt-get install dataset-fashion-mnist)')
+def test_real_fashion_mnist(tmp_path):
+    dd = load_fashion_mnist(REAL, tmp_path / 'cache')
+    assert dd.num_rows == {'train': 60000, 'test': 10000}
+    assert dd['train'].features['label'].names == list(FASHION_CLASSES)
+    dls = get_dls(path=REAL)
+    xb, yb = next(iter(dls.train))
+    assert xb.shape == (1024, 1, 28, 28) and yb.shape == (1024,) and yb.dtype == torch.int64
+    assert abs(xb.mean().item()) < 0.1 and abs(xb.std().item() - 1) < 0.1
+    assert len(dls.train) == 59 and len(dls.valid) == 10
+    seeds = DataLoaders.from_dd(dd.with_transform(transformi), 1024)    # the seeds' way, same batches
+    assert all(torch.equal(a, b) for a, b in zip(next(iter(seeds.valid)), next(iter(dls.valid)), strict=True))
+    torch.manual_seed(42); a = next(iter(seeds.train))
+    torch.manual_seed(42); b = next(iter(dls.train))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
