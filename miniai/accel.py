@@ -1,0 +1,251 @@
+"""Speed callbacks: `MixedPrecisionCB` (autocast, plus a GradScaler for float16), `CompileCB`, `ChannelsLastCB`.
+
+Explained in nbs/12_accel_sgd.ipynb. Each one warns once and steps aside where the platform can't do what it
+asks (no bfloat16 on an old GPU, no C compiler for `torch.compile`, ...): the fit goes on in float32 / eagerly.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+from functools import partial
+
+import torch
+
+from .core import CancelBatchException, Callback
+
+__all__ = ['MixedPrecisionCB', 'CompileCB', 'ChannelsLastCB']
+
+# After DeviceCB (-20) and BatchTransformCB (-10), so the batch is on its device and augmented in float32;
+# before TrainCB (0), schedulers (0) and MetricsCB (10).
+_ORDER = -5
+_DTYPES = {'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16,
+           'half': torch.float16}
+
+
+def _first_tensor(x):
+    if isinstance(x, torch.Tensor): return x
+    for o in (x.values() if isinstance(x, Mapping) else x if isinstance(x, (list, tuple)) else ()):
+        t = _first_tensor(o)
+        if t is not None: return t
+    return None
+
+
+def _device_type(learn) -> str:
+    """The device type of the model's first parameter, else of the batch's first tensor, else 'cpu'."""
+    p = next(iter(learn.model.parameters()), None) if hasattr(learn.model, 'parameters') else None
+    t = p if p is not None else _first_tensor(getattr(learn, 'batch', None))
+    return t.device.type if t is not None else 'cpu'
+
+
+def _amp_problem(device_type: str, dtype: torch.dtype) -> str | None:
+    """Why autocast to `dtype` can't run on `device_type`, or None when it can."""
+    if device_type == 'cuda' and dtype == torch.bfloat16:
+        # pre-Ampere GPUs "support" bfloat16 only by emulating it, which is slower than float32
+        try: ok = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError: ok = torch.cuda.is_bf16_supported()
+        if not ok: return "this GPU has no native bfloat16 (use dtype=torch.float16)"
+    with warnings.catch_warnings(record=True) as caught:  # for unsupported dtypes torch warns and disables itself
+        warnings.simplefilter('always')
+        try: torch.autocast(device_type, dtype=dtype)
+        except (RuntimeError, AssertionError, ValueError) as e: return str(e).splitlines()[0]
+    return str(caught[0].message).splitlines()[0] if caught else None
+
+
+class MixedPrecisionCB(Callback):
+    """Runs predict and the loss under `torch.autocast(device_type, dtype)`; float16 adds a `GradScaler`.
+
+    `device_type=None` follows the model's parameters (else the batch). bfloat16 needs no scaling. With float16:
+    the learner's `backward` backprops `scaler.scale(learn.loss)` while callbacks always see the true loss; the
+    gradients are unscaled before any `after_backward` callback runs (so clipping sees true gradients);
+    `scaler.step(opt)` + `update()` replace the learner's own `step`; a step the scaler skips (inf/nan
+    gradients) zeroes the gradients, counts in `skipped` and cancels the batch, so `after_step`, `zero_grad` and
+    `after_batch` (schedulers, metrics) don't run for it. float16 assumes one backward of `learn.loss` per step on gradients
+    that start from zero (not gradient accumulation, nor `MomentumLearner`, which keeps part of the last ones).
+    Where the device can't autocast to `dtype`, it warns once and does nothing.
+    """
+    order = _ORDER
+
+    def __init__(self, dtype: torch.dtype | str = torch.bfloat16, device_type: str | None = None):
+        dtype = _DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype must be torch.bfloat16 or torch.float16 (or 'bf16'/'fp16'), got {dtype!r}")
+        self.dtype, self.device_type = dtype, device_type
+        self.scaler, self.skipped, self.active = None, 0, False
+        self._ac, self._in_ac, self._unscaled, self._warned = None, False, False, False
+        self._saved, self._hook, self._scaler_sd, self._scaler_device = {}, None, None, None
+
+    # --- setup, at the first batch of each fit (the model is on its device by then) --------------------------
+    def before_fit(self, learn): self._ac = None
+
+    def _setup(self, learn):
+        device_type = self.device_type or _device_type(learn)
+        problem = _amp_problem(device_type, self.dtype)
+        if problem is None and self.dtype == torch.float16: problem = self._make_scaler(device_type)
+        self.active, self._ac = problem is None, False
+        if problem is not None:
+            if not self._warned:
+                warnings.warn(f"MixedPrecisionCB: no {self.dtype} autocast on {device_type} ({problem}); "
+                              "training in full precision", stacklevel=2)
+                self._warned = True
+            return
+        self._ac = torch.autocast(device_type, dtype=self.dtype)
+        if self.scaler is not None: self._wrap(learn)
+
+    def _make_scaler(self, device_type) -> str | None:
+        if self.scaler is None or self._scaler_device != device_type:
+            try: self.scaler = torch.amp.GradScaler(device_type)
+            except (RuntimeError, AssertionError, ValueError) as e: return f"no GradScaler: {e}"
+            self._scaler_device = device_type
+            if self._scaler_sd is not None: self.scaler.load_state_dict(self._scaler_sd); self._scaler_sd = None
+        return None if self.scaler.is_enabled() else "GradScaler disabled itself"
+
+    def _wrap(self, learn):
+        # Instance attributes shadow the learner's own backward/step (method or TrainCB) for this fit only.
+        self._saved = {n: learn.__dict__.get(n) for n in ('backward', 'step')}
+        learn.backward = partial(self._backward, learn, learn.backward)
+        learn.step = partial(self._step, learn)
+        if hasattr(learn.opt, 'register_step_post_hook'):
+            self._hook = learn.opt.register_step_post_hook(self._on_step)
+
+    # --- the batch --------------------------------------------------------------------------------------------
+    def before_batch(self, learn):
+        if self._ac is None: self._setup(learn)
+        if self._ac: self._ac.__enter__(); self._in_ac = True
+
+    def _exit_autocast(self):
+        if self._in_ac: self._in_ac = False; self._ac.__exit__(None, None, None)
+
+    def after_loss(self, learn): self._exit_autocast()   # backward runs outside autocast, as torch recommends
+
+    def _backward(self, learn, backward):
+        loss = learn.loss
+        learn.loss = self.scaler.scale(loss)    # what the learner's own backward backprops
+        try: backward()
+        finally: learn.loss = loss              # every callback sees the true loss
+        self.scaler.unscale_(learn.opt)         # before any after_backward: clipping etc. see true gradients
+        self._unscaled = True
+
+    def _on_step(self, opt, args, kwargs): self._stepped = True
+
+    def _step(self, learn):
+        self._stepped, scale = False, None
+        if self._hook is None: scale = self.scaler.get_scale()   # an optimizer without step hooks: compare scales
+        self.scaler.step(learn.opt)             # skips opt.step() when the unscaled gradients hold inf or nan
+        self.scaler.update()
+        self._unscaled = False
+        if self._hook is None: self._stepped = self.scaler.get_scale() >= scale
+        if self._stepped: return
+        self.skipped += 1
+        learn.opt.zero_grad()                   # zero_grad is cancelled with the batch: don't carry inf grads over
+        raise CancelBatchException()            # so schedulers (after_batch) don't advance for a step not taken
+
+    def cleanup_batch(self, learn):
+        self._exit_autocast()
+        # unscaled but never stepped (a callback cancelled the batch in after_backward): close the scaler's step
+        if self._unscaled: self._unscaled = False; self.scaler.update()
+
+    def cleanup_fit(self, learn):
+        self._exit_autocast()
+        if self._hook is not None: self._hook.remove(); self._hook = None
+        for name, prev in self._saved.items():
+            if prev is None: learn.__dict__.pop(name, None)
+            else: setattr(learn, name, prev)
+        self._saved, self._ac = {}, None
+
+    def state_dict(self) -> dict:
+        """The GradScaler's state (float16 only) and `skipped`."""
+        sd = self.scaler.state_dict() if self.scaler is not None else self._scaler_sd
+        return {'scaler': sd or {}, 'skipped': self.skipped}
+
+    def load_state_dict(self, state_dict: dict):
+        """Restore `skipped` and the GradScaler's state (now, or when the next fit makes the scaler)."""
+        self.skipped = state_dict.get('skipped', 0)
+        sd = state_dict.get('scaler') or None
+        if sd and self.scaler is not None: self.scaler.load_state_dict(sd)
+        else: self._scaler_sd = sd
+
+
+_MODES = (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
+
+
+class CompileCB(Callback):
+    """`torch.compile(model.forward, mode=mode, **kwargs)` for the fit; the module itself (and its state_dict
+    keys) stays as it is, and its eager `forward` comes back in `cleanup_fit`.
+
+    Compiling happens at the first call of each new input shape or mode; if torch can't compile here (no C
+    compiler, unsupported platform) it warns once and the fit goes on eagerly. The compiled forward is kept for
+    the next fit of the same model, so that one doesn't trace again.
+    """
+    order = _ORDER
+
+    def __init__(self, mode: str | None = None, **kwargs):
+        if mode not in _MODES: raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+        self.mode, self.kwargs, self.failed, self._warned = mode, kwargs, False, False
+        self._saved, self._cache = None, None
+
+    def _warn(self, e: Exception):
+        why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
+        if not self._warned:
+            warnings.warn(f"CompileCB: torch.compile failed ({why}); running eagerly", stacklevel=3)
+        self._warned = self.failed = True
+
+    def before_fit(self, learn):
+        model = learn.model
+        if self.failed or not hasattr(model, 'forward'): return
+        eager = model.forward
+        # equal bound methods (same model and function): reuse the compiled wrapper, so a later fit doesn't retrace
+        if self._cache is not None and self._cache[0] == eager: compiled = self._cache[1]
+        else:
+            try: compiled = torch.compile(eager, mode=self.mode, **self.kwargs)
+            except Exception as e: return self._warn(e)
+            self._cache = (eager, compiled)
+        self._saved = (model, model.__dict__.get('forward'))
+        model.forward = partial(self._forward, compiled, eager)
+
+    def _forward(self, compiled, eager, *args, **kwargs):
+        if self.failed: return eager(*args, **kwargs)
+        try: return compiled(*args, **kwargs)
+        except Exception as e:
+            out = eager(*args, **kwargs)        # a bug in the model itself raises here, with its own message
+            self._warn(e)
+            return out
+
+    def cleanup_fit(self, learn):
+        if self._saved is None: return
+        model, prev = self._saved
+        if prev is None: model.__dict__.pop('forward', None)
+        else: model.forward = prev
+        self._saved = None
+
+
+def _channels_last(x):
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_floating_point():
+        return x.contiguous(memory_format=torch.channels_last)
+    if isinstance(x, (list, tuple)): return type(x)(_channels_last(o) for o in x)
+    if isinstance(x, Mapping): return {k: _channels_last(v) for k, v in x.items()}
+    return x
+
+
+class ChannelsLastCB(Callback):
+    """Model weights and 4-D float inputs in `torch.channels_last` (NHWC) memory format: faster convolutions on
+    tensor cores, above all with `MixedPrecisionCB`. Values are unchanged; the model stays NHWC after the fit.
+
+    Warns once and does nothing for a model without 4-D (conv) weights or on devices other than cuda and cpu.
+    """
+    order = _ORDER
+
+    def __init__(self): self.active, self._warned = False, False
+
+    def before_fit(self, learn):
+        ps = list(learn.model.parameters()) if hasattr(learn.model, 'parameters') else []
+        device_type = ps[0].device.type if ps else 'cpu'
+        problem = ("the model has no 4-D (conv) weights" if not any(p.dim() == 4 for p in ps) else
+                   None if device_type in ('cuda', 'cpu') else f"not supported on {device_type}")
+        self.active = problem is None
+        if self.active: learn.model.to(memory_format=torch.channels_last)
+        elif not self._warned:
+            warnings.warn(f"ChannelsLastCB: {problem}; keeping the default memory format", stacklevel=2)
+            self._warned = True
+
+    def before_batch(self, learn):
+        if self.active: learn.batch = _channels_last(learn.batch)
