@@ -1,7 +1,8 @@
 """`miniai train` (also `python -m miniai train`): the seeds' Fashion-MNIST recipe from the command line.
 
 The conv model with GeneralRelu and BatchNorm, AdamW, a one-cycle lr, batch size 1024, 5 epochs. Writes
-`metrics.csv`, `loss.png` and `config.json` to `--out`.
+`metrics.csv`, `loss.png`, `config.json` and the checkpoints `last.pt` and `best.pt` to `--out`; `--resume DIR`
+continues a run from its last complete epoch.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -41,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--out', type=Path, default=None, help="folder for the results (default: a new one under ./runs)")
     t.add_argument('--limit', type=_positive(int), default=None,
                    help="use only the first N training and N/6 test images (a quick check)")
+    t.add_argument('--resume', type=Path, default=None, metavar='DIR',
+                   help="continue the run in DIR from its last complete epoch (its saved flags are used)")
     return p
 
 
@@ -70,37 +74,66 @@ def _loss_png(progress, metrics, path: Path, n_batches: int):
     plt.close(fig)
 
 
-def train(args) -> Path:
-    """Run the recipe with parsed `args`; returns the output folder."""
-    import torch
+def _resume_args(args):
+    """The saved run's config, so a resumed run is the same run; the folder must hold last.pt."""
+    run = args.resume
+    if not (run / 'config.json').is_file() or not (run / 'last.pt').is_file():
+        raise FileNotFoundError(f"--resume {run}: expected a run folder of `miniai train` holding config.json and "
+                                "last.pt (written after each epoch)")
+    saved = json.loads((run / 'config.json').read_text())
+    for k in ('data', 'out'): saved[k] = Path(saved[k]) if saved.get(k) else None
+    return argparse.Namespace(**{**saved, 'resume': run, 'out': run, 'device': args.device or saved['device']})
+
+
+def build_learner(args, dls, out: Path, device):
+    """The seed recipe: conv model with GeneralRelu and BatchNorm, AdamW, cross entropy, and the run's callbacks."""
     import torch.nn.functional as F
     from torch import nn, optim
-    from torch.optim import lr_scheduler
     from torcheval.metrics import MulticlassAccuracy
 
     from .activations import GeneralRelu
-    from .callbacks import CSVLoggerCB, DeviceCB, MetricsCB, ProgressCB, def_device, set_seed
+    from .callbacks import CSVLoggerCB, DeviceCB, MetricsCB, ProgressCB
+    from .checkpoint import SaveModelCB, TerminateOnNaNCB
     from .conv import get_model
-    from .datasets import get_dls
     from .init import init_weights
     from .learner import TrainLearner
-    from .sgd import BatchSchedCB
-
-    out = _new_out_dir(args.out)
-    device = torch.device(args.device or def_device)
-    set_seed(args.seed, deterministic=args.deterministic)
-    dls = get_dls(args.bs, path=args.data, device=device, limit=args.limit)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    (out / 'config.json').write_text(json.dumps({**config, 'device': str(device)}, indent=2))
 
     model = get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d).apply(
         partial(init_weights, leaky=0.1))
     metrics = MetricsCB(accuracy=MulticlassAccuracy())
-    progress = ProgressCB()
-    sched = partial(lr_scheduler.OneCycleLR, max_lr=args.lr, total_steps=args.epochs * len(dls.train))
-    cbs = [DeviceCB(device), metrics, progress, CSVLoggerCB(out / 'metrics.csv', metrics), BatchSchedCB(sched)]
-    learn = TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=optim.AdamW)
-    learn.fit(args.epochs)
+    cbs = [DeviceCB(device), metrics, ProgressCB(), CSVLoggerCB(out / 'metrics.csv', metrics),
+           SaveModelCB(out, monitor='accuracy'), TerminateOnNaNCB()]
+    return TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=optim.AdamW)
+
+
+def train(args) -> Path:
+    """Run the recipe with parsed `args` (or resume the run in `args.resume`); returns the output folder."""
+    warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by torcheval's import
+    import torch
+
+    from .callbacks import MetricsCB, ProgressCB, def_device, set_seed
+    from .datasets import get_dls
+
+    if args.resume: args = _resume_args(args)
+    out = args.out if args.resume else _new_out_dir(args.out)
+    device = torch.device(args.device or def_device)
+    set_seed(args.seed, deterministic=args.deterministic)
+    dls = get_dls(args.bs, path=args.data, device=device, limit=args.limit)
+    if not args.resume:
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'resume'}
+        (out / 'config.json').write_text(json.dumps({**config, 'device': str(device)}, indent=2))
+    learn = build_learner(args, dls, out, device)
+    if args.resume:
+        learn.load(out / 'last.pt')
+        print(f"resuming {out} at epoch {learn.resume_epoch} of {args.epochs}")
+    try: learn.fit_one_cycle(args.epochs, args.lr)
+    except KeyboardInterrupt:
+        learn.save(out / 'interrupted.pt')
+        print(f"interrupted: state saved to {out / 'interrupted.pt'}; `miniai train --resume {out}` continues "
+              "from the last complete epoch", file=sys.stderr)
+        raise
+    metrics = next(cb for cb in learn.cbs if isinstance(cb, MetricsCB))
+    progress = next(cb for cb in learn.cbs if isinstance(cb, ProgressCB))
     _loss_png(progress, metrics, out / 'loss.png', len(dls.train))
     final = [r for r in metrics.history if r['phase'] == 'eval'][-1]
     print(f"test accuracy {final['accuracy']:.4f}; results in {out}")
@@ -109,8 +142,10 @@ def train(args) -> Path:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .checkpoint import CheckpointError, NonFiniteLossError
     try: train(args)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except KeyboardInterrupt: return 130
+    except (FileExistsError, FileNotFoundError, ValueError, NonFiniteLossError, CheckpointError) as e:
         print(f"miniai: error: {e}", file=sys.stderr)
         return 1
     return 0

@@ -41,6 +41,7 @@ class Learner:
                             f"partial(torch.optim.AdamW, wd=0.01); got {opt_func!r}")
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, _check_dls(dls), loss_func, lr, opt_func
         self.cbs, self.opt, self.training, self.epoch, self.iter_count = [], None, False, 0, 0
+        self.pending_cb_states, self.resume_epoch = {}, None  # set by `load`, used by the next fit
         self.add_cbs(cbs or [])
 
     # --- callbacks -----------------------------------------------------------------------------------------
@@ -121,21 +122,49 @@ class Learner:
         return self.opt
 
     def fit(self, n_epochs: int = 1, train: bool = True, valid: bool = True, cbs=None, lr: float | None = None,
-            start_epoch: int = 0):
-        """Train for `n_epochs` (validating after each unless `valid=False`); `cbs` are only added for this fit."""
+            start_epoch: int | None = None):
+        """Train for `n_epochs` (validating after each unless `valid=False`); `cbs` are only added for this fit.
+
+        After `load` of a checkpoint, the fit starts at the epoch after the saved one (or at `start_epoch`).
+        """
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
         if train: self._check_train_loader()
+        if start_epoch is None: start_epoch, self.resume_epoch = self.resume_epoch or 0, None
+        if start_epoch >= n_epochs:
+            raise ValueError(f"nothing to train: starting at epoch {start_epoch} of a {n_epochs}-epoch fit (a loaded "
+                             "checkpoint continues after its epoch; pass start_epoch=0 to train from the start)")
         cbs = list(cbs or [])
         self.add_cbs(cbs)
+        self.apply_pending_cb_states()
         try:
             self.n_epochs, self.epochs = n_epochs, range(start_epoch, n_epochs)
+            self.do_train, self.do_valid = train, valid
             if train and self.opt_func is not None: self.make_opt(lr)
             self._with_events(lambda: self._fit(train, valid), 'fit', CancelFitException)
         finally:
             self.remove_cbs(cbs)
             self.training = False
             self.model.eval()
+
+    def apply_pending_cb_states(self):
+        """Give callbacks the states a loaded checkpoint holds for them (matched by class name and position)."""
+        if not self.pending_cb_states: return
+        from .checkpoint import _cb_keys
+        for key, cb in zip(_cb_keys(self.cbs), self.cbs):
+            if key in self.pending_cb_states and hasattr(cb, 'load_state_dict'):
+                cb.load_state_dict(self.pending_cb_states.pop(key))
+
+    def save(self, path):
+        """Save a checkpoint of everything needed to resume exactly (see `miniai.checkpoint`)."""
+        from .checkpoint import save_checkpoint
+        return save_checkpoint(self, path)
+
+    def load(self, path, weights_only: bool = False):
+        """Load a checkpoint; unless `weights_only`, the next fit continues the saved run."""
+        from .checkpoint import load_checkpoint
+        load_checkpoint(self, path, weights_only=weights_only)
+        return self
 
     def _check_train_loader(self):
         dl = getattr(self.dls, 'train', None)

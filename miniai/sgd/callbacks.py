@@ -1,0 +1,177 @@
+"""Scheduling callbacks: `BaseSchedCB`, `BatchSchedCB`, `EpochSchedCB`, `RecorderCB`, `ParamSchedCB`,
+`OneCycleSchedCB` and `fit_one_cycle`. Explained in nbs/12_accel_sgd.ipynb.
+
+A scheduler steps only after a real training step: in `after_batch` (skipped when a batch is cancelled) or
+`after_epoch`, and only while `learn.training`.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Sequence
+
+from ..core import Callback
+from .schedules import combine_scheds, sched_cos, set_mom
+
+__all__ = ['BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'RecorderCB', 'ParamSchedCB', 'OneCycleSchedCB',
+           'fit_one_cycle']
+
+_HYPER_KEYS = ('lr', 'momentum', 'betas', 'mom', 'weight_decay', 'wd')
+
+
+class BaseSchedCB(Callback):
+    """Makes `sched(learn.opt)` at each `before_fit` (torch's or ours); subclasses call `_step` at their event.
+
+    `state_dict()` holds the scheduler's state and the groups' scheduled hypers; after `load_state_dict(sd)` the
+    next fit's scheduler continues from there (a checkpoint resuming mid-run).
+    """
+    def __init__(self, sched: Callable): self.sched, self.schedo, self._pending = sched, None, None
+
+    def before_fit(self, learn):
+        self.schedo = self.sched(learn.opt)
+        if self._pending is not None: self._restore(self._pending); self._pending = None
+
+    def _step(self, learn):
+        if learn.training: self.schedo.step()
+
+    def state_dict(self) -> dict:
+        """The scheduler's `state_dict()` and the lr/momentum/wd of each param group."""
+        if self.schedo is None: return {} if self._pending is None else self._pending
+        groups = self.schedo.optimizer.param_groups
+        return {'sched': self.schedo.state_dict(),
+                'hypers': [{k: g[k] for k in _HYPER_KEYS if k in g} for g in groups]}
+
+    def load_state_dict(self, state_dict: dict):
+        """Restore `state_dict` now if a scheduler exists, and in the next `before_fit` either way."""
+        if not state_dict: return
+        if self.schedo is not None: self._restore(state_dict)
+        self._pending = state_dict
+
+    def _restore(self, sd):
+        self.schedo.load_state_dict(sd['sched'])
+        for g, h in zip(self.schedo.optimizer.param_groups, sd['hypers']): g.update(h)
+
+
+class BatchSchedCB(BaseSchedCB):
+    """Steps the scheduler after each training batch."""
+    def after_batch(self, learn): self._step(learn)
+
+
+class EpochSchedCB(BaseSchedCB):
+    """Steps the scheduler after each training epoch."""
+    def after_epoch(self, learn): self._step(learn)
+
+
+class RecorderCB(Callback):
+    """Records `getter(self)` for each of `getters` after every training batch; `self.pg` is the first param group.
+
+    `RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: cb.pg['betas'][0])`; `plot()` draws one subplot each.
+    """
+    def __init__(self, **getters: Callable):
+        self.getters, self.recs, self.pg = getters, {k: [] for k in getters}, None
+
+    def before_fit(self, learn):
+        self.recs = {k: [] for k in self.getters}
+        self.pg = learn.opt.param_groups[0]
+
+    def after_batch(self, learn):
+        if not learn.training: return
+        for k, get in self.getters.items(): self.recs[k].append(get(self))
+
+    def cleanup_fit(self, learn):                   # keep the hypers, drop the live params
+        if self.pg is not None: self.pg = {k: v for k, v in self.pg.items() if k != 'params'}
+
+    def plot(self, figsize=None):
+        """One subplot per getter; returns the matplotlib figure."""
+        import matplotlib.pyplot as plt
+        n = max(len(self.recs), 1)
+        fig, axs = plt.subplots(1, n, figsize=figsize or (4 * n, 3), squeeze=False)
+        for ax, (k, v) in zip(axs[0], self.recs.items()):
+            ax.plot(v); ax.set_title(k); ax.set_xlabel('batch')
+        return fig
+
+
+def _set_hyper(g: dict, name: str, v: float):
+    if name == 'mom': set_mom(g, v)
+    elif name == 'wd': g['weight_decay' if 'weight_decay' in g else 'wd'] = v
+    else: g[name] = v
+
+
+class ParamSchedCB(Callback):
+    """Sets hypers from schedules `f(pos)`, pos = training steps done / `n_epochs*len(dls.train)`, before each
+    training batch; `scheds` maps a hyper (`lr`, `mom`: the momentum-like one, `wd`, or any group key) to one
+    schedule or a list of one per param group. Groups without a momentum-like hyper are left alone for `mom`.
+    """
+    def __init__(self, **scheds):
+        self.scheds, self.i, self.total, self._pending = scheds, 0, None, None
+
+    def before_fit(self, learn):
+        self.total = learn.n_epochs * len(learn.dls.train)
+        if self.total == 0: raise ValueError("ParamSchedCB: the train loader is empty (0 batches)")
+        self.opt, self.i = learn.opt, 0
+        if self._pending is not None: self.i, self._pending = self._pending['i'], None
+        self._set()
+
+    def _set(self):
+        pos = min(self.i / self.total, 1.)
+        for name, fs in self.scheds.items():
+            if not isinstance(fs, (list, tuple)): fs = [fs] * len(self.opt.param_groups)
+            for g, f in zip(self.opt.param_groups, fs, strict=True): _set_hyper(g, name, f(pos))
+
+    def before_batch(self, learn):
+        if learn.training: self._set()
+
+    def after_batch(self, learn):
+        if learn.training: self.i += 1
+
+    def cleanup_fit(self, learn): self.opt = None
+
+    def state_dict(self) -> dict:
+        """Training steps done and the total, enough to resume the schedule mid-run."""
+        return {'i': self.i, 'total': self.total}
+
+    def load_state_dict(self, state_dict: dict):
+        """Resume at `state_dict['i']` in the next fit."""
+        self.i, self._pending = state_dict['i'], dict(state_dict)
+
+
+class OneCycleSchedCB(ParamSchedCB):
+    """fastai's 1cycle: lr cosine from `lr_max/div` up to `lr_max` over `pct_start`, then down to `lr_max/div_final`;
+    the momentum-like hyper `moms[0] -> moms[1] -> moms[2]` (None: untouched); `wd` (if given) set at `before_fit`.
+    `lr_max` may be a list, one per param group.
+    """
+    def __init__(self, lr_max, pct_start: float = 0.25, moms: Sequence[float] | None = (0.95, 0.85, 0.95),
+                 wd: float | None = None, div: float = 25., div_final: float = 1e5):
+        if not 0 <= pct_start <= 1: raise ValueError(f"pct_start must be in [0, 1], got {pct_start}")
+        if moms is not None and len(moms) != 3: raise ValueError(f"moms must be 3 values, got {moms!r}")
+        if div <= 0 or div_final <= 0: raise ValueError(f"div and div_final must be > 0, got {div}, {div_final}")
+        def cyc(a, b, c):                             # a -> b over pct_start, then b -> c, both half cosines
+            return combine_scheds((pct_start, 1 - pct_start), [partial(sched_cos, a, b), partial(sched_cos, b, c)])
+        per_group = isinstance(lr_max, (list, tuple))
+        lr_scheds = [cyc(lr / div, lr, lr / div_final) for lr in (lr_max if per_group else [lr_max])]
+        scheds = {'lr': lr_scheds if per_group else lr_scheds[0]}
+        if moms is not None: scheds['mom'] = cyc(*moms)
+        super().__init__(**scheds)
+        self.lr_max, self.wd = lr_max, wd
+
+    def before_fit(self, learn):
+        if self.wd is not None:
+            for g in learn.opt.param_groups:
+                if 'weight_decay' not in g and 'wd' not in g:
+                    raise ValueError(f"wd={self.wd}: the optimizer's param groups have no 'weight_decay' or 'wd'")
+                _set_hyper(g, 'wd', self.wd)
+        super().before_fit(learn)
+
+
+def fit_one_cycle(learn, n_epochs: int, lr_max: float | None = None, pct_start: float = 0.25,
+                  moms: Sequence[float] | None = (0.95, 0.85, 0.95), wd: float | None = None, cbs=None,
+                  div: float = 25., div_final: float = 1e5):
+    """`learn.fit(n_epochs)` under a `OneCycleSchedCB` (fastai's `fit_one_cycle`); `lr_max=None` uses `learn.lr`.
+
+    Raises:
+        ValueError: the train loader is empty, or `lr_max` is None and so is `learn.lr`.
+    """
+    if len(learn.dls.train) == 0: raise ValueError("fit_one_cycle: the train loader is empty (0 batches)")
+    lr_max = learn.lr if lr_max is None else lr_max
+    if lr_max is None: raise ValueError("fit_one_cycle needs lr_max (or a Learner made with lr)")
+    cb = OneCycleSchedCB(lr_max, pct_start=pct_start, moms=moms, wd=wd, div=div, div_final=div_final)
+    return learn.fit(n_epochs, cbs=[cb] + list(cbs or []))
