@@ -27,6 +27,7 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
+from common import PhaseTimerCB, sync
 from miniai.activations import GeneralRelu
 from miniai.callbacks import def_device, set_seed
 from miniai.conv import get_model
@@ -44,9 +45,6 @@ def make_model():
     act = partial(GeneralRelu, leak=0.1, sub=0.4)
     return get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
 
-
-def sync(device):
-    if device.type == 'cuda': torch.cuda.synchronize(device)
 
 
 def summarise(train_s, eval_s, total, acc):
@@ -100,21 +98,6 @@ def run_plain(data, epochs, bs, lr, device, seed, quiet=False):
 
 
 # ---------------------------------------------------------------- (b), (c) miniai
-class PhaseTimerCB(Callback):
-    """Seconds of each train and eval phase, synchronised; last, so it includes the metrics' once-an-epoch sync."""
-    order = 100
-
-    def __init__(self, device): self.device, self.times = device, {True: [], False: []}
-
-    def before_epoch(self, learn):
-        sync(self.device)
-        self.t0 = time.perf_counter()
-
-    def after_epoch(self, learn):
-        sync(self.device)
-        self.times[learn.training].append(time.perf_counter() - self.t0)
-
-
 def run_miniai(dls, epochs, lr, device, seed, quiet=False):
     set_seed(seed)
     model = make_model()

@@ -14,6 +14,8 @@ from functools import partial
 
 import torch
 
+from common import sync
+
 from miniai.sgd import SGD, Adagrad, Adam, Lamb, Momentum, Nesterov, RMSProp
 
 # (name, ours, torch's closest algorithm, how they relate)
@@ -36,10 +38,6 @@ def make_params(width: int, layers: int, device):
     model = torch.nn.Sequential(*[torch.nn.Linear(width, width) for _ in range(layers)]).to(device)
     for p in model.parameters(): p.grad = torch.randn_like(p) * 1e-2
     return list(model.parameters())
-
-
-def sync(device):
-    if device.type == 'cuda': torch.cuda.synchronize()
 
 
 def time_steps(opt, steps: int, device) -> float:

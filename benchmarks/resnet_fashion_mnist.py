@@ -17,6 +17,8 @@ import time
 from functools import partial
 
 import torch
+
+from common import sync
 import torch.nn.functional as F
 from torcheval.metrics import MulticlassAccuracy
 
@@ -50,10 +52,6 @@ def _head(dl: InMemoryLoader, n: int | None, shuffle: bool) -> InMemoryLoader:
 
 
 def accuracy(preds, targs) -> float: return (preds.argmax(1) == targs).float().mean().item()
-
-
-def sync(device):
-    if torch.device(device).type == 'cuda': torch.cuda.synchronize()
 
 
 def main(argv=None):

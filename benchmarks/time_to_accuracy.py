@@ -27,6 +27,7 @@ from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
 from miniai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB
+from common import PhaseTimerCB, sync
 from miniai.activations import GeneralRelu
 from miniai.augment import BatchTransformCB, default_tfms
 from miniai.callbacks import def_device, set_seed
@@ -39,24 +40,6 @@ from miniai.sgd import BatchSchedCB
 
 XMEAN, XSTD = 0.28, 0.35
 
-
-def sync(device):
-    if device.type == 'cuda': torch.cuda.synchronize(device)
-
-
-class PhaseTimerCB(Callback):
-    """Seconds of each train and eval phase, synchronised; last, so it includes the metrics' once-an-epoch sync."""
-    order = 100
-
-    def __init__(self, device): self.device, self.times = device, {True: [], False: []}
-
-    def before_epoch(self, learn):
-        sync(self.device)
-        self.t0 = time.perf_counter()
-
-    def after_epoch(self, learn):
-        sync(self.device)
-        self.times[learn.training].append(time.perf_counter() - self.t0)
 
 
 class Limited:
