@@ -245,13 +245,17 @@ class Adam(SGD):
         # avg/bc1 / sqrt(sqr/bc2 + eps) == (sqrt(bc2)/bc1) * avg / sqrt(sqr + eps*bc2): one pass fewer
         p.addcdiv_(avg, sqr.add(self.eps*bc2).sqrt_(), value=-self.lr * bc2**0.5 / bc1)
 
-    def _foreach_update(self, ps):
+    def _foreach_moments(self, ps):
+        """Update the averages of grad and grad² of `ps`; return them with each param's bias corrections."""
         avgs, sqrs, steps = self._states(ps, 'exp_avg', 'exp_avg_sq', 'step')
-        bcs = [self._bias(s) for s in steps]
         grads = [p.grad for p in ps]
         torch._foreach_lerp_(avgs, grads, 1 - self.beta1)
         torch._foreach_mul_(sqrs, self.beta2)
         torch._foreach_addcmul_(sqrs, grads, grads, value=1 - self.beta2)
+        return avgs, sqrs, [self._bias(s) for s in steps]
+
+    def _foreach_update(self, ps):
+        avgs, sqrs, bcs = self._foreach_moments(ps)
         denom = torch._foreach_add(sqrs, [self.eps*bc2 for _, bc2 in bcs])
         torch._foreach_sqrt_(denom)
         torch._foreach_addcdiv_(ps, avgs, denom, [-self.lr * bc2**0.5 / bc1 for bc1, bc2 in bcs])
@@ -297,7 +301,7 @@ class Lamb(SGD):
                  eps: float = 1e-6, foreach: bool | None = None):
         super().__init__(params, lr=lr, wd=wd, foreach=foreach, betas=(beta1, beta2), eps=eps)
 
-    _init_state, _bias = Adam._init_state, Adam._bias
+    _init_state, _bias, _foreach_moments = Adam._init_state, Adam._bias, Adam._foreach_moments
     def reg_step(self, p): pass
     def _foreach_reg(self, ps): pass
 
@@ -313,12 +317,7 @@ class Lamb(SGD):
         p.addcmul_(r, st['trust_ratio'], value=-self.lr)
 
     def _foreach_update(self, ps):
-        avgs, sqrs, steps = self._states(ps, 'exp_avg', 'exp_avg_sq', 'step')
-        bcs = [self._bias(s) for s in steps]
-        grads = [p.grad for p in ps]
-        torch._foreach_lerp_(avgs, grads, 1 - self.beta1)
-        torch._foreach_mul_(sqrs, self.beta2)
-        torch._foreach_addcmul_(sqrs, grads, grads, value=1 - self.beta2)
+        avgs, sqrs, bcs = self._foreach_moments(ps)
         denom = torch._foreach_sqrt(sqrs)
         torch._foreach_add_(denom, [self.eps * bc2**0.5 for _, bc2 in bcs])
         rs = torch._foreach_mul(ps, self.wd)
