@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import CancelFitException, Callback
+from .distributed import is_main_process
 
 __all__ = ['def_device', 'to_device', 'to_cpu', 'set_seed', 'loss_with_context', 'TrainCB', 'DeviceCB',
            'SingleBatchCB', 'MetricsCB', 'CSVLoggerCB', 'ProgressCB', 'in_notebook']
@@ -119,17 +120,19 @@ class MetricsCB(Callback):
     """torcheval metrics and the loss, weighted by batch size, one row per epoch and phase.
 
     Metrics and the loss accumulate on the batch's device; the host reads them once per epoch phase, never per
-    batch. `history` keeps every row as numbers (metrics, loss, epoch, phase, seconds).
+    batch. `history` keeps every row as numbers (metrics, loss, epoch, phase, seconds). Under `DDPCB`, `reducer`
+    merges all ranks' sums before each row, so every rank holds the global numbers; only rank 0 prints them.
     """
     order = 10
     lr_find_excluded = True  # an lr sweep is not training worth a row in the history
 
     def __init__(self, *ms, **metrics):
         for m in ms: metrics[type(m).__name__] = m
-        self.metrics, self.history, self.logger = metrics, [], None
+        self.metrics, self.history, self.logger, self.reducer = metrics, [], None, None
 
     def _log(self, row):
         if self.logger is not None: return self.logger(row)
+        if not is_main_process(): return
         if not self._printed_header: print(*self._header(row)); self._printed_header = True
         print(*self.format_row(row))
 
@@ -157,6 +160,8 @@ class MetricsCB(Callback):
         self._count += n
 
     def after_epoch(self, learn):
+        if self.reducer is not None:  # DDPCB: the sums over all ranks
+            self._loss_sum, self._count = self.reducer(self.metrics, self._loss_sum, self._count)
         row = {k: float(m.compute()) for k, m in self.metrics.items()}
         row['loss'] = float(self._loss_sum) / self._count if self._count else float('nan')
         row.update(epoch=learn.epoch, phase='train' if learn.training else 'eval',
@@ -185,7 +190,7 @@ class CSVLoggerCB(Callback):
     def after_epoch(self, learn):
         rows = self.metrics.history[self._done:]
         self._done = len(self.metrics.history)
-        if not rows: return
+        if not rows or not is_main_process(): return
         cols = ['epoch', 'phase', 'loss'] + [k for k in rows[0] if k not in ('epoch', 'phase', 'loss', 'seconds')]
         cols.append('seconds')
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
@@ -208,17 +213,20 @@ class ProgressCB(Callback):
 
     When output is not a terminal (CI, a log file) it draws no bars: the log gets the metrics table, one line per
     epoch phase, and nothing per batch. Losses are read from the device at most every `min_interval` seconds.
+    Under torch.distributed only rank 0 draws and prints; every rank keeps its own `losses`.
     """
     order = MetricsCB.order + 1
     lr_find_excluded = True
 
     def __init__(self, plot: bool = False, min_interval: float = 0.25, interactive: bool | None = None):
         self.plot, self.min_interval, self.interactive = plot, min_interval, interactive
-        self.losses, self.val_losses = [], []
+        self.losses, self.val_losses, self.main = [], [], True
 
     def before_fit(self, learn):
         from fastprogress import master_bar
-        self.live = self.interactive if self.interactive is not None else (in_notebook() or sys.stdout.isatty())
+        self.main = is_main_process()  # the other ranks draw and print nothing
+        self.live = self.main and (self.interactive if self.interactive is not None else
+                                   (in_notebook() or sys.stdout.isatty()))
         self.notebook = in_notebook()
         self.losses, self.val_losses, self._pending, self._last, self._first = [], [], [], 0., True
         self.metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
@@ -226,6 +234,7 @@ class ProgressCB(Callback):
         if self.live: learn.epochs = self.mbar = master_bar(learn.epochs)
 
     def _write(self, vals, table=True):
+        if not self.main: return
         if self.live: self.mbar.write(vals, table=table)
         else: print(*vals, flush=True)
 
@@ -262,7 +271,7 @@ class ProgressCB(Callback):
         self.mbar.update_graph(graphs)
 
     def after_epoch(self, learn):
-        if not self.metrics and not self.live:
+        if not self.metrics and not self.live and self.main:
             self._flush()
             phase = 'train' if learn.training else 'eval'
             last = f", last loss {self.losses[-1]:.3f}" if learn.training and self.losses else ''

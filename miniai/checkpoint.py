@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from .core import Callback
+from .distributed import barrier, broadcast_object, is_main_process
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'SaveModelCB', 'TerminateOnNaNCB', 'NonFiniteLossError',
            'CheckpointError', 'is_main_process', 'unwrap_model']
@@ -32,12 +33,6 @@ class CheckpointError(ValueError):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; raised by `TerminateOnNaNCB` before the step could spoil the weights."""
-
-
-def is_main_process() -> bool:
-    """True unless this is a torch.distributed process of rank > 0 (only rank 0 prints, plots and saves)."""
-    import torch.distributed as dist
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def unwrap_model(model):
@@ -84,9 +79,18 @@ def learner_state(learn) -> dict:
 
 
 def save_checkpoint(learn, path) -> Path | None:
-    """Write `learn`'s state to `path` atomically (temporary file, then rename); only the main process writes."""
+    """Write `learn`'s state to `path` atomically (temporary file, then rename); only the main process writes.
+
+    Under torch.distributed call it on every rank: the others wait at a barrier until rank 0 has written the file.
+    """
     path = Path(path)
-    if not is_main_process(): return None
+    try:
+        if is_main_process(): _write(learn, path)
+    finally: barrier()
+    return path if is_main_process() else None
+
+
+def _write(learn, path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
@@ -98,7 +102,6 @@ def save_checkpoint(learn, path) -> Path | None:
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
         raise
-    return path
 
 
 def _read(path: Path) -> dict:
@@ -175,7 +178,7 @@ class SaveModelCB(Callback):
         row = self.metrics.history[-1] if self.metrics.history else {}
         if self.monitor not in row:
             raise ValueError(f"SaveModelCB: monitor {self.monitor!r} is not a metric; have {sorted(row)}")
-        v = row[self.monitor]
+        v = broadcast_object(row[self.monitor])  # rank 0's value decides on every rank: all reach the same barriers
         if math.isfinite(v) and (self.best is None or (v < self.best if self.mode == 'min' else v > self.best)):
             self.best = v
             save_checkpoint(learn, self.dir / 'best.pt')

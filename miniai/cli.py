@@ -2,12 +2,14 @@
 
 The conv model with GeneralRelu and BatchNorm, AdamW, a one-cycle lr, batch size 1024, 5 epochs. Writes
 `metrics.csv`, `loss.png`, `config.json` and the checkpoints `last.pt` and `best.pt` to `--out`; `--resume DIR`
-continues a run from its last complete epoch.
+continues a run from its last complete epoch. Under `torchrun --nproc_per_node N -m miniai train ...` it trains on N
+processes (DistributedDataParallel, one GPU each, or gloo on CPU); rank 0 prints and writes the files.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import warnings
@@ -33,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument('--epochs', type=_positive(int), default=5, help="epochs to train")
     t.add_argument('--lr', type=_positive(float), default=6e-2, help="peak learning rate of the one-cycle schedule")
-    t.add_argument('--bs', type=_positive(int), default=1024, help="batch size")
-    t.add_argument('--device', default=None, help="cuda, mps or cpu (default: the first available)")
+    t.add_argument('--bs', type=_positive(int), default=1024,
+                   help="global batch size: under torchrun each of the N processes takes bs/N per step")
+    t.add_argument('--device', default=None, help="cuda, mps or cpu (default: the first available); under torchrun "
+                   "cuda (process i takes cuda:LOCAL_RANK) or cpu")
     t.add_argument('--seed', type=int, default=42, help="random seed")
     t.add_argument('--deterministic', action='store_true', help="ask torch for deterministic kernels")
     t.add_argument('--data', type=Path, default=None,
@@ -58,6 +62,18 @@ def _new_out_dir(out: Path | None) -> Path:
                               "overwritten")
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def _out_dir(args) -> Path:
+    """The run's folder: made by rank 0 and told to the others (a default name holds rank 0's clock)."""
+    from .distributed import broadcast_object, is_main_process
+    res = None
+    if is_main_process():
+        try: res = _new_out_dir(args.out)
+        except FileExistsError as e: res = e
+    res = broadcast_object(res)
+    if isinstance(res, Exception): raise res
+    return res
 
 
 def _loss_png(progress, metrics, path: Path, n_batches: int):
@@ -95,6 +111,7 @@ def build_learner(args, dls, out: Path, device):
     from .callbacks import CSVLoggerCB, DeviceCB, MetricsCB, ProgressCB
     from .checkpoint import SaveModelCB, TerminateOnNaNCB
     from .conv import get_model
+    from .distributed import DDPCB, is_distributed
     from .init import init_weights
     from .learner import TrainLearner
 
@@ -103,6 +120,7 @@ def build_learner(args, dls, out: Path, device):
     metrics = MetricsCB(accuracy=MulticlassAccuracy())
     cbs = [DeviceCB(device), metrics, ProgressCB(), CSVLoggerCB(out / 'metrics.csv', metrics),
            SaveModelCB(out, monitor='accuracy'), TerminateOnNaNCB()]
+    if is_distributed(): cbs.append(DDPCB(device, seed=args.seed))
     return TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=optim.AdamW)
 
 
@@ -113,25 +131,31 @@ def train(args) -> Path:
 
     from .callbacks import MetricsCB, ProgressCB, def_device, set_seed
     from .datasets import get_dls
+    from .distributed import distributed_dls, init_from_env, is_main_process
 
     if args.resume: args = _resume_args(args)
-    out = args.out if args.resume else _new_out_dir(args.out)
-    device = torch.device(args.device or def_device)
+    world = int(os.environ.get('WORLD_SIZE', 1))  # set by torchrun
+    if args.bs % world: raise ValueError(f"--bs {args.bs} (global) must be a multiple of the {world} processes")
+    device = init_from_env(args.device) if world > 1 else torch.device(args.device or def_device)
+    out = args.out if args.resume else _out_dir(args)
     set_seed(args.seed, deterministic=args.deterministic)
-    dls = get_dls(args.bs, path=args.data, device=device, limit=args.limit)
-    if not args.resume:
+    dls = get_dls(args.bs // world, path=args.data, device=device, limit=args.limit)
+    if world > 1: dls = distributed_dls(dls, seed=args.seed)
+    if not args.resume and is_main_process():
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'resume'}
-        (out / 'config.json').write_text(json.dumps({**config, 'device': str(device)}, indent=2))
+        (out / 'config.json').write_text(json.dumps({**config, 'device': str(device), 'world_size': world}, indent=2))
     learn = build_learner(args, dls, out, device)
     if args.resume:
         learn.load(out / 'last.pt')
-        print(f"resuming {out} at epoch {learn.resume_epoch} of {args.epochs}")
+        if is_main_process(): print(f"resuming {out} at epoch {learn.resume_epoch} of {args.epochs}")
     try: learn.fit_one_cycle(args.epochs, args.lr)
     except KeyboardInterrupt:
         learn.save(out / 'interrupted.pt')
-        print(f"interrupted: state saved to {out / 'interrupted.pt'}; `miniai train --resume {out}` continues "
-              "from the last complete epoch", file=sys.stderr)
+        if is_main_process():
+            print(f"interrupted: state saved to {out / 'interrupted.pt'}; `miniai train --resume {out}` continues "
+                  "from the last complete epoch", file=sys.stderr)
         raise
+    if not is_main_process(): return out
     metrics = next(cb for cb in learn.cbs if isinstance(cb, MetricsCB))
     progress = next(cb for cb in learn.cbs if isinstance(cb, ProgressCB))
     _loss_png(progress, metrics, out / 'loss.png', len(dls.train))
@@ -143,11 +167,13 @@ def train(args) -> Path:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .checkpoint import CheckpointError, NonFiniteLossError
+    from .distributed import destroy
     try: train(args)
     except KeyboardInterrupt: return 130
     except (FileExistsError, FileNotFoundError, ValueError, NonFiniteLossError, CheckpointError) as e:
         print(f"miniai: error: {e}", file=sys.stderr)
         return 1
+    finally: destroy()  # the process group train joined under torchrun, if any
     return 0
 
 

@@ -6,7 +6,7 @@ Callbacks receive the learner as their one argument and may read (and, where it 
 `model, dls, dl, batch, preds, loss, opt, lr, epoch, epochs, n_epochs, iter, n_iter, iter_count, training`.
 
 Built-in `order` values (lower runs first): DeviceCB -20, BatchTransformCB -10, MixedPrecisionCB / ChannelsLastCB /
-CompileCB -5, TrainCB and schedulers 0, SingleBatchCB and TerminateOnNaNCB 1, LRFinderCB 5, MetricsCB 10,
+CompileCB -5, DDPCB -2, TrainCB and schedulers 0, SingleBatchCB and TerminateOnNaNCB 1, LRFinderCB 5, MetricsCB 10,
 ProgressCB 11, CSVLoggerCB 12, SaveModelCB 20. Ties keep the order in which callbacks were added.
 """
 from __future__ import annotations

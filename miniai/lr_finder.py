@@ -14,13 +14,15 @@ import numpy as np
 import torch
 
 from .core import CancelEpochException, CancelFitException, Callback
+from .distributed import all_reduce_mean, is_main_process
 
 __all__ = ['LRFinderCB', 'LRFinderResult', 'lr_find', 'valley', 'steep', 'minimum']
 
 
 class LRFinderCB(Callback):
     """Multiply the lr by `gamma` after each training batch; stop once the smoothed loss passes `max_mult` × its
-    minimum (with `stop_div`), turns non-finite, or after `num_it` batches. Skips validation."""
+    minimum (with `stop_div`), turns non-finite, or after `num_it` batches. Skips validation. Under torch.distributed
+    it sees the mean loss over the ranks, so every rank stops at the same batch."""
     order = 5  # after TrainCB has computed the loss
 
     def __init__(self, gamma: float = 1.3, max_mult: float = 3, num_it: int | None = None, stop_div: bool = True,
@@ -35,7 +37,8 @@ class LRFinderCB(Callback):
         if not learn.training: raise CancelEpochException()
 
     def after_batch(self, learn):
-        loss = float(learn.loss.detach())  # one sync per batch: the sweep has to see every loss to stop in time
+        # one sync per batch: the sweep has to see every loss to stop in time (all ranks' mean, so all stop together)
+        loss = float(all_reduce_mean(learn.loss.detach()))
         self.lrs.append(learn.opt.param_groups[0]['lr'])
         self.losses.append(loss)
         self._avg = self.beta * self._avg + (1 - self.beta) * loss
@@ -148,7 +151,8 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100
     # callbacks that keep records (metrics, checkpoints) sit the sweep out
     learn.cbs[:] = [c for c in all_cbs if not getattr(c, 'lr_find_excluded', False)]
     try:
-        learn.fit(math.ceil(num_it / len(learn.dls.train)), valid=False, lr=start_lr, cbs=[cb])
+        # num_it epochs: a bound however short DDPCB's shards make them; LRFinderCB stops after num_it batches
+        learn.fit(num_it, valid=False, lr=start_lr, cbs=[cb])
     finally:
         learn.cbs[:] = all_cbs
         learn.model.load_state_dict(model_state)
@@ -159,5 +163,5 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100
     if not cb.losses: raise RuntimeError("lr_find saw no training batch")
     res = LRFinderResult(cb.lrs, cb.losses, cb.smoothed, valley(cb.lrs, cb.smoothed), steep(cb.lrs, cb.smoothed),
                          minimum(cb.lrs, cb.smoothed))
-    if show_plot: res.fig = res.plot()
+    if show_plot and is_main_process(): res.fig = res.plot()
     return res
