@@ -1,6 +1,6 @@
 """Speed callbacks: `MixedPrecisionCB` (autocast, plus a GradScaler for float16), `CompileCB`, `ChannelsLastCB`.
 
-Explained in nbs/12_accel_sgd.ipynb. Each one warns once and steps aside where the platform can't do what it
+Explained in nbs/08_accel.ipynb. Each one warns once and steps aside where the platform can't do what it
 asks (no bfloat16 on an old GPU, no C compiler for `torch.compile`, ...): the fit goes on in float32 / eagerly.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@
 device: vectorised, with no host sync, and repeatable with `set_seed`. torchvision's v2 transforms draw one set of
 parameters per call, i.e. one crop for a whole batch, which is why these are hand-written. `CapturePreds` and
 `get_preds` collect a loader's predictions (with `tta=True`, averaged with those on flipped images).
-Explained in nbs/14_augment.ipynb.
+Explained in nbs/07_augment.ipynb.
 """
 from __future__ import annotations
 

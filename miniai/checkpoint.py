@@ -5,7 +5,7 @@ A checkpoint is one file of state_dicts and plain values (loaded with `weights_o
 the model, the optimizer, every callback that has a `state_dict` (schedules, metrics history, ...), the epoch and
 step counters and the RNG states of python, numpy and torch (CPU and CUDA). It is written to a temporary file and
 renamed over the old one, so a process killed while saving never leaves a broken checkpoint where a good one stood.
-Explained in nbs/07_reliability.ipynb.
+Explained in nbs/09_checkpoint.ipynb.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Fashion-MNIST offline, `DataLoaders`, `collate_dict`, `inplace`, the in-memory loader and `show_images`.
 
-Explained in nbs/05_datasets.ipynb. `load_fashion_mnist` returns what `datasets.load_dataset('fashion_mnist')` returns
+Explained in nbs/01_datasets.ipynb. `load_fashion_mnist` returns what `datasets.load_dataset('fashion_mnist')` returns
 (splits, features, label names), built from the four IDX files and cached as Arrow: course code runs without the hub.
 `get_dls` skips PIL and Arrow entirely: uint8 tensors sliced by index and normalised per batch (airbench style).
 """

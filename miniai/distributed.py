@@ -4,6 +4,7 @@ Launch a script (or `miniai train`) with `torchrun --nproc_per_node N ...`: each
 on its shard of every epoch, DistributedDataParallel averages the gradients in backward, MetricsCB merges every
 rank's sums once per epoch phase, and only rank 0 prints, plots and saves (the others wait at a barrier).
 Outside torchrun every helper is a no-op and `DDPCB` does nothing, so single-process training pays nothing.
+Explained in nbs/10_distributed.ipynb.
 """
 from __future__ import annotations
 

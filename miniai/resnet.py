@@ -1,6 +1,6 @@
 """Residual networks for 28×28 single-channel images: `ResBlock` and `get_resnet`.
 
-Explained in nbs/13_resnet.ipynb and nbs/14_augment.ipynb (the course's Fashion-MNIST ResNet, with a global
+Explained in nbs/06_resnet.ipynb (the course's Fashion-MNIST ResNet, with a global
 average pooling head so any input size and any `nfs` work).
 """
 from __future__ import annotations

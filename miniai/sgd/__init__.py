@@ -1,6 +1,6 @@
 """Optimizers, the stepper `Optimizer`, schedules and scheduling callbacks (`from miniai.sgd import *`).
 
-Explained in nbs/12_accel_sgd.ipynb. Parts: `optimizers` (SGD, Momentum, RMSProp, Adam, Nesterov, Adagrad,
+Explained in nbs/05_sgd.ipynb. Parts: `optimizers` (SGD, Momentum, RMSProp, Adam, Nesterov, Adagrad,
 Lamb), `steppers` (fastai's stepper-callback Optimizer and its steppers), `schedules` (pure schedule functions,
 CosineAnnealing, OneCycle), `callbacks` (BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, ParamSchedCB,
 OneCycleSchedCB, fit_one_cycle).

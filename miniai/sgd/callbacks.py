@@ -1,5 +1,5 @@
 """Scheduling callbacks: `BaseSchedCB`, `BatchSchedCB`, `EpochSchedCB`, `RecorderCB`, `ParamSchedCB`,
-`OneCycleSchedCB` and `fit_one_cycle`. Explained in nbs/12_accel_sgd.ipynb.
+`OneCycleSchedCB` and `fit_one_cycle`. Explained in nbs/05_sgd.ipynb.
 
 A scheduler steps only after a real training step: in `after_batch` (skipped when a batch is cancelled) or
 `after_epoch`, and only while `learn.training`.

@@ -1,5 +1,5 @@
 """The course's optimizers as `torch.optim.Optimizer`s: `SGD`, `Momentum`, `RMSProp`, `Adam`, `Nesterov`,
-`Adagrad`, `Lamb`. Explained in nbs/12_accel_sgd.ipynb.
+`Adagrad`, `Lamb`. Explained in nbs/05_sgd.ipynb.
 
 Each keeps seed 000's hooks: `step` calls `reg_step(p)` (decoupled weight decay) then `opt_step(p)` for every
 parameter with a grad, and `opt_step` reads `self.lr`, `self.wd`, `self.mom`, ... from the param group being

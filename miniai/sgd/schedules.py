@@ -1,6 +1,6 @@
 """Schedules: pure functions `f(start, end, pct)`, `combine_scheds`, and the schedulers `CosineAnnealing` and
 `OneCycle` written from scratch (same numbers as torch's `CosineAnnealingLR` and `OneCycleLR`).
-Explained in nbs/12_accel_sgd.ipynb.
+Explained in nbs/05_sgd.ipynb.
 
 The schedulers follow torch's protocol: `sched = CosineAnnealing(opt, T_max)` sets the first lr at once, each
 `sched.step()` (after `opt.step()`) writes the next into every param group, and `get_last_lr()`, `state_dict()`,
