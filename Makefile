@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 DATA_DIR := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: setup data train test bench clean
+.PHONY: setup data browser train test docs notebooks bench clean
 
 setup: $(VENV)/.installed data
 
@@ -25,11 +25,27 @@ data:
 	  else echo "note: Fashion-MNIST not found: 'sudo apt-get install dataset-fashion-mnist', or set MINIAI_DATA"; fi; \
 	fi
 
+# Debian's chromium, for the docs site's browser test (tests/test_docs.py).
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium not found: 'sudo apt-get install chromium' to run the docs browser test"; fi; \
+	fi
+
 train: setup
 	$(VENV)/bin/miniai train $(ARGS)
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q $(ARGS)
+
+# The docs site offline, from the executed notebooks, into _docs/ (`nbdev_docs` does the same where quarto exists).
+docs: setup
+	$(PY) tools/build_docs.py
+
+# Re-run every notebook on the full data and save its outputs (about 30 minutes on 2 CPU cores).
+notebooks: setup
+	$(PY) tools/run_notebooks.py
 
 bench: setup
 	$(PY) benchmarks/bench_optimizers.py

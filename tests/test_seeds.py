@@ -254,3 +254,10 @@ def test_seed001_learner_and_callback_code(seed000):
     assert [float(v) for v in rec.recs['lr']] == pytest.approx(want, abs=1e-7)
     assert len(metrics.history) == 6 and all('seconds' in r for r in metrics.history)
     rec.plot()
+
+
+def test_seed001_scheduler_works_with_our_sched_lrs():
+    opt = optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
+    lrs = sched_lrs(CosineAnnealingSeed(opt, T_max=4), 4)
+    assert [float(v) if not isinstance(v, list) else v[0] for v in lrs] == pytest.approx(
+        [0.1] + [0.05 * (1 + math.cos(math.pi * t / 4)) for t in range(1, 5)], abs=1e-7)

@@ -190,9 +190,10 @@ class OneCycle(Scheduler):
 
 def sched_lrs(sched, steps: int) -> list[list[float]]:
     """The lrs `sched` gives: its first, then after each of `steps` optimizer and scheduler steps (no plot)."""
+    opt = getattr(sched, 'optimizer', None) or sched.opt  # torch's and ours say `optimizer`; seed 001's, `opt`
     lrs = [sched.get_last_lr()]
     for _ in range(steps):
-        sched.optimizer.step()
+        opt.step()
         sched.step()
         lrs.append(sched.get_last_lr())
     return lrs
