@@ -1,5 +1,7 @@
 """Seeded factories for fast tests: synthetic data, tiny models, a synthetic learner (as fastai's synth_learner)."""
+import importlib.util
 import os
+from pathlib import Path
 
 import matplotlib
 import pytest
@@ -55,3 +57,12 @@ def _seed():
     torch.manual_seed(0)
     yield
     torch.use_deterministic_algorithms(False)
+
+
+def load_tool(name):
+    """The script tools/`name`.py as a module (tools/ is not a package)."""
+    path = Path(__file__).resolve().parent.parent / 'tools' / f'{name}.py'
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

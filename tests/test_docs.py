@@ -11,7 +11,6 @@ Without chromium the test is skipped, except under CI (`CI` set), where it fails
 """
 import base64
 import fcntl
-import importlib.util
 import json
 import os
 import queue
@@ -26,6 +25,8 @@ from pathlib import Path
 from urllib.parse import unquote, urldefrag, urlparse
 
 import pytest
+
+from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run',
@@ -145,11 +146,7 @@ def open_page(browser: Chromium, url: str) -> tuple[str, str, dict, list]:
     return target, session, res['result']['value'], problems
 
 
-def _build_docs_module():
-    spec = importlib.util.spec_from_file_location('build_docs', ROOT / 'tools' / 'build_docs.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _build_docs_module(): return load_tool('build_docs')
 
 
 @pytest.fixture(scope='module')

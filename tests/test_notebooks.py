@@ -13,16 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / 'nbs').glob('*.ipynb'))
 CELL_TIMEOUT = 300   # seconds; a quick-mode cell takes a few
 
 
-def _tool():
-    spec = importlib.util.spec_from_file_location('run_notebooks', ROOT / 'tools' / 'run_notebooks.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _tool(): return load_tool('run_notebooks')
 
 
 @pytest.fixture(scope='module')

@@ -1,14 +1,13 @@
 """README.md's opening is nbs/index.ipynb's text, word for word."""
-import importlib.util
 from pathlib import Path
+
+from conftest import load_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_readme_opening_is_the_index_notebook():
-    spec = importlib.util.spec_from_file_location('make_readme', ROOT / 'tools' / 'make_readme.py')
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_tool('make_readme')
     readme = (ROOT / 'README.md').read_text()
     assert mod.MARKER in readme, "README.md lacks the marker line: run `python tools/make_readme.py`"
     assert readme == mod.readme_text(), "README.md is out of date with nbs/index.ipynb: run tools/make_readme.py"
