@@ -1,4 +1,4 @@
-"""ResBlock and get_resnet: shapes, the zero-initialised identity start, and that the network learns."""
+"""ResBlock and get_resnet: shapes, the zero-initialised identity start (`zero_bn`), and that the network learns."""
 from functools import partial
 
 import pytest
@@ -38,13 +38,28 @@ def test_resblock_shortcut_kinds():
 
 @pytest.mark.parametrize('ni,nf,stride', [(8, 8, 1), (8, 16, 1), (8, 16, 2)])
 @pytest.mark.parametrize('train', [True, False])
-def test_new_resblock_is_act_of_shortcut(ni, nf, stride, train):
-    blk = ResBlock(ni, nf, stride=stride).train(train)
+def test_zero_bn_resblock_is_act_of_shortcut(ni, nf, stride, train):
+    blk = ResBlock(ni, nf, stride=stride, zero_bn=True).train(train)
     assert torch.count_nonzero(blk.convs[-1][-1].weight) == 0
     x = torch.randn(4, ni, 12, 12)
     with torch.no_grad(): want = F.relu(blk.idconv(blk.pool(x)))
     assert torch.equal(blk(x), want)
     if ni == nf and stride == 1: assert torch.equal(blk(x), F.relu(x))
+
+
+def test_resblock_default_residual_branch_is_live():
+    torch.manual_seed(0)
+    blk = ResBlock(8, 8)
+    assert torch.equal(blk.convs[-1][-1].weight, torch.ones(8))
+    x = torch.randn(4, 8, 12, 12)
+    assert not torch.allclose(blk(x), F.relu(x))
+
+
+def test_get_resnet_passes_zero_bn_to_every_block():
+    for zero_bn in (False, True):
+        blocks = [m for m in get_resnet(nfs=(8, 16, 32), zero_bn=zero_bn) if isinstance(m, ResBlock)]
+        assert len(blocks) == 3
+        assert all(bool(b.convs[-1][-1].weight.eq(0).all()) == zero_bn for b in blocks)
 
 
 def test_resblock_without_norm_and_custom_act():
