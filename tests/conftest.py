@@ -1,6 +1,7 @@
 """Seeded factories for fast tests: synthetic data, tiny models, a synthetic learner (as fastai's synth_learner)."""
 import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -59,9 +60,17 @@ def _seed():
     torch.use_deterministic_algorithms(False)
 
 
-def load_tool(name):
-    """The script tools/`name`.py as a module (tools/ is not a package)."""
-    path = Path(__file__).resolve().parent.parent / 'tools' / f'{name}.py'
+def load_tool(name, folder: str = 'tools'):
+    """The script `folder`/`name`.py as a module (tools/ and benchmarks/ are not packages); `folder` goes on
+    sys.path while it loads, for the script's imports of its neighbours (benchmarks' `common`)."""
+    folder = Path(__file__).resolve().parent.parent / folder
+    path = folder / f'{name}.py'
+    sys.path.insert(0, str(folder))
+    try: return _exec_module(name, path)
+    finally: sys.path.remove(str(folder))
+
+
+def _exec_module(name, path):
     spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
