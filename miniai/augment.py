@@ -141,9 +141,9 @@ def default_tfms(padding: int = 1, flip: bool = True, erase: bool = False) -> nn
     if `erase`.
 
     The course's choice (14_augment: a 1-pixel crop and flips reach 0.943 in 20 epochs; 0.947 here). Its items
-    sit near the centre, so 1 pixel of shift already helps over 20 epochs; in a 5-epoch run, where the ResNet
-    underfits, flips alone (`padding=0`) do better (0.935 against 0.931; README, "ResNet results"). Erasing pays
-    off only in longer runs still.
+    sit near the centre, so 1 pixel of shift is already a real change. In a 5-epoch run, where the ResNet trained
+    with crops barely fits its training set, flips alone (`padding=0`) did better (0.935 against 0.931; README,
+    "ResNet results"). Erasing is for longer runs still.
     """
     tfms = [RandCrop(padding=padding)] if padding else []
     if flip: tfms.append(RandHFlip())

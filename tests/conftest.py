@@ -15,6 +15,10 @@ matplotlib.use('Agg')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # tests never reach the network
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
+# the real Fashion-MNIST IDX files, where this machine has them (`apt-get install dataset-fashion-mnist`)
+REAL_DATA = os.environ.get('MINIAI_DATA') or ('/usr/share/datasets/fashion-mnist'
+                                              if Path('/usr/share/datasets/fashion-mnist').is_dir() else None)
+
 
 class DLs:
     """The smallest thing a Learner accepts as dls."""
@@ -66,8 +70,13 @@ def load_tool(name, folder: str = 'tools'):
     folder = Path(__file__).resolve().parent.parent / folder
     path = folder / f'{name}.py'
     sys.path.insert(0, str(folder))
+    before = set(sys.modules)
     try: return _exec_module(name, path)
-    finally: sys.path.remove(str(folder))
+    finally:
+        sys.path.remove(str(folder))
+        # forget the neighbours it imported (benchmarks' `common`), so they can't shadow a same-named module later
+        for m in set(sys.modules) - before:
+            if str(getattr(sys.modules[m], '__file__', None) or '').startswith(str(folder)): del sys.modules[m]
 
 
 def _exec_module(name, path):

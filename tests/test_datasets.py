@@ -18,8 +18,8 @@ import miniai.datasets as mds
 from miniai.datasets import (FASHION_CLASSES, DataLoaders, InMemoryLoader, collate_dict, fashion_mnist_tensors,
                              get_dls, inplace, load_fashion_mnist, read_idx, show_images)
 
-REAL = os.environ.get('MINIAI_DATA') or ('/usr/share/datasets/fashion-mnist'
-                                         if Path('/usr/share/datasets/fashion-mnist').is_dir() else None)
+from conftest import REAL_DATA as REAL
+
 NAMES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
          'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
 

@@ -48,7 +48,6 @@ def test_zero_bn_resblock_is_act_of_shortcut(ni, nf, stride, train):
 
 
 def test_resblock_default_residual_branch_is_live():
-    torch.manual_seed(0)
     blk = ResBlock(8, 8)
     assert torch.equal(blk.convs[-1][-1].weight, torch.ones(8))
     x = torch.randn(4, 8, 12, 12)
