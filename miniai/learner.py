@@ -130,7 +130,10 @@ class Learner:
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
         if train: self._check_train_loader()
-        if start_epoch is None: start_epoch, self.resume_epoch = self.resume_epoch or 0, None
+        # only a training fit continues a loaded checkpoint (get_preds' validation-only fit leaves it for the next)
+        if start_epoch is None:
+            start_epoch = (self.resume_epoch or 0) if train else 0
+            if train: self.resume_epoch = None
         if start_epoch >= n_epochs:
             raise ValueError(f"nothing to train: starting at epoch {start_epoch} of a {n_epochs}-epoch fit (a loaded "
                              "checkpoint continues after its epoch; pass start_epoch=0 to train from the start)")
@@ -139,7 +142,7 @@ class Learner:
         self.apply_pending_cb_states()
         try:
             self.n_epochs, self.epochs = n_epochs, range(start_epoch, n_epochs)
-            self.do_train, self.do_valid = train, valid
+            self.do_valid = valid
             if train and self.opt_func is not None: self.make_opt(lr)
             self._with_events(lambda: self._fit(train, valid), 'fit', CancelFitException)
         finally:

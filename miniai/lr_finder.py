@@ -152,7 +152,7 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100
     learn.cbs[:] = [c for c in all_cbs if not getattr(c, 'lr_find_excluded', False)]
     try:
         # num_it epochs: a bound however short DDPCB's shards make them; LRFinderCB stops after num_it batches
-        learn.fit(num_it, valid=False, lr=start_lr, cbs=[cb])
+        learn.fit(num_it, valid=False, lr=start_lr, cbs=[cb], start_epoch=0)  # a loaded checkpoint stays pending
     finally:
         learn.cbs[:] = all_cbs
         learn.model.load_state_dict(model_state)

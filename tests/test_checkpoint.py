@@ -1,6 +1,5 @@
 """Checkpoints: exact resume, atomic writes, the best model, NaN stops, and errors that say what to do."""
 import os
-from functools import partial
 
 import pytest
 import torch
@@ -8,19 +7,12 @@ import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from conftest import tiny_cnn, toy_images
+from conftest import StopAfter, tiny_cnn, toy_images
+from miniai.augment import get_preds
 from miniai.checkpoint import CheckpointError, NonFiniteLossError, SaveModelCB, TerminateOnNaNCB, load_checkpoint
-from miniai.core import CancelFitException, Callback
+from miniai.core import Callback
 from miniai.learner import MetricsCB, TrainLearner, set_seed
 from miniai.sgd import Adam
-
-
-class StopAfter(Callback):
-    """Simulates a run killed after epoch `n` (0-based) has been checkpointed."""
-    order = 30
-    def __init__(self, n): self.n = n
-    def after_epoch(self, learn):
-        if not learn.training and learn.epoch == self.n: raise CancelFitException()
 
 
 def make_learner(tmp, opt_func=torch.optim.AdamW):
@@ -112,3 +104,16 @@ def test_nan_loss_stops_with_epoch_and_batch_and_keeps_the_good_checkpoint(tmp_p
     ck = load_checkpoint(make_learner(tmp_path / 'y'), tmp_path / 'last.pt')
     assert ck['epoch'] == 0 and all(torch.isfinite(t).all() for t in ck['model'].values())
     assert all(torch.isfinite(p).all() for p in learn.model.parameters())  # stopped before the step
+
+
+def test_predictions_and_lr_find_after_load_leave_the_resume_to_the_next_fit(tmp_path):
+    part = make_learner(tmp_path / 'part')
+    part.fit(4, cbs=[StopAfter(1)])
+    resumed = make_learner(tmp_path / 'other')
+    resumed.load(tmp_path / 'part' / 'last.pt')
+    preds, targs = get_preds(resumed)            # a validation-only fit: must not start "at epoch 2"
+    assert len(preds) == len(targs) == len(resumed.dls.valid.dataset)
+    resumed.lr_find(num_it=5, show_plot=False)
+    assert resumed.resume_epoch == 2
+    resumed.fit(4, cbs=[StopAfter(2)])
+    assert [r['epoch'] for r in resumed.cbs[0].history] == [0, 0, 1, 1, 2, 2]   # loaded 0-1, then epoch 2
