@@ -27,24 +27,14 @@ import torchvision.transforms.functional as TF
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from common import PhaseTimerCB, sync
-from miniai.activations import GeneralRelu
+from common import PhaseTimerCB, seed_model, sync
 from miniai.callbacks import def_device, set_seed
-from miniai.conv import get_model
-from miniai.core import Callback
 from miniai.datasets import (DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls, inplace,
                              load_fashion_mnist)
-from miniai.init import init_weights
 from miniai.learner import DeviceCB, MetricsCB, ProgressCB, TrainLearner
 from miniai.sgd import BatchSchedCB
 
 XMEAN, XSTD = 0.28, 0.35          # the course's Fashion-MNIST statistics
-
-
-def make_model():
-    act = partial(GeneralRelu, leak=0.1, sub=0.4)
-    return get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
-
 
 
 def summarise(train_s, eval_s, total, acc):
@@ -60,7 +50,7 @@ def run_plain(data, epochs, bs, lr, device, seed, quiet=False):
     """The recipe by hand; `data` = {'train': (x uint8, y), 'test': (x, y)} already on `device`."""
     (xtr, ytr), (xte, yte) = data['train'], data['test']
     set_seed(seed)
-    model = make_model().to(device)
+    model = seed_model().to(device)
     n_batches = -(-len(xtr) // bs)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * n_batches)
@@ -100,7 +90,7 @@ def run_plain(data, epochs, bs, lr, device, seed, quiet=False):
 # ---------------------------------------------------------------- (b), (c) miniai
 def run_miniai(dls, epochs, lr, device, seed, quiet=False):
     set_seed(seed)
-    model = make_model()
+    model = seed_model()
     metrics, timer = MetricsCB(accuracy=MulticlassAccuracy()), PhaseTimerCB(device)
     sched = BatchSchedCB(partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=lr,
                                  total_steps=epochs * len(dls.train)))

@@ -1,11 +1,16 @@
-"""Pieces both loop benchmarks use: a device sync and a per-phase timer callback."""
+"""Pieces the benchmark scripts share: a device sync, a per-phase timer callback and the seeds' model."""
 import time
+from functools import partial
 
 import torch
+from torch import nn
 
+from miniai.activations import GeneralRelu
+from miniai.conv import get_model
 from miniai.core import Callback
+from miniai.init import init_weights
 
-__all__ = ['sync', 'PhaseTimerCB']
+__all__ = ['sync', 'PhaseTimerCB', 'seed_model']
 
 
 def sync(device):
@@ -27,3 +32,9 @@ class PhaseTimerCB(Callback):
     def after_epoch(self, learn):
         sync(self.device)
         self.times[learn.training].append(time.perf_counter() - self.t0)
+
+
+def seed_model() -> nn.Module:
+    """The seeds' `get_model` with GeneralRelu(leak=0.1, sub=0.4), BatchNorm and kaiming init."""
+    act = partial(GeneralRelu, leak=0.1, sub=0.4)
+    return get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))

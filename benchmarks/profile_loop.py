@@ -11,18 +11,14 @@ import argparse
 import cProfile
 import pstats
 import time
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from miniai.activations import GeneralRelu
+from common import seed_model
 from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB, set_seed
-from miniai.conv import get_model
 from miniai.datasets import get_dls
-from miniai.init import init_weights
 from miniai.learner import TrainLearner
 
 
@@ -35,8 +31,7 @@ def main():
     args = ap.parse_args()
     set_seed(42)
     dls = get_dls(args.bs, limit=args.limit)
-    model = get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d).apply(
-        partial(init_weights, leaky=0.1))
+    model = seed_model()
     cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()]
     learn = TrainLearner(model, dls, F.cross_entropy, lr=6e-2, cbs=cbs, opt_func=torch.optim.AdamW)
     prof = cProfile.Profile()

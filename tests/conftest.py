@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from miniai.core import CancelFitException, Callback
+
 matplotlib.use('Agg')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # tests never reach the network
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
@@ -18,6 +20,14 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 # the real Fashion-MNIST IDX files, where this machine has them (`apt-get install dataset-fashion-mnist`)
 REAL_DATA = os.environ.get('MINIAI_DATA') or ('/usr/share/datasets/fashion-mnist'
                                               if Path('/usr/share/datasets/fashion-mnist').is_dir() else None)
+
+
+class StopAfter(Callback):
+    """Simulates a run killed after epoch `n` (0-based) has been checkpointed: cancels the fit after its eval."""
+    order = 30
+    def __init__(self, n): self.n = n
+    def after_epoch(self, learn):
+        if not learn.training and learn.epoch == self.n: raise CancelFitException()
 
 
 class DLs:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import StopAfter
 from miniai.cli import main
 from test_datasets import NAMES, write_idx
 
@@ -74,24 +75,19 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
     assert 'lacks the Fashion-MNIST file' in capsys.readouterr().err
 
 
-def test_resume_continues_to_the_same_weights(data, tmp_path):
+def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     assert run(data, tmp_path / 'full', '--epochs', '3', '--deterministic') == 0
     # a run that died after epoch 2: keep its folder as it was then, by training 3 epochs and stopping early
     from miniai import cli
     orig = cli.build_learner
 
     def stopping(*a, **k):
-        from miniai.core import CancelFitException, Callback
-        class Stop(Callback):
-            order = 30
-            def after_epoch(self, learn):
-                if not learn.training and learn.epoch == 1: raise CancelFitException()
         learn = orig(*a, **k)
-        learn.add_cbs([Stop()])
+        learn.add_cbs([StopAfter(1)])
         return learn
-    cli.build_learner = stopping
-    try: assert run(data, tmp_path / 'part', '--epochs', '3', '--deterministic') == 0
-    finally: cli.build_learner = orig
+    with monkeypatch.context() as m:
+        m.setattr(cli, 'build_learner', stopping)
+        assert run(data, tmp_path / 'part', '--epochs', '3', '--deterministic') == 0
     assert len(rows(tmp_path / 'part' / 'metrics.csv')) == 4
     assert main(['train', '--resume', str(tmp_path / 'part')]) == 0
     full, part = (torch.load(tmp_path / d / 'last.pt', weights_only=True) for d in ('full', 'part'))

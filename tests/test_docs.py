@@ -146,9 +146,6 @@ def open_page(browser: Chromium, url: str) -> tuple[str, str, dict, list]:
     return target, session, res['result']['value'], problems
 
 
-def _build_docs_module(): return load_tool('build_docs')
-
-
 @pytest.fixture(scope='module')
 def site():
     """Build the site from the committed notebooks into _docs/, with the documented command."""
@@ -171,7 +168,8 @@ def browser():
 
 
 def test_every_page_loads_with_its_images_and_links(site, browser, tmp_path):
-    page_of = {nb: _build_docs_module().page_name(nb) for nb in sorted((ROOT / 'nbs').glob('*.ipynb'))}
+    page_name = load_tool('build_docs').page_name
+    page_of = {nb: page_name(nb) for nb in sorted((ROOT / 'nbs').glob('*.ipynb'))}
     pages = sorted(site.glob('*.html'))
     assert {p.name for p in pages} == set(page_of.values()), "one page per notebook, named as nbdev names them"
     reports, problems = {}, []

@@ -20,17 +20,14 @@ NOTEBOOKS = sorted((ROOT / 'nbs').glob('*.ipynb'))
 CELL_TIMEOUT = 300   # seconds; a quick-mode cell takes a few
 
 
-def _tool(): return load_tool('run_notebooks')
-
-
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
-    """Run all notebooks once (two at a time) in a copy of nbs/; {name: (executed nb, error, seconds)}."""
+    """Run all notebooks once (two at a time) in a copy of nbs/; {name: (error, seconds, plain-text message)}."""
     for mod in ('nbclient', 'ipykernel', 'nbformat'):
         if importlib.util.find_spec(mod) is None:        # in CI a missing runner is a failure, not a skip
             msg = f"{mod} is not installed: pip install -e '.[dev]'"
             (pytest.fail if os.environ.get('CI') else pytest.skip)(msg)
-    rn = _tool()
+    rn = load_tool('run_notebooks')
     work = tmp_path_factory.mktemp('nbs-run')
     shutil.copytree(ROOT / 'nbs', work / 'nbs')
     res = rn.run_all([work / 'nbs' / p.name for p in NOTEBOOKS], quick=True, workers=2, timeout=CELL_TIMEOUT)

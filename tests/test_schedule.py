@@ -3,7 +3,6 @@ import math
 from functools import partial
 from types import SimpleNamespace
 
-import matplotlib
 import pytest
 import torch
 from matplotlib.figure import Figure
@@ -14,7 +13,6 @@ from miniai.sgd import (SGD, Adam, BaseSchedCB, BatchSchedCB, CosineAnnealing, E
                         OneCycleSchedCB, Optimizer, RecorderCB, combine_scheds, fit_one_cycle, get_mom, plot_lrs,
                         sched_cos, sched_exp, sched_lin, sched_lrs, sched_no, sgd_step, weight_decay)
 
-matplotlib.use('Agg')
 
 
 def params(n=2): return [torch.nn.Parameter(torch.ones(3)) for _ in range(n)]
