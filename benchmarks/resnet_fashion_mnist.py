@@ -75,7 +75,7 @@ def main(argv=None):
     print(f"{len(dls.train.dataset)} training, {len(dls.valid.dataset)} test images", flush=True)
 
     act = partial(GeneralRelu, leak=0.1, sub=0.4)
-    model = get_resnet(act, nfs=args.nfs, zero_bn=args.zero_bn).apply(partial(init_weights, leaky=0.1))
+    model = get_resnet(act, nfs=args.nfs, zero_bn=args.zero_bn).apply(partial(init_weights, leaky=0.1, linear=True))
     tfms = default_tfms(padding=args.padding, flip=not args.no_flip, erase=args.erase)
     print(f"augmentation: {tfms}")
     cbs = [DeviceCB(args.device), BatchTransformCB(tfms), MetricsCB(accuracy=MulticlassAccuracy()),

@@ -60,7 +60,7 @@ def make_dls(bs, device, limit):
 
 def make_model(nfs=(16, 32, 64, 128, 256, 512)):
     act = partial(GeneralRelu, leak=0.1, sub=0.4)
-    return get_resnet(act, nfs=nfs, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
+    return get_resnet(act, nfs=nfs, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1, linear=True))
 
 
 def accel_cbs(args, device):
