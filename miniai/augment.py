@@ -214,6 +214,12 @@ def default_tfms(padding: int = 1, flip: bool = True, erase: bool = False) -> nn
     return nn.Sequential(*tfms)
 
 
+def _flops(x: torch.Tensor, h: int, w: int) -> int:
+    """Multiply-adds per item of the parameter `x` in a layer whose output is `h`×`w`: a conv kernel (4-d) is used
+    at every output position, a weight matrix or bias once."""
+    return x.numel() * h * w if x.dim() == 4 else x.numel()
+
+
 def _show_tensors(x: torch.Tensor, n: int = 16, nrows: int | None = None, titles=None, imsize: float = 1.5,
                   cmap: str = 'gray'):
     import matplotlib.pyplot as plt

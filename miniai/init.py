@@ -93,7 +93,8 @@ def init_weights(m: nn.Module, leaky: float = 0., linear: bool = False):
     if isinstance(m, _WEIGHTED if linear else _CONVS): nn.init.kaiming_normal_(m.weight, a=leaky)
 
 
-def _record(hook, mod, inp, outp):
+def _lsuv_stats(hook, mod, inp, outp):
+    """Hook function: keep the mean and std of the output in `hook.mean`, `hook.std` (floats)."""
     o = outp.detach().float()
     hook.mean, hook.std = o.mean().item(), o.std().item()
 
@@ -115,7 +116,7 @@ def lsuv_init(model: nn.Module, *args, mods=None, outs=None, tol: float = 1e-3, 
     if len(mods) != len(outs): raise ValueError(f"mods and outs must pair up: {len(mods)} vs {len(outs)}")
     res = []
     for m, o in zip(mods, outs):
-        with Hook(o, _record) as h:
+        with Hook(o, _lsuv_stats) as h:
             for _ in range(max_iters):
                 model(xb)
                 if abs(h.std - 1) < tol and (m.bias is None or abs(h.mean) < tol): break
