@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callbacks import SingleBatchCB, to_cpu
+from .callbacks import to_cpu
 from .core import CancelFitException, Callback, _cb_list
 from .init import BatchTransformCB, summary
 
