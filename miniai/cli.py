@@ -169,7 +169,7 @@ def _banner(args, dls, model, device, world: int) -> str:
     procs = f" x {world} processes" if world > 1 else ''
     return (f"miniai train: {device}{procs}; Fashion-MNIST from {src or 'the Hugging Face hub'}: {n_train:,} "
             f"training and {n_valid:,} test images; model: {sum(p.numel() for p in model.parameters()):,} "
-            f"parameters; {args.epochs} epochs, bs {args.bs}, lr {args.lr:g}")
+            f"parameters; {args.epochs} epoch{'s' if args.epochs != 1 else ''}, bs {args.bs}, lr {args.lr:g}")
 
 
 def _resume_args(args):

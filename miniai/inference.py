@@ -224,7 +224,8 @@ def _read_export(path: Path) -> dict:
     return state
 
 
-def load_learner(path, model: nn.Module | Callable[[], nn.Module], device=None, loss_func=F.cross_entropy):
+def load_learner(path, model: nn.Module | Callable[[], nn.Module], device: str | torch.device | None = None,
+                 loss_func: Callable = F.cross_entropy):
     """A `TrainLearner` ready to `classify` (and `get_preds(dl)`): `model` (a module, or a function that builds one) with the weights and
     preprocessing exported to `path`, in eval mode on `device` (default: CPU).
 

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .inference import Preprocess
+
 __all__ = ['Interpretation']
 
 
@@ -22,7 +24,7 @@ class Interpretation:
     `probs` (softmax), `decoded` (argmax) and `losses` (per-item cross entropy) are computed once here.
     """
     def __init__(self, preds: torch.Tensor, targs: torch.Tensor, inputs: torch.Tensor | None = None,
-                 classes: Sequence[str] | None = None, preprocess=None):
+                 classes: Sequence[str] | None = None, preprocess: Preprocess | None = None):
         if preds.dim() != 2: raise ValueError(f"preds must be (N, n_classes) logits, got shape {tuple(preds.shape)}")
         if targs.shape != preds.shape[:1]:
             raise ValueError(f"targs must be (N,) class indices for preds of shape {tuple(preds.shape)}, got "
@@ -88,21 +90,18 @@ class Interpretation:
         _, idx = self.top_losses(k)
         titles = [f"{self.classes[self.decoded[i]]} / {self.classes[self.targs[i]]}\n"
                   f"{float(self.losses[i]):.2f} / {float(self.probs[i, self.decoded[i]]):.2f}" for i in idx]
-        fig = self._grid(idx, titles, nrows, imsize)
-        fig.suptitle('predicted / actual / loss / probability')
-        return fig
+        return self._grid(idx, titles, nrows, imsize, 'predicted / actual / loss / probability')
 
     def show_results(self, n: int = 9, nrows: int | None = None, imsize: float = 2):
         """The first `n` images titled predicted / actual (green when right, red when wrong); returns the figure."""
         idx = torch.arange(min(n, len(self.targs)))
         titles = [f"{self.classes[self.decoded[i]]} / {self.classes[self.targs[i]]}" for i in idx]
-        fig = self._grid(idx, titles, nrows, imsize)
+        fig = self._grid(idx, titles, nrows, imsize, 'predicted / actual')
         for ax, i in zip(fig.axes, idx.tolist()):
             ax.title.set_color('green' if self.decoded[i] == self.targs[i] else 'red')
-        fig.suptitle('predicted / actual')
         return fig
 
-    def _grid(self, idx, titles, nrows, imsize):
+    def _grid(self, idx, titles, nrows, imsize, suptitle):
         from .datasets import get_grid, show_image
         if self.inputs is None: raise ValueError("no inputs to show: build with Interpretation.from_learner(learn)")
         ims = self.inputs[idx]
@@ -110,4 +109,6 @@ class Interpretation:
         fig, axs = get_grid(len(ims), nrows=nrows, imsize=imsize)
         for im, t, ax in zip(ims, titles, axs.flat): show_image(im, ax=ax, title=t, cmap='gray')
         for ax in axs.flat: ax.title.set_fontsize(8)
+        fig.suptitle(suptitle)
+        fig.tight_layout()
         return fig

@@ -5,7 +5,7 @@ here, so the course's `from miniai.learner import *` gives them all.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -193,7 +193,7 @@ class Learner:
                        show_plot=show_plot, **kwargs)
 
     def get_preds(self, dl=None, with_input: bool = False, with_decoded: bool = False, tta: bool = False,
-                  tfm=None) -> tuple[torch.Tensor, ...]:
+                  tfm: Callable | None = None) -> tuple[torch.Tensor, ...]:
         """`(preds, targs)` over `dl` (default `dls.valid`) as CPU tensors; `(inputs, ...)` first with `with_input`,
         the argmax classes last with `with_decoded`; `tta` averages probabilities with `tfm(inputs)` (default: flips).
         See `miniai.augment.get_preds`."""

@@ -3,7 +3,7 @@
 The run's `model.pt` (its best epoch's weights and the preprocessing, written by `learn.export` at the end of
 training) is loaded with `load_learner`; a run that stopped before its end has no model.pt, and then the weights of
 its `best.pt` checkpoint are used with the Fashion-MNIST preprocessing. Prints one line per image:
-`path<TAB>class<TAB>probability`.
+`path<TAB>class<TAB>probability`. Shown in nbs/12_inference.ipynb.
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ __all__ = ['add_predict_parser', 'predict', 'run_learner']
 def add_predict_parser(sub) -> argparse.ArgumentParser:
     """Add the `predict` subcommand to the subparsers `sub` of `miniai`'s parser."""
     p = sub.add_parser('predict', help="classify image files with a trained run's best model",
-                       description=__doc__.split('\n\n')[0] + ' ' + __doc__.split('\n\n')[1].replace('\n', ' '))
+                       description="Classify image files with the best model of a `miniai train` run: its model.pt "
+                                   "(written at the end of training), else the weights of its best.pt. Prints one "
+                                   "line per image: path, class, probability (tab-separated).")
     p.add_argument('run', type=Path, metavar='RUN_DIR', help="folder of a `miniai train` run")
     p.add_argument('images', type=Path, nargs='+', metavar='IMAGE', help="image files (PNG, JPEG, ...)")
     p.add_argument('--device', default='cpu', help="where the model runs")

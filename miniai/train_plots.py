@@ -1,6 +1,6 @@
 """The figures `miniai train` writes beside metrics.csv: `plot_training` (loss, accuracy, lr) and `save_figure`.
 
-Matplotlib only, Agg backend: they run on servers without a display.
+Matplotlib figures made outside pyplot: they need no display and leave the backend alone. Shown in nbs/12_inference.ipynb.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def plot_training(history: Sequence[dict], losses: Sequence[float] = (), lrs: Se
     `history` holds MetricsCB rows; `losses` and `lrs` are per-batch values that start at batch `first_batch`
     (a resumed run records only its own batches); `n_batches` per epoch places the epoch points on the batch axis.
     """
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    fig, (ax_loss, ax_metric, ax_lr) = plt.subplots(1, 3, figsize=(15, 4))
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    # a Figure outside pyplot: no backend is chosen or changed (a notebook calling this keeps its inline plots)
+    fig = Figure(figsize=(15, 4))
+    ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
     batches = range(first_batch + 1, first_batch + len(losses) + 1)
     if len(losses): ax_loss.plot(batches, losses, lw=0.8, alpha=0.6, label='train (per batch)')
     for phase, style in (('train', 's-'), ('eval', 'o-')):
@@ -34,6 +35,7 @@ def plot_training(history: Sequence[dict], losses: Sequence[float] = (), lrs: Se
             ax_metric.plot([r['epoch'] + 1 for r in rows], [r[metric] for r in rows], style, label=phase)
     ax_loss.set(xlabel='batch', ylabel='loss', title='loss')
     ax_metric.set(xlabel='epoch', ylabel=metric, title=metric)
+    ax_metric.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(lrs): ax_lr.plot(range(first_batch + 1, first_batch + len(lrs) + 1), lrs)
     ax_lr.set(xlabel='batch', ylabel='lr', title='learning rate')
     for ax in (ax_loss, ax_metric):

@@ -61,7 +61,7 @@ def test_train_says_what_it_trains_on(data, tmp_path, capsys):
     assert run(data, tmp_path / 'r', '--epochs', '1') == 0
     first = capsys.readouterr().out.splitlines()[0]
     n_params = sum(p.numel() for p in recipe_model().parameters())
-    for part in ('cpu', str(data), '600 training', '120 test', f'{n_params:,} parameters', '1 epochs', 'bs 64'):
+    for part in ('cpu', str(data), '600 training', '120 test', f'{n_params:,} parameters', '1 epoch, bs 64'):
         assert part in first, (part, first)
 
 
