@@ -195,6 +195,15 @@ def _check_resume(learn, args, saved_epochs: int):
                      f"longer pass a larger total, e.g. `miniai train --resume {args.out} {more}`")
 
 
+def _resume_note(learn, args, saved_epochs: int) -> str:
+    note = f"resuming {args.out} at epoch {learn.resume_epoch} of {args.epochs}"
+    if args.epochs <= saved_epochs: return note
+    # OneCycleSchedCB keeps its step count and recomputes the total from the fit's n_epochs: the schedule of an
+    # `epochs`-long run, picked up at the step reached (the lr goes back up to that schedule's value)
+    return (f"{note} (extended from {saved_epochs}: the one-cycle schedule is rebuilt for {args.epochs} epochs and "
+            "goes on from the step reached, so the lr rises to that schedule's value)")
+
+
 def recipe_model():
     """The recipe's model, freshly initialised: the course's conv net with GeneralRelu(0.1, -0.4) and BatchNorm."""
     from torch import nn
@@ -255,10 +264,7 @@ def train(args) -> Path:
     first_batch = (learn.resume_epoch or 0) * len(dls.train)
     if is_main_process():
         print(_banner(args, full_dls, learn.model, device, world))
-        if args.resume: print(f"resuming {out} at epoch {learn.resume_epoch} of {args.epochs}" + (
-            f" (extended from {saved_epochs}: the one-cycle schedule is rebuilt for {args.epochs} epochs and goes "
-            "on from the step reached, so the lr rises to that schedule's value)" if args.epochs > saved_epochs
-            else ''))
+        if args.resume: print(_resume_note(learn, args, saved_epochs))
     if is_main_process() and (not args.resume or args.epochs != saved_epochs):
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'resume'}
         (out / 'config.json').write_text(json.dumps({**config, 'device': str(device), 'world_size': world}, indent=2))
