@@ -10,6 +10,7 @@ a run's best model (`miniai.predict_cli`).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -100,6 +101,9 @@ def _build_callbacks(args, out: Path) -> list:
         from .gradients import GradientAccumulationCB
         cbs.append(GradientAccumulationCB(args.accumulate))
     if args.tensorboard:
+        if importlib.util.find_spec('tensorboard') is None:   # say so now, not after the data has loaded
+            raise ImportError("--tensorboard needs the tensorboard package: pip install 'miniai[tensorboard]' "
+                              "(or pip install tensorboard)")
         from .tensorboard import TensorBoardCB
         cbs.append(TensorBoardCB(out / 'tensorboard'))
     return cbs

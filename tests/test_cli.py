@@ -1,5 +1,6 @@
 """`miniai train` end to end on a tiny synthetic Fashion-MNIST: outputs, flags, errors, resume, reproducibility."""
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -79,12 +80,22 @@ def test_flags_build_the_everyday_callbacks_from_their_modules(data, tmp_path, m
         fake = types.ModuleType(f'miniai.{mod}')
         for n in names: setattr(fake, n, stand_in(n))
         monkeypatch.setitem(sys.modules, f'miniai.{mod}', fake)
+    find = importlib.util.find_spec  # the tensorboard package need not be installed for the stand-in
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: True if name == 'tensorboard' else find(name, *a))
     assert run(data, tmp_path / 'r', '--epochs', '1', '--limit', '100', '--early-stop', '3', '--clip', '0.5',
                '--accumulate', '4', '--tensorboard') == 0
     assert made == [('EarlyStoppingCB', (), {'patience': 3}), ('GradientClipCB', (0.5,), {}),
                     ('GradientAccumulationCB', (4,), {}), ('TensorBoardCB', (tmp_path / 'r' / 'tensorboard',), {})]
     made.clear()
     assert run(data, tmp_path / 'plain', '--epochs', '1', '--limit', '100') == 0 and made == []
+
+
+def test_tensorboard_without_the_package_says_how_to_install_it(data, tmp_path, monkeypatch, capsys):
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'tensorboard' else find(name, *a))
+    assert run(data, tmp_path / 'r', '--epochs', '1', '--limit', '100', '--tensorboard') == 1
+    err = capsys.readouterr().err
+    assert err.startswith('miniai: error:') and "pip install 'miniai[tensorboard]'" in err
 
 
 def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
