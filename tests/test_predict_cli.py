@@ -8,14 +8,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, TensorDataset
 
+from conftest import REAL_DATA
 from miniai import cli
 from miniai.cli import main, recipe_model
-from miniai.datasets import FASHION_CLASSES, _normalise, read_idx
+from miniai.datasets import FASHION_CLASSES, _normalise, fashion_mnist_tensors, read_idx
 from miniai.inference import load_learner
 from miniai.sgd import OneCycleSchedCB
 from test_cli import data, run  # noqa: F401 (data is a fixture)
 from test_datasets import NAMES
-
 
 def rows(path): return list(csv.DictReader(open(path)))
 
@@ -116,3 +116,21 @@ def test_resuming_a_finished_run_says_which_flag_extends_it(data, tmp_path, caps
     err = capsys.readouterr().err
     assert 'already trained 2 epochs' in err and f"miniai train --resume {tmp_path / 'r'} --epochs 4" in err
     assert 'start_epoch' not in err and (tmp_path / 'r' / 'metrics.csv').read_text() == before
+
+
+@pytest.mark.skipif(REAL_DATA is None, reason="needs the Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)")
+def test_predict_on_real_fashion_mnist_images_matches_get_preds(tmp_path, capsys):
+    r = tmp_path / 'r'
+    assert main(['train', '--data', REAL_DATA, '--limit', '2000', '--epochs', '1', '--out', str(r), '--device',
+                 'cpu']) == 0
+    x, y = (t[-20:] for t in fashion_mnist_tensors(REAL_DATA)['test'])   # not in the run's 333 test images
+    paths = [tmp_path / f'{i}.png' for i in range(len(x))]
+    for p, im in zip(paths, x): Image.fromarray(im.numpy()).save(p)
+    capsys.readouterr()
+    assert main(['predict', str(r), *map(str, paths)]) == 0
+    got = printed(capsys.readouterr().out)
+    preds, _ = load_learner(r / 'model.pt', recipe_model).get_preds(DataLoader(TensorDataset(_normalise(x), y), 8))
+    probs = preds.softmax(1)
+    assert [g[1] for g in got] == [FASHION_CLASSES[i] for i in probs.argmax(1)]
+    assert [g[2] for g in got] == pytest.approx(probs.max(1).values.tolist(), abs=1e-6)
+    assert sum(g[1] == FASHION_CLASSES[t] for g, t in zip(got, y)) >= 12   # one epoch on 2000 images: ~75%
