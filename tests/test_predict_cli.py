@@ -17,6 +17,7 @@ from miniai.sgd import OneCycleSchedCB
 from test_cli import data, run  # noqa: F401 (data is a fixture)
 from test_datasets import NAMES
 
+
 def rows(path): return list(csv.DictReader(open(path)))
 
 
