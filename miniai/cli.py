@@ -78,14 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_callback_flags(t):
     t.add_argument('--early-stop', type=_positive(int), default=None, metavar='PATIENCE',
-                   help="stop when the test loss has not improved for PATIENCE epochs (miniai.stopping.EarlyStoppingCB)")
+                   help="stop when the test loss has not improved for PATIENCE epochs "
+                        "(miniai.stopping.EarlyStoppingCB)")
     t.add_argument('--clip', type=_positive(float), default=None, metavar='MAX_NORM',
                    help="clip the gradients' total norm to MAX_NORM (miniai.gradients.GradientClipCB)")
     t.add_argument('--accumulate', type=_positive(int), default=1, metavar='N',
                    help="step the optimizer every N batches, on their summed gradients "
                         "(miniai.gradients.GradientAccumulationCB)")
     t.add_argument('--tensorboard', action='store_true',
-                   help="also log to OUT/tensorboard (miniai.tensorboard.TensorBoardCB; pip install miniai[tensorboard])")
+                   help="also log to OUT/tensorboard (miniai.tensorboard.TensorBoardCB; "
+                        "pip install 'miniai[tensorboard]')")
 
 
 def _build_callbacks(args, out: Path) -> list:

@@ -226,8 +226,8 @@ def _read_export(path: Path) -> dict:
 
 def load_learner(path, model: nn.Module | Callable[[], nn.Module], device: str | torch.device | None = None,
                  loss_func: Callable = F.cross_entropy):
-    """A `TrainLearner` ready to `classify` (and `get_preds(dl)`): `model` (a module, or a function that builds one) with the weights and
-    preprocessing exported to `path`, in eval mode on `device` (default: CPU).
+    """A `TrainLearner` ready to `classify` (and `get_preds(dl)`): `model` (a module, or a function that builds
+    one) with the weights and preprocessing exported to `path`, in eval mode on `device` (default: CPU).
 
     Raises:
         FileNotFoundError, ValueError: `path` is missing, unreadable, or not written by `export`.

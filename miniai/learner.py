@@ -202,7 +202,9 @@ class Learner:
         return (*res, res[-2].argmax(-1)) if with_decoded else res
 
     def classify(self, items, bs: int = 256):
-        """Class names and probabilities for one new image or a batch; see `miniai.inference.classify`."""
+        """Class names and probabilities for one new image or a batch; see `miniai.inference.classify`.
+
+        Not named `predict`: that is the loop step running the model on `self.batch`, which subclasses override."""
         from .inference import classify
         return classify(self, items, bs=bs)
 

@@ -1,6 +1,7 @@
 """The figures `miniai train` writes beside metrics.csv: `plot_training` (loss, accuracy, lr) and `save_figure`.
 
-Matplotlib figures made outside pyplot: they need no display and leave the backend alone. Shown in nbs/12_inference.ipynb.
+Matplotlib figures made outside pyplot: they need no display and leave the backend alone.
+Shown in nbs/12_inference.ipynb.
 """
 from __future__ import annotations
 

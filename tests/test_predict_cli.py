@@ -1,4 +1,4 @@
-"""`miniai predict` against get_preds on the same PNG files, its errors, and extending a run with `--resume --epochs`."""
+"""`miniai predict` against get_preds on the same PNG files, its errors; extending a run with `--resume --epochs`."""
 import csv
 import json
 import shutil
@@ -119,7 +119,7 @@ def test_resuming_a_finished_run_says_which_flag_extends_it(data, tmp_path, caps
     assert 'start_epoch' not in err and (tmp_path / 'r' / 'metrics.csv').read_text() == before
 
 
-@pytest.mark.skipif(REAL_DATA is None, reason="needs the Fashion-MNIST IDX files (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(REAL_DATA is None, reason="needs the Fashion-MNIST IDX files (dataset-fashion-mnist)")
 def test_predict_on_real_fashion_mnist_images_matches_get_preds(tmp_path, capsys):
     r = tmp_path / 'r'
     assert main(['train', '--data', REAL_DATA, '--limit', '2000', '--epochs', '1', '--out', str(r), '--device',
