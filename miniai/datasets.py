@@ -328,7 +328,10 @@ def _to_dict(keys, b): return dict(zip(keys, b))
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    """uint8 `(N,H,W)` -> float32 `(N,1,H,W)` `(x/255 - XMEAN)/XSTD`: the ops of `TF.to_tensor`, then the seeds'."""
+    """uint8 `(N,H,W)` -> float32 `(N,1,H,W)` `(x/255 - XMEAN)/XSTD`: the ops of `TF.to_tensor`, then the course's.
+
+    `miniai.inference.fashion_preprocess()` describes the same steps as data, for new images and exported models.
+    """
     return x.float().div_(255).sub_(XMEAN).div_(XSTD).unsqueeze(1)
 
 
@@ -346,18 +349,28 @@ def get_dls(bs: int = 1024, path: str | os.PathLike | None = None, in_memory: bo
     `in_memory` keeps uint8 tensors (on `device`) and normalises per batch; `in_memory=False` is the seeds' way
     (`load_fashion_mnist(path).with_transform(...)` + `DataLoaders.from_dd(..., **kwargs)`), with identical batches.
     `limit` keeps the first `limit` training and `limit // 6` test images (for quick runs; 60k:10k as in the data).
+    `dls.preprocess` describes the normalisation and class names, for `learn.classify` and `learn.export`.
     """
     if limit is not None and limit < 1: raise ValueError(f"limit must be >= 1, got {limit}")
     n = {'train': limit, 'test': None if limit is None else max(1, limit // 6)}
     if not in_memory:
         dd = load_fashion_mnist(path)
         if limit is not None: dd = type(dd)({s: ds.select(range(min(n[s], len(ds)))) for s, ds in dd.items()})
-        return DataLoaders.from_dd(dd.with_transform(_hf_tfm), bs, **kwargs)
+        return _with_preprocess(DataLoaders.from_dd(dd.with_transform(_hf_tfm), bs, **kwargs))
     drop_last, t = _in_memory_kwargs(kwargs), fashion_mnist_tensors(path)
     t = {s: tuple(v[:n[s]] for v in xy) for s, xy in t.items()}
     if device is not None: t = {s: tuple(v.to(device) for v in xy) for s, xy in t.items()}
-    return DataLoaders(*(InMemoryLoader(t[s], bs, shuffle=s == 'train', drop_last=drop_last and s == 'train',
-                                        batch_tfm=_norm_batch) for s in ('train', 'test')))
+    return _with_preprocess(DataLoaders(*(InMemoryLoader(t[s], bs, shuffle=s == 'train',
+                                                         drop_last=drop_last and s == 'train', batch_tfm=_norm_batch)
+                                          for s in ('train', 'test'))))
+
+
+def _with_preprocess(dls: DataLoaders) -> DataLoaders:
+    """`dls` with `preprocess`: the normalisation above and the class names as plain data, which `learn.classify`
+    applies to new images and `learn.export` saves (see `miniai.inference.Preprocess`)."""
+    from .inference import fashion_preprocess
+    dls.preprocess = fashion_preprocess()
+    return dls
 
 
 # ---------------------------------------------------------------- showing images (matplotlib imported lazily)

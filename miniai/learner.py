@@ -5,7 +5,7 @@ here, so the course's `from miniai.learner import *` gives them all.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +57,8 @@ def _check_dls(dls):
 
 class Learner:
     """Trains `model` on `dls` with `loss_func`; `opt_func(params, lr=lr)` makes the optimizer, `cbs` do the rest."""
+    preprocess = None  # a `miniai.inference.Preprocess`: how raw images become inputs (else `dls.preprocess`)
+
     def __init__(self, model: nn.Module, dls=(0,), loss_func=F.mse_loss, lr: float = 0.1, cbs=None,
                  opt_func=torch.optim.SGD):
         if not callable(opt_func):
@@ -231,6 +233,27 @@ class Learner:
         `miniai.augment.capture_preds`."""
         from .augment import capture_preds
         return capture_preds(self, cbs, inps)
+
+    def get_preds(self, dl=None, with_input: bool = False, with_decoded: bool = False, tta: bool = False,
+                  tfm: Callable | None = None) -> tuple[torch.Tensor, ...]:
+        """`(preds, targs)` over `dl` (default `dls.valid`) as CPU tensors; `(inputs, ...)` first with `with_input`,
+        the argmax classes last with `with_decoded`; `tta` averages probabilities with `tfm(inputs)` (default: flips).
+        See `miniai.augment.get_preds`."""
+        from .augment import get_preds, hflip
+        res = get_preds(self, dl, with_input=with_input, tta=tta, tfm=tfm or hflip)
+        return (*res, res[-2].argmax(-1)) if with_decoded else res
+
+    def classify(self, items, bs: int = 256):
+        """Class names and probabilities for one new image or a batch; see `miniai.inference.classify`.
+
+        Not named `predict`: that is the loop step running the model on `self.batch`, which subclasses override."""
+        from .inference import classify
+        return classify(self, items, bs=bs)
+
+    def export(self, path):
+        """Write the weights and preprocessing for inference to one file; see `miniai.inference.export`."""
+        from .inference import export
+        return export(self, path)
 
     def fit_one_cycle(self, n_epochs: int, lr_max: float | None = None, pct_start: float = 0.25,
                       moms=(0.95, 0.85, 0.95), wd: float | None = None, cbs=None, **kwargs):

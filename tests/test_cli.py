@@ -1,11 +1,13 @@
 """`miniai train` end to end on a tiny synthetic Fashion-MNIST: outputs, flags, errors, resume, reproducibility."""
 import csv
+import importlib.util
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,8 @@ import pytest
 import torch
 
 from conftest import StopAfter
-from miniai.cli import main
+from miniai.cli import main, recipe_model
+from miniai.core import Callback
 from test_datasets import NAMES, write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,15 +47,75 @@ def rows(path): return list(csv.DictReader(open(path)))
 def test_train_writes_metrics_png_config_and_checkpoints(data, tmp_path, capsys):
     assert run(data, tmp_path / 'r', '--epochs', '2') == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split() == ['accuracy', 'loss', 'epoch', 'phase', 'time'] and 'test accuracy' in out
+    assert out.splitlines()[1].split() == ['accuracy', 'loss', 'epoch', 'phase', 'time'] and 'test accuracy' in out
     r = rows(tmp_path / 'r' / 'metrics.csv')
     assert list(r[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'seconds']
     assert [(x['epoch'], x['phase']) for x in r] == [('0', 'train'), ('0', 'eval'), ('1', 'train'), ('1', 'eval')]
     assert float(r[-1]['accuracy']) > 0.5  # the synthetic classes are easy
-    assert (tmp_path / 'r' / 'loss.png').read_bytes()[:4] == b'\x89PNG'
+    for png in ('training.png', 'confusion.png'): assert (tmp_path / 'r' / png).read_bytes()[:4] == b'\x89PNG'
     cfg = json.loads((tmp_path / 'r' / 'config.json').read_text())
     assert cfg['epochs'] == 2 and cfg['bs'] == 64 and cfg['device'] == 'cpu'
-    assert {'last.pt', 'best.pt'} <= set(os.listdir(tmp_path / 'r'))
+    assert {'last.pt', 'best.pt', 'model.pt'} <= set(os.listdir(tmp_path / 'r'))
+
+
+def test_train_says_what_it_trains_on(data, tmp_path, capsys):
+    assert run(data, tmp_path / 'r', '--epochs', '1') == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    n_params = sum(p.numel() for p in recipe_model().parameters())
+    for part in ('cpu', str(data), '600 training', '120 test', f'{n_params:,} parameters', '1 epoch, bs 64'):
+        assert part in first, (part, first)
+
+
+def test_flags_build_the_everyday_callbacks_from_their_modules(data, tmp_path, monkeypatch):
+    """The wiring, with stand-ins for miniai.stopping/gradients/tensorboard (the real ones: the next test)."""
+    made = []
+
+    def stand_in(name):
+        class CB(Callback):
+            def __init__(self, *a, **k): made.append((name, a, k))
+        CB.__name__ = name
+        return CB
+    for mod, names in (('stopping', ['EarlyStoppingCB']), ('gradients', ['GradientClipCB', 'GradientAccumulationCB']),
+                       ('tensorboard', ['TensorBoardCB'])):
+        fake = types.ModuleType(f'miniai.{mod}')
+        for n in names: setattr(fake, n, stand_in(n))
+        monkeypatch.setitem(sys.modules, f'miniai.{mod}', fake)
+    find = importlib.util.find_spec  # the tensorboard package need not be installed for the stand-in
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: True if name == 'tensorboard' else find(name, *a))
+    assert run(data, tmp_path / 'r', '--epochs', '1', '--limit', '100', '--early-stop', '3', '--clip', '0.5',
+               '--accumulate', '4', '--tensorboard') == 0
+    assert made == [('EarlyStoppingCB', (), {'patience': 3}), ('GradientClipCB', (0.5,), {}),
+                    ('GradientAccumulationCB', (4,), {}), ('TensorBoardCB', (tmp_path / 'r' / 'tensorboard',), {})]
+    made.clear()
+    assert run(data, tmp_path / 'plain', '--epochs', '1', '--limit', '100') == 0 and made == []
+
+
+def test_tensorboard_without_the_package_says_how_to_install_it(data, tmp_path, monkeypatch, capsys):
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'tensorboard' else find(name, *a))
+    assert run(data, tmp_path / 'r', '--epochs', '1', '--limit', '100', '--tensorboard') == 1
+    err = capsys.readouterr().err
+    assert err.startswith('miniai: error:') and "pip install 'miniai[tensorboard]'" in err
+
+
+def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
+    """Needs miniai.stopping and miniai.gradients (issue 12, the callbacks part)."""
+    from miniai import cli
+    from miniai.gradients import GradientAccumulationCB, GradientClipCB
+    from miniai.stopping import EarlyStoppingCB
+    args = cli.build_parser().parse_args(['train', '--early-stop', '2', '--clip', '1.5', '--accumulate', '3'])
+    cbs = cli._build_callbacks(args, tmp_path)
+    assert [type(c) for c in cbs] == [EarlyStoppingCB, GradientClipCB, GradientAccumulationCB]
+    assert 2 in vars(cbs[0]).values() and 1.5 in vars(cbs[1]).values() and 3 in vars(cbs[2]).values()
+    assert run(data, tmp_path / 'r', '--epochs', '2', '--early-stop', '1', '--clip', '1', '--accumulate', '2') == 0
+    assert len(rows(tmp_path / 'r' / 'metrics.csv')) >= 2
+
+
+def test_tensorboard_flag_writes_event_files(data, tmp_path):
+    """Needs miniai.tensorboard (issue 12, the callbacks part) and the tensorboard package."""
+    pytest.importorskip('tensorboard')
+    assert run(data, tmp_path / 'r', '--epochs', '1', '--tensorboard') == 0
+    assert any(p.name.startswith('events.out.tfevents') for p in (tmp_path / 'r' / 'tensorboard').rglob('*'))
 
 
 def test_existing_output_folder_is_never_overwritten(data, tmp_path, capsys):
