@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -23,6 +24,7 @@ def _positive(kind):
     def parse(s):
         try: v = kind(s)
         except ValueError: raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}")
+        if not math.isfinite(v): raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
         if v <= 0: raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
         return v
     return parse

@@ -64,7 +64,8 @@ def test_existing_output_folder_is_never_overwritten(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('argv,msg', [(['--epochs', '0'], 'must be > 0'), (['--bogus'], 'unrecognized arguments'),
-                                      (['--lr', 'fast'], 'expected a float')])
+                                      (['--lr', 'fast'], 'expected a float'), (['--lr', 'nan'], 'finite'),
+                                      (['--lr', 'inf'], 'finite'), (['--lr=-inf'], 'finite')])
 def test_bad_flags_exit_2_with_argparse_message(argv, msg, capsys):
     with pytest.raises(SystemExit) as e: main(['train', *argv])
     assert e.value.code == 2 and msg in capsys.readouterr().err
