@@ -28,7 +28,8 @@ import torch
 
 from .core import Callback
 from .distributed import barrier, broadcast_object, is_main_process
-from .files import MiniaiError, atomic_write, sha256_file
+from .errors import MiniaiError
+from .files import atomic_write, sha256_file
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'SaveModelCB', 'TerminateOnNaNCB', 'NonFiniteLossError',
            'CheckpointError', 'digest_path', 'is_main_process', 'unwrap_model']

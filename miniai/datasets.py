@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
+from .errors import DataError
+
 __all__ = ['FASHION_CLASSES', 'read_idx', 'load_fashion_mnist', 'fashion_mnist_tensors', 'inplace', 'collate_dict',
            'InMemoryLoader', 'DataLoaders', 'get_dls', 'show_image', 'subplots', 'get_grid', 'show_images']
 
@@ -46,17 +48,17 @@ def read_idx(fn: str | os.PathLike, magic: int | None = None) -> np.ndarray:
     fn = Path(fn)
     try: data = gzip.decompress(fn.read_bytes()) if fn.suffix == '.gz' else fn.read_bytes()
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise ValueError(f"{fn}: corrupt or truncated gzip file ({e})") from e
+        raise DataError(f"{fn}: corrupt or truncated gzip file ({e})") from e
     got = int.from_bytes(data[:4], 'big') if len(data) >= 4 else None
     if magic is not None and got != magic:
-        raise ValueError(f"{fn}: magic number {got}, expected {magic} ({'images' if magic == _IMAGES else 'labels'})")
+        raise DataError(f"{fn}: magic number {got}, expected {magic} ({'images' if magic == _IMAGES else 'labels'})")
     if got is None or data[:3] != b'\0\0\x08':
-        raise ValueError(f"{fn}: not a uint8 IDX file (magic number {got})")
+        raise DataError(f"{fn}: not a uint8 IDX file (magic number {got})")
     start = 4 + 4 * data[3]
-    if len(data) < start: raise ValueError(f"{fn}: header truncated ({len(data)} bytes)")
+    if len(data) < start: raise DataError(f"{fn}: header truncated ({len(data)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(data, '>u4', data[3], 4))
     if len(data) - start != math.prod(shape):
-        raise ValueError(f"{fn}: header says shape {shape} ({math.prod(shape)} bytes) "
+        raise DataError(f"{fn}: header says shape {shape} ({math.prod(shape)} bytes) "
                          f"but the file holds {len(data) - start} bytes of data")
     return np.frombuffer(data, np.uint8, offset=start).reshape(shape)
 
@@ -65,10 +67,10 @@ def _read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images `(N,H,W)` and labels `(N,)` of `split` from the IDX files in `folder`, cross-checked."""
     fx, fy = (folder / n for n in _IDX[split])
     x, y = read_idx(fx, _IMAGES), read_idx(fy, _LABELS)
-    if len(x) != len(y): raise ValueError(f"{fx} holds {len(x)} images but {fy} holds {len(y)} labels")
+    if len(x) != len(y): raise DataError(f"{fx} holds {len(x)} images but {fy} holds {len(y)} labels")
     if len(y) and y.max() >= len(FASHION_CLASSES):
         i = int(y.argmax())
-        raise ValueError(f"{fy}: label {y[i]} at index {i} is not a class index 0..{len(FASHION_CLASSES) - 1}")
+        raise DataError(f"{fy}: label {y[i]} at index {i} is not a class index 0..{len(FASHION_CLASSES) - 1}")
     return x, y
 
 

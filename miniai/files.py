@@ -1,5 +1,4 @@
-"""Crash-safe output files: `atomic_write` (temporary file, fsync, rename), `sha256_file`, `clean_stale_temps`, and
-the error classes of `miniai` (`MiniaiError`, `UsageError`, `OutputError`).
+"""Crash-safe output files: `atomic_write` (temporary file, fsync, rename), `sha256_file`, `clean_stale_temps`.
 
 A file is written beside its destination and renamed over it, so a reader (or a process killed mid-write) sees the
 old file or the new one, never half of one; the rename also replaces a symlink planted at the destination instead
@@ -14,20 +13,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ['MiniaiError', 'UsageError', 'OutputError', 'atomic_write', 'sha256_file', 'clean_stale_temps']
+from .errors import OutputError
 
-
-class MiniaiError(Exception):
-    """An error caused by the input, the files or the machine, not by a bug: `miniai` prints it on one line."""
-
-
-class UsageError(MiniaiError, ValueError):
-    """A flag, a config file or an argument that cannot work; the message says which and what to use instead."""
-
-
-class OutputError(MiniaiError, OSError):
-    """An output file could not be written (disk full, permissions, ...); the previous file, if any, is intact."""
-    def __str__(self): return self.strerror
+__all__ = ['atomic_write', 'sha256_file', 'clean_stale_temps']
 
 
 def _pid_alive(pid: int) -> bool:
