@@ -287,9 +287,24 @@ _MACHINE = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota e
             errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied'}
 
 
-def _one_line(e: BaseException) -> str | None:
+def _lost_peer(e: BaseException) -> bool:
+    """Whether `e` is a collective that timed out or lost a process (torch raises RuntimeErrors for both)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return False
+    msg = str(e).lower()
+    return isinstance(e, getattr(dist, 'DistError', ())) or (isinstance(e, RuntimeError) and any(
+        w in msg for w in ('timed out', 'timeout', 'connection closed by peer', 'connection reset by peer')))
+
+
+def _one_line(e: BaseException, args) -> str | None:
     """The `miniai: error:` line for `e`, or None for a bug, which keeps its traceback."""
     if isinstance(e, MiniaiError): return str(e)
+    if _lost_peer(e):
+        from .distributed import rank
+        return (f"process {rank()} waited more than --dist-timeout {getattr(args, 'dist_timeout', DIST_TIMEOUT):g} s "
+                "for the other processes, or lost one: a process stalled or died (see its output). The run "
+                "stopped; once the cause is fixed, `miniai train --resume DIR` continues from the last complete "
+                f"epoch, or raise --dist-timeout if a step really takes that long ({str(e).splitlines()[0][:120]})")
     if isinstance(e, FileNotFoundError): return str(e)   # a missing data folder or file named on the command line
     if isinstance(e, OSError) and e.errno in _MACHINE:
         return f"{_MACHINE[e.errno]}: could not write {e.filename or 'a file'}; free some space or choose another --out"
@@ -302,7 +317,7 @@ def main(argv=None) -> int:
     try: train(args)
     except KeyboardInterrupt: return 130
     except Exception as e:
-        msg = _one_line(e)
+        msg = _one_line(e, args)
         if msg is None: raise
         print(f"miniai: error: {msg}", file=sys.stderr)
         return 1

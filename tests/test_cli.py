@@ -96,6 +96,9 @@ def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     assert main(['train', '--resume', str(tmp_path / 'part')]) == 0
     full, part = (torch.load(tmp_path / d / 'last.pt', weights_only=True) for d in ('full', 'part'))
     assert part['epoch'] == 2 and all(torch.equal(full['model'][k], part['model'][k]) for k in full['model'])
+    # loss.png's curve: the resumed run holds every batch's loss since epoch 0, as the uninterrupted one does
+    assert part['callbacks']['ProgressCB.0']['losses'] == full['callbacks']['ProgressCB.0']['losses']
+    assert len(full['callbacks']['ProgressCB.0']['losses']) == 3 * 10      # 600 images, batches of 64
     a, b = rows(tmp_path / 'full' / 'metrics.csv'), rows(tmp_path / 'part' / 'metrics.csv')
     assert [(x['epoch'], x['phase'], x['loss'], x['accuracy']) for x in a] == \
         [(x['epoch'], x['phase'], x['loss'], x['accuracy']) for x in b]

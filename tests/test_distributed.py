@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,43 @@ def test_a_loader_it_cannot_shard_is_a_clear_error():
 
 
 if __name__ == '__main__': worker(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+# ---------------------------------------------------------------- a stalled rank (issue 13)
+STALL = """
+import os, sys, time
+from pathlib import Path
+from miniai import cli
+if os.environ['RANK'] == '1':                     # this rank stops answering once both have joined
+    def stall(*a, **k):
+        Path(sys.argv[1], 'stalled').write_text(str(time.time()))
+        time.sleep(300)
+    cli.build_learner = stall
+sys.exit(cli.main(['train', '--data', sys.argv[2], '--out', sys.argv[1] + '/run', '--bs', '64', '--epochs', '1',
+                   '--device', 'cpu', '--dist-timeout', sys.argv[3]]))
+"""
+TIMEOUT = 3
+
+
+def test_a_stalled_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_path):
+    from test_datasets import make_source
+    fm = tmp_path / 'fm'
+    fm.mkdir()
+    make_source(fm, n_train=256, n_test=64)
+    (tmp_path / 'stall.py').write_text(STALL)
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', 'HF_DATASETS_OFFLINE': '1',
+           'HF_HUB_OFFLINE': '1'}
+    log = tmp_path / 'log.txt'
+    with open(log, 'w') as f:
+        p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                              str(tmp_path / 'stall.py'), str(tmp_path), str(fm), str(TIMEOUT)], env=env, stdout=f,
+                             stderr=subprocess.STDOUT)
+        try: p.wait(timeout=200)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            pytest.fail(f"the run with a stalled rank did not end:\n{log.read_text()[-3000:]}")
+    ended, text = time.time(), log.read_text()
+    assert p.returncode != 0
+    assert f'miniai: error: process 0 waited more than --dist-timeout {TIMEOUT} s' in text, text[-3000:]
+    # the stall began before the timeout could run; everything after it (timeout, exit, torchrun's cleanup) is short
+    assert ended - float((tmp_path / 'stalled').read_text()) < TIMEOUT + 60
