@@ -6,6 +6,7 @@ here, so the course's `from miniai.learner import *` gives them all.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -31,6 +32,10 @@ def _check_dls(dls):
         raise TypeError(f"dls must have a `.train` loader (and `.valid`), e.g. DataLoaders(train_dl, valid_dl); "
                         f"got {type(dls).__name__}")
     return dls
+
+
+def _empty(dl) -> bool:
+    return dl is not None and hasattr(dl, '__len__') and len(dl) == 0
 
 
 def _check_lr(lr):
@@ -148,6 +153,10 @@ class Learner:
         if start_epoch >= n_epochs:
             raise ValueError(f"nothing to train: starting at epoch {start_epoch} of a {n_epochs}-epoch fit (a loaded "
                              "checkpoint continues after its epoch; pass start_epoch=0 to train from the start)")
+        if valid and _empty(getattr(self.dls, 'valid', None)):
+            warnings.warn("the validation loader is empty (0 batches): fit skips validation, so there is no eval "
+                          "loss or metric; give dls a non-empty `.valid` loader, or pass valid=False", stacklevel=2)
+            valid = False
         cbs = list(cbs or [])
         self.add_cbs(cbs)
         self.apply_pending_cb_states()

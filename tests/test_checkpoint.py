@@ -226,3 +226,13 @@ def test_a_checkpoint_saved_inside_an_epoch_repeats_that_epoch(tmp_path):
     resumed.fit(4)
     assert [(r['epoch'], r['phase']) for r in resumed.cbs[0].history] == \
         [(e, ph) for e in range(4) for ph in ('train', 'eval')]
+
+
+def test_an_empty_validation_loader_warns_and_skips_validation_instead_of_nan(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+    learn = make_learner(tmp_path)
+    learn.dls.valid = DataLoader(TensorDataset(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)), 32)
+    with pytest.warns(UserWarning, match='validation loader is empty'): learn.fit(2)
+    hist = learn.cbs[0].history
+    assert [r['phase'] for r in hist] == ['train', 'train'] and all(r['loss'] == r['loss'] for r in hist)  # no NaN
+    assert torch.load(tmp_path / 'last.pt', weights_only=True)['epoch'] == 1       # still saved every epoch
