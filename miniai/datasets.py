@@ -153,6 +153,21 @@ def _save_atomic(dd, dest: Path):
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _foreign(cache: Path) -> bool:
+    """Whether the cache entry exists but is not a plain folder of plain files, as `_save_atomic` writes them."""
+    if cache.is_symlink(): return True
+    if not cache.exists(): return False
+    return not cache.is_dir() or any(p.is_symlink() for p in cache.rglob('*'))
+
+
+def _set_aside(cache: Path):
+    """Remove a foreign cache entry without losing anything outside the cache: links are unlinked (never followed),
+    a file is renamed aside (`.NAME.foreign-PID`)."""
+    if cache.is_symlink(): cache.unlink()
+    elif cache.is_dir(): shutil.rmtree(cache)               # unlinks the links inside, never what they point to
+    else: cache.rename(cache.with_name(f'.{cache.name}.foreign-{os.getpid()}'))
+
+
 def load_fashion_mnist(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None):
     """Fashion-MNIST as the hub's `DatasetDict` ('train' 60k, 'test' 10k; `image`, `label`), from IDX files if any.
 
@@ -168,6 +183,10 @@ def load_fashion_mnist(path: str | os.PathLike | None = None, cache_dir: str | o
     if src is None: return _from_hub()
     root = Path(cache_dir or os.environ.get('MINIAI_CACHE') or '~/.cache/miniai').expanduser()
     cache = root / f'fashion_mnist-{_cache_key(src)}'
+    if _foreign(cache):
+        warnings.warn(f"rebuilding the cache entry {cache}: it is a symlink, a file, or a folder holding symlinks, "
+                      "which miniai never writes; the entry is replaced (what a symlink points to is left alone)")
+        _set_aside(cache)
     if cache.is_dir():
         try: return hf.load_from_disk(str(cache))
         except Exception as e:
