@@ -270,3 +270,45 @@ def test_a_stalled_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_p
     assert f'miniai: error: process 0 waited more than --dist-timeout {TIMEOUT} s' in text, text[-3000:]
     # the stall began before the timeout could run; everything after it (timeout, exit, torchrun's cleanup) is short
     assert ended - float((tmp_path / 'stalled').read_text()) < TIMEOUT + 60
+
+
+RECORD_RC = """
+import os, sys
+from pathlib import Path
+from miniai import cli
+rc = cli.main(['train', '--data', sys.argv[2], '--out', sys.argv[1] + '/run', '--bs', '8', '--epochs', '50',
+               '--device', 'cpu'])
+Path(sys.argv[1], f"rc{os.environ['RANK']}").write_text(str(rc))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize('launcher', ['torch.distributed.run', 'miniai.launch'])
+def test_ctrl_c_under_torchrun_saves_once_and_every_process_exits_130(tmp_path, launcher):
+    import signal
+    from test_datasets import make_source
+    fm, run = tmp_path / 'fm', tmp_path / 'run'
+    fm.mkdir()
+    make_source(fm, n_train=256, n_test=64)
+    (tmp_path / 'rc.py').write_text(RECORD_RC)
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', 'HF_DATASETS_OFFLINE': '1',
+           'HF_HUB_OFFLINE': '1'}
+    log = tmp_path / 'log.txt'
+    with open(log, 'w') as f:
+        p = subprocess.Popen([sys.executable, '-m', launcher, '--standalone', '--nproc_per_node', '2',
+                              str(tmp_path / 'rc.py'), str(tmp_path), str(fm)], env=env, stdout=f,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while not (run / 'last.pt').exists() and time.time() < deadline: time.sleep(0.2)   # an epoch is done
+        os.killpg(p.pid, signal.SIGINT)                   # what Ctrl-C in a terminal does: the whole group gets it
+        try: p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail(f"Ctrl-C under torchrun did not end the run:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
+    assert [(tmp_path / f'rc{r}').read_text() for r in (0, 1)] == ['130', '130'], text[-3000:]
+    assert '[rank0]: Traceback' not in text and '[rank1]: Traceback' not in text
+    assert text.count('interrupted: state saved to') == 1           # rank 0 writes and says it, once
+    assert torch.load(run / 'interrupted.pt', weights_only=True)['format'] == 'miniai-checkpoint-1'
+    if launcher == 'miniai.launch':                       # torchrun itself exits 1 with its own traceback
+        assert p.returncode == 130 and 'SignalException' not in text, text[-3000:]
