@@ -236,6 +236,8 @@ def _before_epoch(state, epoch: int):
 class SaveModelCB(Callback):
     """Save `dir/last.pt` after every epoch (with `every_epoch`), and `dir/best.pt` whenever the eval value of
     `monitor` (a MetricsCB column such as 'loss' or 'accuracy') improves: lower for names with 'loss', else higher.
+    `epoch_done` is the last epoch this fit completed (None before the first): a checkpoint saved after an interrupt
+    is a mid-epoch one (`save_checkpoint(..., epoch_done=False)`) unless `epoch_done == learn.epoch`.
     """
     order = 20  # after MetricsCB has its row for the epoch
     lr_find_excluded = True
