@@ -221,6 +221,8 @@ class ProgressCB(Callback):
     def __init__(self, plot: bool = False, min_interval: float = 0.25, interactive: bool | None = None):
         self.plot, self.min_interval, self.interactive = plot, min_interval, interactive
         self.losses, self.val_losses, self.main = [], [], True
+        # what cleanup_fit reads, so it also runs when an earlier callback's before_fit raised
+        self._pending, self.live, self.metrics, self._resumed = [], False, None, None
 
     def before_fit(self, learn):
         from fastprogress import master_bar
@@ -228,7 +230,9 @@ class ProgressCB(Callback):
         self.live = self.main and (self.interactive if self.interactive is not None else
                                    (in_notebook() or sys.stdout.isatty()))
         self.notebook = in_notebook()
-        self.losses, self.val_losses, self._pending, self._last, self._first = [], [], [], 0., True
+        r, self._resumed = self._resumed, None        # a loaded checkpoint's curve continues; a new fit starts anew
+        self.losses, self.val_losses = (list(r['losses']), list(r['val_losses'])) if r else ([], [])
+        self._pending, self._last, self._first = [], 0., True
         self.metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
         if self.metrics is not None: self.metrics.logger = self._log
         if self.live: learn.epochs = self.mbar = master_bar(learn.epochs)
@@ -281,3 +285,10 @@ class ProgressCB(Callback):
         self._flush()
         if self.live and self.plot and self.notebook and self.losses: self._draw()
         if self.metrics is not None: self.metrics.logger = None
+
+    def state_dict(self):
+        """The losses so far, so that a resumed run's curve (e.g. `miniai train`'s training.png) shows the whole run."""
+        self._flush()
+        return {'losses': list(self.losses), 'val_losses': list(self.val_losses)}
+
+    def load_state_dict(self, sd): self._resumed = sd

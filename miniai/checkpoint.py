@@ -5,14 +5,22 @@ A checkpoint is one file of state_dicts and plain values (loaded with `weights_o
 the model, the optimizer, every callback that has a `state_dict` (schedules, metrics history, ...), the epoch and
 step counters and the RNG states of python, numpy and torch (CPU and CUDA). It is written to a temporary file and
 renamed over the old one, so a process killed while saving never leaves a broken checkpoint where a good one stood.
-Explained in nbs/09_checkpoint.ipynb.
+
+Beside `NAME.pt` lies `NAME.pt.sha256` (the format of `sha256sum`, so `sha256sum -c` checks it too): the SHA-256 of
+the checkpoint's bytes. Loading refuses a checkpoint whose bytes do not match it (a flipped bit on disk, a copy cut
+short, an edited file); a checkpoint without one (older miniai, or copied alone) loads with a warning. While a save
+replaces the file, the digest file lists both the old and the new digest, so a kill at any moment leaves a pair that
+loads. Explained in nbs/09_checkpoint.ipynb.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import math
-import os
+import pickle
 import random
-import tempfile
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +28,20 @@ import torch
 
 from .core import Callback
 from .distributed import barrier, broadcast_object, is_main_process
+from .errors import MiniaiError
+from .files import atomic_write, sha256_file
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'SaveModelCB', 'TerminateOnNaNCB', 'NonFiniteLossError',
-           'CheckpointError', 'is_main_process', 'unwrap_model']
+           'CheckpointError', 'digest_path', 'is_main_process', 'unwrap_model']
 
 _FORMAT = 'miniai-checkpoint-1'
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is truncated, corrupt, not a miniai checkpoint, or saved from another model."""
+class CheckpointError(MiniaiError, ValueError):
+    """A checkpoint that is truncated, corrupt, not a miniai checkpoint, or saved from another model or optimizer."""
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(MiniaiError, FloatingPointError):
     """The loss became NaN or infinite; raised by `TerminateOnNaNCB` before the step could spoil the weights."""
 
 
@@ -67,47 +77,101 @@ def _set_rng_state(st):
     if st['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st['cuda'])
 
 
-def learner_state(learn) -> dict:
-    """Everything needed to continue `learn` exactly where it stands, as state_dicts and plain values."""
+def _class_name(o) -> str: return f'{type(o).__module__}.{type(o).__qualname__}'
+
+
+def learner_state(learn, epoch_done: bool = True) -> dict:
+    """Everything needed to continue `learn` exactly where it stands, as state_dicts and plain values.
+
+    `epoch_done=False` marks a checkpoint taken inside `learn.epoch` (e.g. at Ctrl-C): loading it repeats that epoch.
+    """
     opt = learn.opt
     return {'format': _FORMAT,
             'model': unwrap_model(learn.model).state_dict(),
             'opt': opt.state_dict() if opt is not None and hasattr(opt, 'state_dict') else None,
+            'opt_class': _class_name(opt) if opt is not None else None,
             'callbacks': {k: cb.state_dict() for k, cb in zip(_cb_keys(learn.cbs), learn.cbs)
                           if hasattr(cb, 'state_dict')},
-            'epoch': learn.epoch, 'iter_count': learn.iter_count, 'rng': _rng_state()}
+            'epoch': learn.epoch, 'epoch_done': epoch_done, 'iter_count': learn.iter_count, 'rng': _rng_state()}
 
 
-def save_checkpoint(learn, path) -> Path | None:
-    """Write `learn`'s state to `path` atomically (temporary file, then rename); only the main process writes.
+def save_checkpoint(learn, path, epoch_done: bool = True) -> Path | None:
+    """Write `learn`'s state to `path` atomically (temporary file, then rename) with its digest in `path.sha256`;
+    only the main process writes. `epoch_done=False`: saved inside an epoch, which a resume then repeats.
 
     Under torch.distributed call it on every rank: the others wait at a barrier until rank 0 has written the file.
+
+    Raises:
+        OutputError: the file could not be written (e.g. no space left on device); the old checkpoint is intact.
     """
     path = Path(path)
     try:
-        if is_main_process(): _write(learn, path)
+        if is_main_process(): _write(learn, path, epoch_done)
     finally: barrier()
     return path if is_main_process() else None
 
 
-def _write(learn, path: Path):
+def digest_path(path) -> Path:
+    """Where the SHA-256 of checkpoint `path` is kept: `path` + '.sha256'."""
+    path = Path(path)
+    return path.with_name(path.name + '.sha256')
+
+
+def _digests(sidecar: Path) -> list[str]:
+    """The hex digests listed in `sidecar` (lines `HEX  NAME`, as sha256sum writes them)."""
+    try: lines = sidecar.read_text().splitlines()
+    except (OSError, UnicodeDecodeError): return []
+    return [ln.split()[0].lower() for ln in lines if ln.split() and re.fullmatch(r'[0-9a-fA-F]{64}', ln.split()[0])]
+
+
+def _write(learn, path: Path, epoch_done: bool = True):
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(learner_state(learn), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+    buf = io.BytesIO()  # in memory first: the digest covers exactly the bytes that reach the disk
+    torch.save(learner_state(learn, epoch_done), buf)
+    data = buf.getbuffer()
+    new, side = hashlib.sha256(data).hexdigest(), digest_path(path)
+    old = [d for d in _digests(side) if d != new] if path.exists() else []
+    # the digest file names the new digest before the checkpoint is replaced and drops the old one after: whenever
+    # a kill lands, the checkpoint on disk is listed
+    if old: atomic_write(side, ''.join(f'{d}  {path.name}\n' for d in [new, *old]))
+    atomic_write(path, bytes(data))
+    atomic_write(side, f'{new}  {path.name}\n')
+
+
+def _verify(path: Path):
+    side = digest_path(path)
+    if not side.exists():
+        warnings.warn(f"checkpoint {path} has no digest file {side.name} (saved by an older miniai, or copied "
+                      "without it): it is loaded without checking that its bytes are intact", stacklevel=4)
+        return
+    want = _digests(side)
+    if not want:
+        raise CheckpointError(f"the digest file {side} of checkpoint {path} holds no SHA-256 digest; restore it, or "
+                              "delete it to load the checkpoint unchecked")
+    if sha256_file(path) not in want:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its bytes do not match the SHA-256 digest saved with it "
+                              f"in {side.name} (changed on disk or by a copy since it was saved). Use an earlier "
+                              "checkpoint (e.g. best.pt or another run's), or restore this file from a backup")
+
+
+def _unsafe(e: Exception) -> str | None:
+    """The objects torch's weights-only unpickler refused, when that is why `e` was raised."""
+    msg = str(e)
+    if not isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' not in msg: return None
+    m = re.search(r'Unsupported global: GLOBAL ([\w.]+)', msg) or re.search(r'(?:global|GLOBAL) ([\w.]+)', msg)
+    return m.group(1) if m else 'unknown objects'
 
 
 def _read(path: Path) -> dict:
     if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}")
+    _verify(path)
     try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
+        bad = _unsafe(e)
+        if bad is not None:
+            raise CheckpointError(f"{path} holds Python objects that are not allowed in a checkpoint ({bad}): "
+                                  "miniai checkpoints hold only tensors and plain values, and miniai never unpickles "
+                                  "code, so it refuses this file. Load only checkpoints from sources you trust") from e
         raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]}); use an earlier checkpoint") from e
     if not isinstance(ckpt, dict) or ckpt.get('format') != _FORMAT:
@@ -136,22 +200,44 @@ def load_checkpoint(learn, path, weights_only: bool = False) -> dict:
     ckpt = _read(path)
     _load_model(unwrap_model(learn.model), ckpt['model'], path)
     if weights_only: return ckpt
-    if ckpt['opt'] is not None:
-        opt = learn.make_opt()
-        if not hasattr(opt, 'load_state_dict'):
-            raise CheckpointError(f"{path} holds optimizer state but {type(opt).__name__} has no load_state_dict")
-        opt.load_state_dict(ckpt['opt'])
-    learn.pending_cb_states = dict(ckpt['callbacks'])
+    if ckpt['opt'] is not None: _load_opt(learn, ckpt, path)
+    done = ckpt.get('epoch_done', True)
+    learn.pending_cb_states = {k: v if done else _before_epoch(v, ckpt['epoch']) for k, v in ckpt['callbacks'].items()}
     learn.apply_pending_cb_states()
     learn.epoch, learn.iter_count = ckpt['epoch'], ckpt['iter_count']
-    learn.resume_epoch = ckpt['epoch'] + 1
+    learn.resume_epoch = ckpt['epoch'] + 1 if done else ckpt['epoch']  # an interrupted epoch runs again from its start
     _set_rng_state(ckpt['rng'])
     return ckpt
+
+
+def _load_opt(learn, ckpt, path):
+    opt = learn.make_opt()
+    saved = ckpt.get('opt_class')
+    if saved is not None and saved != _class_name(opt):
+        raise CheckpointError(f"checkpoint {path} holds the state of a {saved} optimizer but this learner makes a "
+                              f"{_class_name(opt)}: use the same opt_func as the run that saved it, or load only the "
+                              "weights with weights_only=True")
+    if not hasattr(opt, 'load_state_dict'):
+        raise CheckpointError(f"{path} holds optimizer state but {type(opt).__name__} has no load_state_dict")
+    try: opt.load_state_dict(ckpt['opt'])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"checkpoint {path}: its optimizer state does not fit {_class_name(opt)} ({e}); use the "
+                              "same optimizer and param groups as the run that saved it") from e
+
+
+def _before_epoch(state, epoch: int):
+    """A callback state without the rows (`history` items with an `epoch`) of `epoch` and later: an interrupted
+    epoch's partial rows are written again when it runs again."""
+    if not isinstance(state, dict) or not isinstance(state.get('history'), list): return state
+    keep = [r for r in state['history'] if not (isinstance(r, dict) and r.get('epoch', -1) >= epoch)]
+    return {**state, 'history': keep}
 
 
 class SaveModelCB(Callback):
     """Save `dir/last.pt` after every epoch (with `every_epoch`), and `dir/best.pt` whenever the eval value of
     `monitor` (a MetricsCB column such as 'loss' or 'accuracy') improves: lower for names with 'loss', else higher.
+    `epoch_done` is the last epoch this fit completed (None before the first): a checkpoint saved after an interrupt
+    is a mid-epoch one (`save_checkpoint(..., epoch_done=False)`) unless `epoch_done == learn.epoch`.
     """
     order = 20  # after MetricsCB has its row for the epoch
     lr_find_excluded = True
@@ -160,10 +246,11 @@ class SaveModelCB(Callback):
         if mode not in ('auto', 'min', 'max'): raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.dir, self.every_epoch, self.monitor = Path(dir), every_epoch, monitor
         self.mode = ('min' if monitor and 'loss' in monitor else 'max') if mode == 'auto' else mode
-        self.best = None
+        self.best, self.epoch_done = None, None   # `epoch_done`: the last epoch this fit completed
 
     def before_fit(self, learn):
         from .callbacks import MetricsCB
+        self.epoch_done = None
         self.metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
         if self.monitor and self.metrics is None:
             raise ValueError(f"SaveModelCB(monitor={self.monitor!r}) needs a MetricsCB in the learner's callbacks")
@@ -171,6 +258,7 @@ class SaveModelCB(Callback):
     def after_epoch(self, learn):
         # an epoch is complete after its eval phase, or after training when there is no validation
         if learn.training and learn.do_valid: return
+        self.epoch_done = learn.epoch
         if self.monitor: self._maybe_best(learn)
         if self.every_epoch: save_checkpoint(learn, self.dir / 'last.pt')
 

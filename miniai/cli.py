@@ -10,14 +10,22 @@ a run's best model (`miniai.predict_cli`).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.util
+import io
+import itertools
 import json
+import math
 import os
 import sys
 import time
 import warnings
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
+
+from .errors import MiniaiError, UsageError
+from .files import atomic_write
 
 __all__ = ['main', 'build_parser', 'train', 'recipe_model']
 
@@ -43,6 +51,7 @@ def _positive(kind):
     def parse(s):
         try: v = kind(s)
         except ValueError: raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {s!r}")
+        if not math.isfinite(v): raise argparse.ArgumentTypeError(f"must be a finite number, got {s}")
         if v <= 0: raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
         return v
     return parse
@@ -70,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument('--resume', type=Path, default=None, metavar='DIR',
                    help="continue the run in DIR from its last complete epoch (its saved flags are used, except "
                         "--epochs and --device)")
+    t.add_argument('--dist-timeout', type=_positive(float), default=DIST_TIMEOUT, metavar='SECONDS',
+                   help="under torchrun, how long a process waits for the others before the run stops with an error "
+                        "(a stalled or dead process would otherwise block the rest forever)")
     _add_callback_flags(t)
     from .predict_cli import add_predict_parser
     add_predict_parser(sub)
@@ -104,47 +116,80 @@ def _build_callbacks(args, out: Path) -> list:
         cbs.append(GradientAccumulationCB(args.accumulate))
     if args.tensorboard:
         if importlib.util.find_spec('tensorboard') is None:   # say so now, not after the data has loaded
-            raise ImportError("--tensorboard needs the tensorboard package: pip install 'miniai[tensorboard]' "
+            raise UsageError("--tensorboard needs the tensorboard package: pip install 'miniai[tensorboard]' "
                               "(or pip install tensorboard)")
         from .tensorboard import TensorBoardCB
         cbs.append(TensorBoardCB(out / 'tensorboard'))
     return cbs
 
 
-def _new_out_dir(out: Path | None) -> Path:
+DIST_TIMEOUT = 600.  # seconds; torch's own default (30 min for gloo) leaves a cluster idle for long
+
+
+def _claim(out: Path) -> bool:
+    """Create `out`/config.json exclusively: of two runs starting in `out` at the same instant, one gets it."""
+    try: os.close(os.open(out / 'config.json', os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError: return False
+    return True
+
+
+def _new_out_dir(out: Path | None) -> tuple[Path, bool]:
+    """A new run folder, claimed for this run (its config.json exists), and whether this call created the folder.
+
+    The default name `runs/<time>` gets `-1`, `-2`, ... when taken; an explicit `out` must be empty (or missing).
+    """
     if out is None:
         base = Path('runs') / time.strftime('%Y%m%d-%H%M%S')
-        out, i = base, 1
-        while out.exists(): out, i = base.with_name(f'{base.name}-{i}'), i + 1
-    elif out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"--out {out} already holds files; choose a new folder so no earlier run is "
-                              "overwritten")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+        base.parent.mkdir(parents=True, exist_ok=True)
+        for i in itertools.count():
+            cand = base.with_name(f'{base.name}-{i}') if i else base
+            try: cand.mkdir()             # exclusive: runs starting at the same instant each get their own name
+            except FileExistsError: continue
+            _claim(cand)
+            return cand, True
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder: give the path of a new folder (it is created)")
+    created = not out.exists()
+    try: out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UsageError(f"--out {out}: a part of this path is a file, not a folder; give the path of a new "
+                         "folder") from None
+    if any(out.iterdir()):
+        raise UsageError(f"--out {out} already holds files; choose a new folder so no earlier run is overwritten")
+    if not _claim(out):
+        raise UsageError(f"--out {out} was just taken by another run starting at the same time; choose another folder")
+    return out, created
 
 
-def _out_dir(args) -> Path:
+def _out_dir(args) -> tuple[Path, bool]:
     """The run's folder: made by rank 0 and told to the others (a default name holds rank 0's clock)."""
     from .distributed import broadcast_object, is_main_process
     res = None
     if is_main_process():
         try: res = _new_out_dir(args.out)
-        except FileExistsError as e: res = e
+        except MiniaiError as e: res = e
     res = broadcast_object(res)
     if isinstance(res, Exception): raise res
     return res
 
 
-def _write_plots(learn, out: Path, n_batches: int, first_batch: int):
-    """training.png from the metrics history, the per-batch losses and lrs of this process's fit."""
+def _write_config(args, out: Path, device, world: int):
+    """config.json: the run's flags, read back by --resume."""
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'resume'}
+    atomic_write(out / 'config.json', json.dumps({**config, 'device': str(device), 'world_size': world}, indent=2))
+
+
+def _write_plots(learn, out: Path, n_batches: int, lr_first_batch: int):
+    """training.png from the metrics history, the per-batch losses (the whole run's: ProgressCB's are checkpointed)
+    and the lrs of this fit (from batch `lr_first_batch` on)."""
     from .callbacks import MetricsCB, ProgressCB
     from .sgd import RecorderCB
     from .train_plots import plot_training, save_figure
     metrics = next(cb for cb in learn.cbs if isinstance(cb, MetricsCB))
     progress = next(cb for cb in learn.cbs if isinstance(cb, ProgressCB))
     rec = next(cb for cb in learn.cbs if isinstance(cb, RecorderCB))
-    save_figure(plot_training(metrics.history, progress.losses, rec.recs['lr'], n_batches, first_batch),
-                out / 'training.png')
+    save_figure(plot_training(metrics.history, progress.losses, rec.recs['lr'], n_batches,
+                              lr_first_batch=lr_first_batch), out / 'training.png')
     return metrics
 
 
@@ -178,18 +223,61 @@ def _banner(args, dls, model, device, world: int) -> str:
             f"parameters; {args.epochs} epoch{'s' if args.epochs != 1 else ''}, bs {args.bs}, lr {args.lr:g}")
 
 
+def _remove_if_unused(out: Path, created: bool):
+    """After a run failed before its first epoch: remove what it wrote (config.json) and, if it made the folder and
+    nothing else is in it, the folder; anything else in it stays."""
+    if any(p.name != 'config.json' for p in out.iterdir()): return
+    (out / 'config.json').unlink(missing_ok=True)
+    if created: out.rmdir()
+
+
+def _check_device(name: str | None):
+    """The `--device` as a torch.device, refused with a one-line reason when unknown or not on this machine."""
+    import torch
+
+    from .callbacks import def_device
+    try: dev = torch.device(name or def_device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    avail = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + \
+        (['mps'] if torch.backends.mps.is_available() else [])
+    if dev.type not in avail:
+        why = 'is not available on this machine' if dev.type in ('cuda', 'mps') else 'is not supported by miniai train'
+        raise UsageError(f"--device {name}: {dev.type} {why}; available here: {', '.join(avail)} (leave --device out "
+                         "to take the first of them)")
+    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}")
+    return dev
+
+
+_SAVED = {'epochs': int, 'lr': float, 'bs': int, 'seed': int}   # config.json keys a resume cannot do without
+
+
 def _resume_args(args):
     """The saved run's config, so a resumed run is the same run (a new --epochs or --device aside); the folder must
     hold last.pt. Flags added to miniai since the run was saved take their defaults."""
     run = args.resume
     if not (run / 'config.json').is_file() or not (run / 'last.pt').is_file():
-        raise FileNotFoundError(f"--resume {run}: expected a run folder of `miniai train` holding config.json and "
-                                "last.pt (written after each epoch)")
-    saved = json.loads((run / 'config.json').read_text())
+        raise UsageError(f"--resume {run}: expected a run folder of `miniai train` holding config.json and last.pt "
+                         "(written after each epoch)")
+    cfg = run / 'config.json'
+    try: saved = json.loads(cfg.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UsageError(f"--resume {run}: {cfg} is not valid JSON ({e}); restore it, or start a new run") from None
+    if not isinstance(saved, dict): raise UsageError(f"--resume {run}: {cfg} must hold an object of the run's flags")
+    missing = [k for k in _SAVED if k not in saved]
+    wrong = [k for k, kind in _SAVED.items() if k in saved and (isinstance(saved[k], bool) or not
+             isinstance(saved[k], (int, float) if kind is float else int) or not 0 < saved[k] < math.inf)]
+    if missing or wrong:
+        raise UsageError(f"--resume {run}: {cfg} " + (f"lacks the key(s) {', '.join(missing)}" if missing else
+                         f"has invalid value(s) for {', '.join(f'{k}={saved[k]!r}' for k in wrong)}") +
+                         "; it must hold the flags of the run that wrote it: restore it, or start a new run")
+    defaults = vars(build_parser().parse_args(['train']))  # keys added to miniai after the run was made
     for k in ('data', 'out'): saved[k] = Path(saved[k]) if saved.get(k) else None
-    defaults = vars(build_parser().parse_args(['train']))
     return argparse.Namespace(**{**defaults, **saved, 'resume': run, 'out': run,
-                                 'epochs': args.epochs or saved['epochs'], 'device': args.device or saved['device']})
+                                 'epochs': getattr(args, 'epochs', None) or saved['epochs'],
+                                 'device': getattr(args, 'device', None) or saved.get('device')})
 
 
 def _check_resume(learn, args, saved_epochs: int):
@@ -197,7 +285,7 @@ def _check_resume(learn, args, saved_epochs: int):
     done = learn.resume_epoch
     if done < args.epochs: return
     more = f"--epochs {done + saved_epochs}" if saved_epochs else "--epochs N"
-    raise ValueError(f"the run in {args.out} has already trained {done} epochs (of {saved_epochs}); to train it "
+    raise UsageError(f"the run in {args.out} has already trained {done} epochs (of {saved_epochs}); to train it "
                      f"longer pass a larger total, e.g. `miniai train --resume {args.out} {more}`")
 
 
@@ -219,6 +307,18 @@ def recipe_model():
     from .init import init_weights
     return get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d).apply(
         partial(init_weights, leaky=0.1))
+
+
+def _rewrite_csv(path: Path, history: list[dict]):
+    """metrics.csv rewritten from the checkpoint's rows, so that a resumed run's file holds each row once."""
+    import csv
+    buf = io.StringIO()
+    if history:
+        cols = ['epoch', 'phase', 'loss'] + [k for k in history[0] if k not in ('epoch', 'phase', 'loss', 'seconds')]
+        w = csv.DictWriter(buf, fieldnames=cols + ['seconds'], lineterminator='\r\n')
+        w.writeheader()
+        w.writerows(history)
+    atomic_write(path, buf.getvalue())
 
 
 def build_learner(args, dls, out: Path, device):
@@ -247,9 +347,8 @@ def train(args) -> Path:
     warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')  # raised by torcheval's import
     import torch
 
-    from .callbacks import def_device, set_seed
-    from .datasets import get_dls
-    from .distributed import distributed_dls, init_from_env, is_main_process
+    from .callbacks import def_device
+    from .distributed import init_from_env, is_main_process
 
     saved_epochs = None
     if args.resume:
@@ -257,48 +356,96 @@ def train(args) -> Path:
         saved_epochs = json.loads((args.resume / 'config.json').read_text())['epochs']
     else: args.epochs = args.epochs or 5
     world = int(os.environ.get('WORLD_SIZE', 1))  # set by torchrun
-    if args.bs % world: raise ValueError(f"--bs {args.bs} (global) must be a multiple of the {world} processes")
-    device = init_from_env(args.device) if world > 1 else torch.device(args.device or def_device)
-    out = args.out if args.resume else _out_dir(args)
+    if args.bs % world: raise UsageError(f"--bs {args.bs} (global) must be a multiple of the {world} processes")
+    _check_device(args.device)
+    timeout = timedelta(seconds=getattr(args, 'dist_timeout', DIST_TIMEOUT))
+    device = init_from_env(args.device, timeout=timeout) if world > 1 else torch.device(args.device or def_device)
+    out, created = (args.out, False) if args.resume else _out_dir(args)
+    try: return _run(args, out, device, world, saved_epochs)
+    except BaseException:
+        if not args.resume and is_main_process(): _remove_if_unused(out, created)
+        raise
+
+
+def _run(args, out: Path, device, world: int, saved_epochs: int | None = None) -> Path:
+    from .callbacks import MetricsCB, ProgressCB, set_seed
+    from .checkpoint import SaveModelCB, save_checkpoint
+    from .datasets import get_dls
+    from .distributed import distributed_dls, is_main_process
+
     set_seed(args.seed, deterministic=args.deterministic)
     full_dls = dls = get_dls(args.bs // world, path=args.data, device=device, limit=args.limit)
     if world > 1: dls = distributed_dls(dls, seed=args.seed)
+    if not args.resume and is_main_process(): _write_config(args, out, device, world)
     learn = build_learner(args, dls, out, device)
+    metrics = next(cb for cb in learn.cbs if isinstance(cb, MetricsCB))
     if args.resume:
         learn.load(out / 'last.pt')
         _check_resume(learn, args, saved_epochs)
-    first_batch = (learn.resume_epoch or 0) * len(dls.train)
+        if is_main_process(): _rewrite_csv(out / 'metrics.csv', metrics.history)  # drops rows written after last.pt
+    lr_first_batch = (learn.resume_epoch or 0) * len(dls.train)   # RecorderCB holds this fit's lrs only
     if is_main_process():
         print(_banner(args, full_dls, learn.model, device, world))
         if args.resume: print(_resume_note(learn, args, saved_epochs))
-    if is_main_process() and (not args.resume or args.epochs != saved_epochs):
-        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'resume'}
-        (out / 'config.json').write_text(json.dumps({**config, 'device': str(device), 'world_size': world}, indent=2))
+        if args.resume and args.epochs != saved_epochs: _write_config(args, out, device, world)
     try: learn.fit_one_cycle(args.epochs, args.lr)
     except KeyboardInterrupt:
-        learn.save(out / 'interrupted.pt')
+        saver = next(cb for cb in learn.cbs if isinstance(cb, SaveModelCB))
+        done = saver.epoch_done == learn.epoch
+        save_checkpoint(learn, out / 'interrupted.pt', epoch_done=done)
         if is_main_process():
-            print(f"interrupted: state saved to {out / 'interrupted.pt'}; `miniai train --resume {out}` continues "
-                  "from the last complete epoch", file=sys.stderr)
+            part = '' if done else (f" (inside epoch {learn.epoch}: loading it trains epoch {learn.epoch} again from "
+                                    "its start)")
+            print(f"interrupted: state saved to {out / 'interrupted.pt'}{part}; `miniai train --resume {out}` "
+                  "continues from the last complete epoch", file=sys.stderr)
         raise
     if not is_main_process(): return out
-    metrics = _write_plots(learn, out, len(dls.train), first_batch)
+    metrics = _write_plots(learn, out, len(dls.train), lr_first_batch)
     _finish(learn, full_dls.valid, out, device)
     final = [r for r in metrics.history if r['phase'] == 'eval'][-1]
     print(f"test accuracy {final['accuracy']:.4f}; results in {out}")
     return out
 
 
+# errors of the machine rather than of miniai: one line, like MiniaiError (other OSErrors keep their traceback)
+_MACHINE = {errno.ENOSPC: 'no space left on device', errno.EDQUOT: 'disk quota exceeded',
+            errno.EROFS: 'read-only file system', errno.EACCES: 'permission denied'}
+
+
+def _lost_peer(e: BaseException) -> bool:
+    """Whether `e` is a collective that timed out or lost a process (torch raises RuntimeErrors for both)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()): return False
+    msg = str(e).lower()
+    return isinstance(e, getattr(dist, 'DistError', ())) or (isinstance(e, RuntimeError) and any(
+        w in msg for w in ('timed out', 'timeout', 'connection closed by peer', 'connection reset by peer')))
+
+
+def _one_line(e: BaseException, args) -> str | None:
+    """The `miniai: error:` line for `e`, or None for a bug, which keeps its traceback."""
+    if isinstance(e, MiniaiError): return str(e)
+    if _lost_peer(e):
+        from .distributed import rank
+        return (f"process {rank()} waited more than --dist-timeout {getattr(args, 'dist_timeout', DIST_TIMEOUT):g} s "
+                "for the other processes, or lost one: a process stalled or died (see its output). The run "
+                "stopped; once the cause is fixed, `miniai train --resume DIR` continues from the last complete "
+                f"epoch, or raise --dist-timeout if a step really takes that long ({str(e).splitlines()[0][:120]})")
+    if isinstance(e, FileNotFoundError): return str(e)   # a missing data folder or file named on the command line
+    if isinstance(e, OSError) and e.errno in _MACHINE:
+        return f"{_MACHINE[e.errno]}: could not write {e.filename or 'a file'}; free some space or choose another --out"
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from .checkpoint import CheckpointError, NonFiniteLossError
     from .distributed import destroy
     from .predict_cli import predict
     try: (predict if args.command == 'predict' else train)(args)
     except KeyboardInterrupt: return 130
-    except (FileExistsError, FileNotFoundError, ValueError, ImportError, NonFiniteLossError,
-            CheckpointError) as e:
-        print(f"miniai: error: {e}", file=sys.stderr)
+    except Exception as e:
+        msg = _one_line(e, args)
+        if msg is None: raise
+        print(f"miniai: error: {msg}", file=sys.stderr)
         return 1
     finally: destroy()  # the process group train joined under torchrun, if any
     return 0

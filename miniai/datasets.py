@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
+from .errors import DataError
+
 __all__ = ['FASHION_CLASSES', 'read_idx', 'load_fashion_mnist', 'fashion_mnist_tensors', 'inplace', 'collate_dict',
            'InMemoryLoader', 'DataLoaders', 'get_dls', 'show_image', 'subplots', 'get_grid', 'show_images']
 
@@ -46,17 +48,17 @@ def read_idx(fn: str | os.PathLike, magic: int | None = None) -> np.ndarray:
     fn = Path(fn)
     try: data = gzip.decompress(fn.read_bytes()) if fn.suffix == '.gz' else fn.read_bytes()
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise ValueError(f"{fn}: corrupt or truncated gzip file ({e})") from e
+        raise DataError(f"{fn}: corrupt or truncated gzip file ({e})") from e
     got = int.from_bytes(data[:4], 'big') if len(data) >= 4 else None
     if magic is not None and got != magic:
-        raise ValueError(f"{fn}: magic number {got}, expected {magic} ({'images' if magic == _IMAGES else 'labels'})")
+        raise DataError(f"{fn}: magic number {got}, expected {magic} ({'images' if magic == _IMAGES else 'labels'})")
     if got is None or data[:3] != b'\0\0\x08':
-        raise ValueError(f"{fn}: not a uint8 IDX file (magic number {got})")
+        raise DataError(f"{fn}: not a uint8 IDX file (magic number {got})")
     start = 4 + 4 * data[3]
-    if len(data) < start: raise ValueError(f"{fn}: header truncated ({len(data)} bytes)")
+    if len(data) < start: raise DataError(f"{fn}: header truncated ({len(data)} bytes)")
     shape = tuple(int(d) for d in np.frombuffer(data, '>u4', data[3], 4))
     if len(data) - start != math.prod(shape):
-        raise ValueError(f"{fn}: header says shape {shape} ({math.prod(shape)} bytes) "
+        raise DataError(f"{fn}: header says shape {shape} ({math.prod(shape)} bytes) "
                          f"but the file holds {len(data) - start} bytes of data")
     return np.frombuffer(data, np.uint8, offset=start).reshape(shape)
 
@@ -65,10 +67,10 @@ def _read_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Images `(N,H,W)` and labels `(N,)` of `split` from the IDX files in `folder`, cross-checked."""
     fx, fy = (folder / n for n in _IDX[split])
     x, y = read_idx(fx, _IMAGES), read_idx(fy, _LABELS)
-    if len(x) != len(y): raise ValueError(f"{fx} holds {len(x)} images but {fy} holds {len(y)} labels")
+    if len(x) != len(y): raise DataError(f"{fx} holds {len(x)} images but {fy} holds {len(y)} labels")
     if len(y) and y.max() >= len(FASHION_CLASSES):
         i = int(y.argmax())
-        raise ValueError(f"{fy}: label {y[i]} at index {i} is not a class index 0..{len(FASHION_CLASSES) - 1}")
+        raise DataError(f"{fy}: label {y[i]} at index {i} is not a class index 0..{len(FASHION_CLASSES) - 1}")
     return x, y
 
 
@@ -151,6 +153,21 @@ def _save_atomic(dd, dest: Path):
     finally: shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _foreign(cache: Path) -> bool:
+    """Whether the cache entry exists but is not a plain folder of plain files, as `_save_atomic` writes them."""
+    if cache.is_symlink(): return True
+    if not cache.exists(): return False
+    return not cache.is_dir() or any(p.is_symlink() for p in cache.rglob('*'))
+
+
+def _set_aside(cache: Path):
+    """Remove a foreign cache entry without losing anything outside the cache: links are unlinked (never followed),
+    a file is renamed aside (`.NAME.foreign-PID`)."""
+    if cache.is_symlink(): cache.unlink()
+    elif cache.is_dir(): shutil.rmtree(cache)               # unlinks the links inside, never what they point to
+    else: cache.rename(cache.with_name(f'.{cache.name}.foreign-{os.getpid()}'))
+
+
 def load_fashion_mnist(path: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None):
     """Fashion-MNIST as the hub's `DatasetDict` ('train' 60k, 'test' 10k; `image`, `label`), from IDX files if any.
 
@@ -166,6 +183,10 @@ def load_fashion_mnist(path: str | os.PathLike | None = None, cache_dir: str | o
     if src is None: return _from_hub()
     root = Path(cache_dir or os.environ.get('MINIAI_CACHE') or '~/.cache/miniai').expanduser()
     cache = root / f'fashion_mnist-{_cache_key(src)}'
+    if _foreign(cache):
+        warnings.warn(f"rebuilding the cache entry {cache}: it is a symlink, a file, or a folder holding symlinks, "
+                      "which miniai never writes; the entry is replaced (what a symlink points to is left alone)")
+        _set_aside(cache)
     if cache.is_dir():
         try: return hf.load_from_disk(str(cache))
         except Exception as e:

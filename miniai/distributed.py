@@ -23,8 +23,9 @@ from .core import Callback
 
 __all__ = ['is_distributed', 'rank', 'local_rank', 'world_size', 'is_main_process', 'barrier', 'all_reduce_sum',
            'all_reduce_mean', 'broadcast_object', 'init_from_env', 'destroy', 'ShardSampler', 'distributed_dls',
-           'reduce_metrics', 'DDPCB']
+           'reduce_metrics', 'DDPCB', 'DEFAULT_TIMEOUT']
 
+DEFAULT_TIMEOUT = timedelta(minutes=10)  # how long a collective waits for a stalled rank before the run fails
 _joined = False  # whether `init_from_env` made the process group, so `destroy` leaves a caller's own group alone
 
 
@@ -92,7 +93,8 @@ def init_from_env(device=None, backend: str | None = None, timeout: timedelta | 
 
     `device` picks the kind, 'cuda' or 'cpu' (an index is ignored: each process takes its LOCAL_RANK's GPU);
     default cuda when available. Outside torchrun (WORLD_SIZE unset or 1) it joins nothing and returns `device`
-    (default: `def_device`).
+    (default: `def_device`). `timeout` (default `DEFAULT_TIMEOUT`, 10 minutes) bounds how long a collective waits
+    for the other processes: when one stalls or dies, the others stop with an error instead of waiting forever.
     """
     from .callbacks import def_device
     if int(os.environ.get('WORLD_SIZE', 1)) <= 1: return torch.device(device or def_device)
@@ -102,7 +104,7 @@ def init_from_env(device=None, backend: str | None = None, timeout: timedelta | 
     if kind == 'cuda': torch.cuda.set_device(dev)  # so 'cuda', NCCL and object collectives mean this process's GPU
     if not dist.is_initialized():
         global _joined
-        dist.init_process_group(backend or ('nccl' if kind == 'cuda' else 'gloo'), timeout=timeout,
+        dist.init_process_group(backend or ('nccl' if kind == 'cuda' else 'gloo'), timeout=timeout or DEFAULT_TIMEOUT,
                                 device_id=dev if kind == 'cuda' else None)
         _joined = True
     return dev

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import DataError
+
 __all__ = ['Preprocess', 'Prediction', 'classify', 'export', 'load_learner', 'fashion_preprocess']
 
 _FORMAT = 'miniai-inference-1'
@@ -126,7 +128,7 @@ def _open(path: Path):
             im.load()
             return im.copy()
     except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path} is not an image file PIL can read ({type(e).__name__}); use PNG, JPEG, ...") from e
+        raise DataError(f"{path} is not an image file PIL can read ({type(e).__name__}); use PNG, JPEG, ...") from e
 
 
 def fashion_preprocess() -> Preprocess:
@@ -216,10 +218,10 @@ def _read_export(path: Path) -> dict:
     if not path.is_file(): raise FileNotFoundError(f"no exported model at {path}")
     try: state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} cannot be read as an exported model ({type(e).__name__}); export it again with "
+        raise DataError(f"{path} cannot be read as an exported model ({type(e).__name__}); export it again with "
                          "learn.export(path)") from e
     if not isinstance(state, dict) or state.get('format') != _FORMAT:
-        raise ValueError(f"{path} is not a miniai export (format {_FORMAT!r}); a training checkpoint loads with "
+        raise DataError(f"{path} is not a miniai export (format {_FORMAT!r}); a training checkpoint loads with "
                          "learn.load(path), an export is written by learn.export(path)")
     return state
 
@@ -241,7 +243,7 @@ def load_learner(path, model: nn.Module | Callable[[], nn.Module], device: str |
         raise TypeError(f"model must be an nn.Module or a function returning one, got {type(model).__name__}")
     try: model.load_state_dict(state['model'])
     except RuntimeError as e:
-        raise ValueError(f"{path} was exported from another model; build the same architecture. "
+        raise DataError(f"{path} was exported from another model; build the same architecture. "
                          f"{str(e).splitlines()[0]} {' '.join(str(e).splitlines()[1:])[:600]}") from e
     learn = TrainLearner(model.to(device or 'cpu').eval(), loss_func=loss_func, opt_func=torch.optim.SGD)
     learn.preprocess = Preprocess.from_dict(state['preprocess'])

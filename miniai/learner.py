@@ -5,6 +5,8 @@ here, so the course's `from miniai.learner import *` gives them all.
 """
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable, Iterable
 
 import torch
@@ -55,6 +57,19 @@ def _check_dls(dls):
     return dls
 
 
+def _empty(dl) -> bool:
+    return dl is not None and hasattr(dl, '__len__') and len(dl) == 0
+
+
+def _check_lr(lr):
+    try: ok = lr is None or 0 <= float(lr) < math.inf         # written so that NaN fails
+    except (TypeError, ValueError): return lr                  # not one number (e.g. per-group): the optimizer checks
+    if not ok:
+        raise ValueError(f"lr must be a finite number >= 0, got {lr!r}: a NaN or infinite learning rate turns every "
+                         "weight into NaN at the first step (try lr=1e-3, or find one with learn.lr_find())")
+    return lr
+
+
 class Learner:
     """Trains `model` on `dls` with `loss_func`; `opt_func(params, lr=lr)` makes the optimizer, `cbs` do the rest."""
     preprocess = None  # a `miniai.inference.Preprocess`: how raw images become inputs (else `dls.preprocess`)
@@ -64,7 +79,8 @@ class Learner:
         if not callable(opt_func):
             raise TypeError(f"opt_func must be callable as opt_func(params, lr=lr), e.g. torch.optim.SGD or "
                             f"partial(torch.optim.AdamW, wd=0.01); got {opt_func!r}")
-        self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, _check_dls(dls), loss_func, lr, opt_func
+        self.model, self.dls, self.loss_func, self.opt_func = model, _check_dls(dls), loss_func, opt_func
+        self.lr = _check_lr(lr)
         self.cbs, self.opt, self.training, self.epoch, self.iter_count = [], None, False, 0, 0
         self.pending_cb_states, self.resume_epoch = {}, None  # set by `load`, used by the next fit
         self.add_cbs(cbs)
@@ -140,7 +156,7 @@ class Learner:
 
     def make_opt(self, lr=None):
         """Create `self.opt` with `opt_func(params, lr=lr)` if there is none yet; else set its groups' `lr`."""
-        lr = self.lr if lr is None else lr
+        lr = self.lr if lr is None else _check_lr(lr)
         if self.opt is None: self.opt = self.opt_func(self.model.parameters(), lr=lr)
         elif hasattr(self.opt, 'param_groups'):
             for g in self.opt.param_groups: g['lr'] = lr
@@ -163,6 +179,10 @@ class Learner:
         if start_epoch >= n_epochs:
             raise ValueError(f"nothing to train: starting at epoch {start_epoch} of a {n_epochs}-epoch fit (a loaded "
                              "checkpoint continues after its epoch; pass start_epoch=0 to train from the start)")
+        if valid and _empty(getattr(self.dls, 'valid', None)):
+            warnings.warn("the validation loader is empty (0 batches): fit skips validation, so there is no eval "
+                          "loss or metric; give dls a non-empty `.valid` loader, or pass valid=False", stacklevel=2)
+            valid = False
         cbs = _cb_list(cbs)
         self.add_cbs(cbs)
         self.apply_pending_cb_states()

@@ -14,12 +14,13 @@ __all__ = ['plot_training', 'save_figure']
 
 
 def plot_training(history: Sequence[dict], losses: Sequence[float] = (), lrs: Sequence[float] = (),
-                  n_batches: int = 1, first_batch: int = 0, metric: str = 'accuracy'):
+                  n_batches: int = 1, first_batch: int = 0, metric: str = 'accuracy', lr_first_batch: int | None = None):
     """One figure, three panels: the loss (per training batch, and per epoch for train and eval), `metric` per epoch
     (train and eval), the lr per training batch.
 
     `history` holds MetricsCB rows; `losses` and `lrs` are per-batch values that start at batch `first_batch`
-    (a resumed run records only its own batches); `n_batches` per epoch places the epoch points on the batch axis.
+    (`lr_first_batch` for `lrs`, default `first_batch`: a resumed run may record only its own batches); `n_batches`
+    per epoch places the epoch points on the batch axis.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -37,7 +38,8 @@ def plot_training(history: Sequence[dict], losses: Sequence[float] = (), lrs: Se
     ax_loss.set(xlabel='batch', ylabel='loss', title='loss')
     ax_metric.set(xlabel='epoch', ylabel=metric, title=metric)
     ax_metric.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if len(lrs): ax_lr.plot(range(first_batch + 1, first_batch + len(lrs) + 1), lrs)
+    lr0 = first_batch if lr_first_batch is None else lr_first_batch
+    if len(lrs): ax_lr.plot(range(lr0 + 1, lr0 + len(lrs) + 1), lrs)
     ax_lr.set(xlabel='batch', ylabel='lr', title='learning rate')
     for ax in (ax_loss, ax_metric):
         if ax.get_legend_handles_labels()[0]: ax.legend()

@@ -1,5 +1,10 @@
 """Checkpoints: exact resume, atomic writes, the best model, NaN stops, and errors that say what to do."""
+import multiprocessing
 import os
+import random
+import signal
+import time
+import warnings
 
 import pytest
 import torch
@@ -9,7 +14,8 @@ from torcheval.metrics import MulticlassAccuracy
 
 from conftest import StopAfter, tiny_cnn, toy_images
 from miniai.augment import get_preds
-from miniai.checkpoint import CheckpointError, NonFiniteLossError, SaveModelCB, TerminateOnNaNCB, load_checkpoint
+from miniai.checkpoint import (CheckpointError, NonFiniteLossError, SaveModelCB, TerminateOnNaNCB, digest_path,
+                               load_checkpoint, save_checkpoint)
 from miniai.core import Callback
 from miniai.learner import MetricsCB, TrainLearner, set_seed
 from miniai.sgd import Adam
@@ -62,9 +68,11 @@ def test_a_crash_while_saving_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, 'save', dies)
     with pytest.raises(KeyboardInterrupt): learn.save(tmp_path / 'last.pt')
     assert (tmp_path / 'last.pt').read_bytes() == before
-    assert sorted(os.listdir(tmp_path)) == ['best.pt', 'last.pt']  # no temporary file left behind
+    # no temporary file left behind
+    assert sorted(os.listdir(tmp_path)) == ['best.pt', 'best.pt.sha256', 'last.pt', 'last.pt.sha256']
 
 
+@pytest.mark.filterwarnings('ignore:checkpoint .* has no digest')
 def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     learn = make_learner(tmp_path)
     learn.fit(1)
@@ -117,3 +125,114 @@ def test_predictions_and_lr_find_after_load_leave_the_resume_to_the_next_fit(tmp
     assert resumed.resume_epoch == 2
     resumed.fit(4, cbs=[StopAfter(2)])
     assert [r['epoch'] for r in resumed.cbs[0].history] == [0, 0, 1, 1, 2, 2]   # loaded 0-1, then epoch 2
+
+
+# ---------------------------------------------------------------- issue 13: digests, kills, interrupted epochs
+N_FLIPS = 30      # docs/reliability.md quotes these counts
+N_KILLS = 20
+
+
+def test_corrupted_checkpoints_are_refused_naming_the_file(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.fit(1)
+    good = (tmp_path / 'last.pt').read_bytes()
+    rng = random.Random(0)
+    bad = tmp_path / 'bad.pt'
+    digest_path(bad).write_bytes(digest_path(tmp_path / 'last.pt').read_bytes())
+    refused = 0
+    for _ in range(N_FLIPS):                               # 8 random bytes anywhere in the file, XORed with 1..255
+        data = bytearray(good)
+        for i in rng.sample(range(len(data)), 8): data[i] ^= rng.randrange(1, 256)
+        bad.write_bytes(bytes(data))
+        with pytest.raises(CheckpointError, match=f'{bad}.*corrupt'): make_learner(tmp_path / 'x').load(bad)
+        refused += 1
+    w = learn.model.state_dict()['0.0.weight'].numpy().tobytes()   # 0xFF into a weight tensor: NaN weights
+    assert good.count(w) == 1
+    start = good.index(w)
+    bad.write_bytes(good[:start] + b'\xff' * 16 + good[start + 16:])
+    with pytest.raises(CheckpointError, match='do not match the SHA-256 digest'): make_learner(tmp_path / 'x').load(bad)
+    refused += 1
+    assert refused == N_FLIPS + 1
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')                     # the intact file loads without a warning
+        make_learner(tmp_path / 'x').load(tmp_path / 'last.pt')
+
+
+def test_checkpoint_without_digest_loads_with_a_warning(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.fit(1)
+    digest_path(tmp_path / 'last.pt').unlink()
+    with pytest.warns(UserWarning, match='no digest file last.pt.sha256'):
+        make_learner(tmp_path / 'x').load(tmp_path / 'last.pt')
+
+
+def _save_forever(learn, path):
+    for i in range(10**9):
+        with torch.no_grad(): next(learn.model.parameters()).add_(1.)   # every save writes new bytes
+        save_checkpoint(learn, path)
+
+
+def test_kill_9_while_saving_leaves_a_loadable_checkpoint_and_no_stale_temporaries(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.fit(1)
+    path, rng, ctx = tmp_path / 'last.pt', random.Random(0), multiprocessing.get_context('fork')
+    loadable = 0
+    for _ in range(N_KILLS):
+        p = ctx.Process(target=_save_forever, args=(learn, path))
+        p.start()
+        time.sleep(rng.uniform(0.02, 0.3))
+        os.kill(p.pid, signal.SIGKILL)
+        p.join()
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')                 # digest present and matching: no "unchecked" warning
+            load_checkpoint(make_learner(tmp_path / 'x'), path)
+        loadable += 1
+    assert loadable == N_KILLS
+    learn.save(path)                                       # the next save removes what the killed writers left
+    assert sorted(os.listdir(tmp_path)) == ['best.pt', 'best.pt.sha256', 'last.pt', 'last.pt.sha256']
+
+
+def test_unsafe_pickle_says_the_objects_are_not_allowed(tmp_path):
+    torch.save({'format': 'miniai-checkpoint-1', 'model': {}, 'hook': os.getcwd}, tmp_path / 'evil.pt')
+    with pytest.warns(UserWarning, match='no digest'):
+        with pytest.raises(CheckpointError) as ei: make_learner(tmp_path).load(tmp_path / 'evil.pt')
+    msg = str(ei.value)
+    assert 'not allowed' in msg and 'never unpickles code' in msg and 'getcwd' in msg and 'truncated' not in msg
+
+
+def test_optimizer_class_mismatch_is_refused_at_load_naming_both(tmp_path):
+    learn = make_learner(tmp_path, opt_func=torch.optim.AdamW)
+    learn.fit(1)
+    other = make_learner(tmp_path / 'x', opt_func=Adam)
+    with pytest.raises(CheckpointError, match=r'torch\.optim\.adamw\.AdamW.*miniai\.sgd\.optimizers\.Adam'):
+        other.load(tmp_path / 'last.pt')
+
+
+class Interrupt(Callback):
+    def __init__(self, epoch, it): self.epoch, self.it = epoch, it
+    def after_batch(self, learn):
+        if learn.training and learn.epoch == self.epoch and learn.iter == self.it: raise KeyboardInterrupt
+
+
+def test_a_checkpoint_saved_inside_an_epoch_repeats_that_epoch(tmp_path):
+    learn = make_learner(tmp_path)
+    saver = learn.cbs[1]
+    with pytest.raises(KeyboardInterrupt): learn.fit(4, cbs=[Interrupt(2, 3)])
+    assert learn.epoch == 2 and saver.epoch_done == 1
+    save_checkpoint(learn, tmp_path / 'interrupted.pt', epoch_done=saver.epoch_done == learn.epoch)
+    resumed = make_learner(tmp_path / 'x')
+    resumed.load(tmp_path / 'interrupted.pt')
+    assert resumed.resume_epoch == 2
+    resumed.fit(4)
+    assert [(r['epoch'], r['phase']) for r in resumed.cbs[0].history] == \
+        [(e, ph) for e in range(4) for ph in ('train', 'eval')]
+
+
+def test_an_empty_validation_loader_warns_and_skips_validation_instead_of_nan(tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+    learn = make_learner(tmp_path)
+    learn.dls.valid = DataLoader(TensorDataset(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)), 32)
+    with pytest.warns(UserWarning, match='validation loader is empty'): learn.fit(2)
+    hist = learn.cbs[0].history
+    assert [r['phase'] for r in hist] == ['train', 'train'] and all(r['loss'] == r['loss'] for r in hist)  # no NaN
+    assert torch.load(tmp_path / 'last.pt', weights_only=True)['epoch'] == 1       # still saved every epoch

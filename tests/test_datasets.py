@@ -2,7 +2,7 @@
 
 Synthetic IDX files in tmp_path for everything but one integration test on the real data.
 """
-import gzip, os, shutil, struct, subprocess, sys
+import gzip, os, shutil, struct, subprocess, sys, warnings
 from pathlib import Path
 
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # before `datasets` is imported: tests never reach the hub
@@ -162,6 +162,34 @@ def test_interrupted_build_leaves_no_cache(src, tmp_path, monkeypatch):
     assert list((tmp_path / 'cache').iterdir()) == []
     monkeypatch.setattr(hf.DatasetDict, 'save_to_disk', save)
     assert len(load_fashion_mnist(src[0], tmp_path / 'cache')['test']) == 20
+
+
+@pytest.mark.parametrize('kind', ['symlink-to-a-folder', 'symlink-inside', 'file'])
+def test_a_foreign_cache_entry_is_rebuilt_and_what_it_points_to_is_kept(kind, src, tmp_path):
+    """Issue 13: a symlink in the cache made every load fail (and rmtree refused to remove it)."""
+    cache = tmp_path / 'cache'
+    load_fashion_mnist(src[0], cache)
+    entry = next(p for p in cache.iterdir() if not p.name.startswith('.'))
+    victim = tmp_path / 'elsewhere'
+    victim.mkdir()
+    (victim / 'precious.txt').write_text('keep me')
+    if kind == 'symlink-to-a-folder':
+        shutil.rmtree(entry)
+        entry.symlink_to(victim, target_is_directory=True)
+    elif kind == 'symlink-inside':
+        inner = next(entry.rglob('*.arrow'))
+        inner.unlink()
+        inner.symlink_to(victim / 'precious.txt')
+    else:
+        shutil.rmtree(entry)
+        entry.write_text('not a cache')
+    for _ in range(2):                                     # rebuilt once, then served from the cache again
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            assert len(load_fashion_mnist(src[0], cache)['test']) == 20
+    assert [str(x.message) for x in w] == []
+    assert entry.is_dir() and not entry.is_symlink() and not any(p.is_symlink() for p in entry.rglob('*'))
+    assert (victim / 'precious.txt').read_text() == 'keep me' and os.listdir(victim) == ['precious.txt']
 
 
 def corrupt(folder, case):

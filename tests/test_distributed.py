@@ -9,6 +9,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,7 @@ def test_miniai_train_under_torchrun_writes_its_files_once(ddp_run):
     out, (r0, r1) = ddp_run
     import json
     assert r0['cli_rc'] == r1['cli_rc'] == 0
-    assert {'metrics.csv', 'loss.png', 'config.json', 'last.pt', 'best.pt'} <= set(os.listdir(out / 'cli'))
+    assert {'metrics.csv', 'training.png', 'config.json', 'last.pt', 'best.pt'} <= set(os.listdir(out / 'cli'))
     assert json.loads((out / 'cli' / 'config.json').read_text())['world_size'] == 2
     assert len((out / 'cli' / 'metrics.csv').read_text().splitlines()) == 1 + 2
 
@@ -229,3 +230,85 @@ def test_a_loader_it_cannot_shard_is_a_clear_error():
 
 
 if __name__ == '__main__': worker(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+# ---------------------------------------------------------------- a stalled rank (issue 13)
+STALL = """
+import os, sys, time
+from pathlib import Path
+from miniai import cli
+if os.environ['RANK'] == '1':                     # this rank stops answering once both have joined
+    def stall(*a, **k):
+        Path(sys.argv[1], 'stalled').write_text(str(time.time()))
+        time.sleep(300)
+    cli.build_learner = stall
+sys.exit(cli.main(['train', '--data', sys.argv[2], '--out', sys.argv[1] + '/run', '--bs', '64', '--epochs', '1',
+                   '--device', 'cpu', '--dist-timeout', sys.argv[3]]))
+"""
+TIMEOUT = 3
+
+
+def test_a_stalled_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_path):
+    from test_datasets import make_source
+    fm = tmp_path / 'fm'
+    fm.mkdir()
+    make_source(fm, n_train=256, n_test=64)
+    (tmp_path / 'stall.py').write_text(STALL)
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', 'HF_DATASETS_OFFLINE': '1',
+           'HF_HUB_OFFLINE': '1'}
+    log = tmp_path / 'log.txt'
+    with open(log, 'w') as f:
+        p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                              str(tmp_path / 'stall.py'), str(tmp_path), str(fm), str(TIMEOUT)], env=env, stdout=f,
+                             stderr=subprocess.STDOUT)
+        try: p.wait(timeout=200)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            pytest.fail(f"the run with a stalled rank did not end:\n{log.read_text()[-3000:]}")
+    ended, text = time.time(), log.read_text()
+    assert p.returncode != 0
+    assert f'miniai: error: process 0 waited more than --dist-timeout {TIMEOUT} s' in text, text[-3000:]
+    # the stall began before the timeout could run; everything after it (timeout, exit, torchrun's cleanup) is short
+    assert ended - float((tmp_path / 'stalled').read_text()) < TIMEOUT + 60
+
+
+RECORD_RC = """
+import os, sys
+from pathlib import Path
+from miniai import cli
+rc = cli.main(['train', '--data', sys.argv[2], '--out', sys.argv[1] + '/run', '--bs', '8', '--epochs', '50',
+               '--device', 'cpu'])
+Path(sys.argv[1], f"rc{os.environ['RANK']}").write_text(str(rc))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize('launcher', ['torch.distributed.run', 'miniai.launch'])
+def test_ctrl_c_under_torchrun_saves_once_and_every_process_exits_130(tmp_path, launcher):
+    import signal
+    from test_datasets import make_source
+    fm, run = tmp_path / 'fm', tmp_path / 'run'
+    fm.mkdir()
+    make_source(fm, n_train=256, n_test=64)
+    (tmp_path / 'rc.py').write_text(RECORD_RC)
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', 'HF_DATASETS_OFFLINE': '1',
+           'HF_HUB_OFFLINE': '1'}
+    log = tmp_path / 'log.txt'
+    with open(log, 'w') as f:
+        p = subprocess.Popen([sys.executable, '-m', launcher, '--standalone', '--nproc_per_node', '2',
+                              str(tmp_path / 'rc.py'), str(tmp_path), str(fm)], env=env, stdout=f,
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + 120
+        while not (run / 'last.pt').exists() and time.time() < deadline: time.sleep(0.2)   # an epoch is done
+        os.killpg(p.pid, signal.SIGINT)                   # what Ctrl-C in a terminal does: the whole group gets it
+        try: p.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            pytest.fail(f"Ctrl-C under torchrun did not end the run:\n{log.read_text()[-3000:]}")
+    text = log.read_text()
+    assert [(tmp_path / f'rc{r}').read_text() for r in (0, 1)] == ['130', '130'], text[-3000:]
+    assert '[rank0]: Traceback' not in text and '[rank1]: Traceback' not in text
+    assert text.count('interrupted: state saved to') == 1           # rank 0 writes and says it, once
+    assert torch.load(run / 'interrupted.pt', weights_only=True)['format'] == 'miniai-checkpoint-1'
+    if launcher == 'miniai.launch':                       # torchrun itself exits 1 with its own traceback
+        assert p.returncode == 130 and 'SignalException' not in text, text[-3000:]

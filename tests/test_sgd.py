@@ -497,3 +497,23 @@ def test_star_import_surface():
     for n in ['SGD', 'Momentum', 'RMSProp', 'Adam', 'Nesterov', 'Adagrad', 'Lamb', 'Optimizer', 'BatchSchedCB',
               'EpochSchedCB', 'RecorderCB', 'fit_one_cycle', 'CosineAnnealing', 'OneCycle', 'sched_lrs']:
         assert n in ns
+
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf')], ids=['nan', 'inf'])
+@pytest.mark.parametrize('name, hyper', [(n, h) for n, f in ALL_OPT_FUNCS.items() for h in ('lr', 'wd', 'eps')
+                                         if h in f.keywords])
+def test_non_finite_hypers_are_refused(name, hyper, bad):
+    """Issue 13: `lr=nan` used to be accepted and turn every weight into NaN at the first step."""
+    with pytest.raises(ValueError, match=f'{hyper}.*finite'):
+        ALL_OPT_FUNCS[name]([torch.nn.Parameter(torch.ones(1))], **{hyper: bad})
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -1.])
+def test_learner_refuses_a_non_finite_lr(bad):
+    """Issue 13: torch's AdamW accepts lr=inf, and `fit(lr=nan)` reached the optimizer unchecked."""
+    from miniai.learner import Learner
+    model = torch.nn.Linear(1, 1)
+    with pytest.raises(ValueError, match='lr must be a finite number'): Learner(model, lr=bad)
+    learn = Learner(model, lr=0.1, opt_func=torch.optim.AdamW)
+    with pytest.raises(ValueError, match='lr must be a finite number'): learn.make_opt(bad)

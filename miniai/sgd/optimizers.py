@@ -16,6 +16,8 @@ Built-in state lives in `self.state[p]` with its own `step` (completed steps of 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ['SGD', 'Momentum', 'RMSProp', 'Adam', 'Nesterov', 'Adagrad', 'Lamb']
@@ -34,14 +36,16 @@ def _torch_keys(g: dict, betas=(0.9, 0.999)) -> dict:
 def _check_group(g: dict, cls: str):
     """Raise a ValueError naming the argument of `g` (a param group) that is out of range."""
     def bad(name, v, rule): raise ValueError(f"{cls}: invalid {name}: {v!r} (must be {rule})")
-    if g['lr'] < 0: bad('learning rate lr', g['lr'], '>= 0')
-    if g['weight_decay'] < 0: bad('weight decay wd (weight_decay)', g['weight_decay'], '>= 0')
+    # written as `not ok` so that NaN, which fails every comparison, is refused too
+    if not 0 <= g['lr'] < math.inf: bad('learning rate lr', g['lr'], 'a finite number >= 0')
+    if not 0 <= g['weight_decay'] < math.inf:
+        bad('weight decay wd (weight_decay)', g['weight_decay'], 'a finite number >= 0')
     if 'momentum' in g and not 0 <= g['momentum'] < 1: bad('momentum mom', g['momentum'], 'in [0, 1)')
     if 'alpha' in g and not 0 <= g['alpha'] < 1: bad('sqr_mom (alpha)', g['alpha'], 'in [0, 1)')
     if 'betas' in g:
         for i, b in enumerate(g['betas']):
             if not 0 <= b < 1: bad(f'beta{i+1} (betas[{i}])', b, 'in [0, 1)')
-    if 'eps' in g and g['eps'] < 0: bad('epsilon eps', g['eps'], '>= 0')
+    if 'eps' in g and not 0 <= g['eps'] < math.inf: bad('epsilon eps', g['eps'], 'a finite number >= 0')
 
 
 def _hyper(key: str, idx: int | None = None, doc: str = ''):

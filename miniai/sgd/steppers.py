@@ -18,6 +18,8 @@ Each gives the same numbers as its class (the steppers run the same ops in the s
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .optimizers import _trust
@@ -36,7 +38,12 @@ class Optimizer(torch.optim.Optimizer):
     def __init__(self, params, cbs, **defaults):
         if callable(cbs): cbs = [cbs]
         if not all(callable(cb) for cb in cbs): raise TypeError(f"cbs must be a list of callables, got {cbs!r}")
-        if 'lr' in defaults and defaults['lr'] < 0: raise ValueError(f"invalid learning rate lr: {defaults['lr']}")
+        for k in ('lr', 'wd', 'eps'):   # `not 0 <= v`: NaN fails every comparison
+            if k in defaults and not 0 <= defaults[k] < math.inf:
+                raise ValueError(f"Optimizer: invalid {k}: {defaults[k]!r} (must be a finite number >= 0)")
+        for k in ('mom', 'sqr_mom'):
+            if k in defaults and not math.isfinite(defaults[k]):
+                raise ValueError(f"Optimizer: invalid {k}: {defaults[k]!r} (must be a finite number)")
         self.cbs = list(cbs)
         super().__init__(params, defaults)
 
