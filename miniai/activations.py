@@ -61,10 +61,12 @@ class Hooks(list):
 N_BINS, HIST_MAX = 40, 10.
 
 
-def append_stats(hook, mod, inp, outp):
-    """Keep the mean, std and a 40-bin histogram of |activation| over [0, 10] for this batch, all detached."""
+def append_stats(hook, mod, inp, outp, with_hist: bool = True):
+    """Keep the mean, std and (with `with_hist`) a 40-bin histogram of |activation| over [0, 10] for this batch,
+    all detached."""
     acts = outp.detach().float()
-    summary = torch.cat([torch.stack([acts.mean(), acts.std()]), acts.abs().histc(N_BINS, 0, HIST_MAX)])
+    summary = torch.stack([acts.mean(), acts.std()])
+    if with_hist: summary = torch.cat([summary, acts.abs().histc(N_BINS, 0, HIST_MAX)])
     # stay on the device until the epoch ends: copying 42 numbers to the host per layer per batch would sync
     hook.pending.append(summary)
 
@@ -74,7 +76,7 @@ def _flush(hook):
         rows = torch.stack(hook.pending).cpu()
         hook.means += rows[:, 0].tolist()
         hook.stds += rows[:, 1].tolist()
-        hook.hists += list(rows[:, 2:])
+        if rows.shape[1] > 2: hook.hists += list(rows[:, 2:])
         hook.pending = []
 
 
@@ -121,7 +123,7 @@ class HooksCallback(Callback):
 class ActivationStats(HooksCallback):
     """Per-layer means, stds and histograms of activations on training batches, with plots to read them."""
     def __init__(self, mod_filter=fc.noop, with_hist: bool = True):
-        super().__init__(append_stats, mod_filter)
+        super().__init__(partial(append_stats, with_hist=with_hist), mod_filter)
         self.with_hist = with_hist
 
     def init_hook(self, h): h.means, h.stds, h.hists, h.pending = [], [], [], []
@@ -153,6 +155,7 @@ class ActivationStats(HooksCallback):
 
     def dead_chart(self, figsize=(3, 2.5)):
         """Share of near-zero activations per layer over batches: near 1 means a dead layer."""
+        if not self.with_hist: raise ValueError("dead_chart needs ActivationStats(with_hist=True)")
         fig, axs = self._grid(len(self.hooks), figsize)
         for i, (ax, h) in enumerate(zip(axs, self.hooks)):
             ax.plot(get_min(h))

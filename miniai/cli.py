@@ -118,7 +118,7 @@ def build_learner(args, dls, out: Path, device):
     model = get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d).apply(
         partial(init_weights, leaky=0.1))
     metrics = MetricsCB(accuracy=MulticlassAccuracy())
-    cbs = [DeviceCB(device), metrics, ProgressCB(), CSVLoggerCB(out / 'metrics.csv', metrics),
+    cbs = [DeviceCB(device), metrics, ProgressCB(), CSVLoggerCB(out / 'metrics.csv'),
            SaveModelCB(out, monitor='accuracy'), TerminateOnNaNCB()]
     if is_distributed(): cbs.append(DDPCB(device, seed=args.seed))
     return TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=optim.AdamW)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .core import CancelEpochException, CancelFitException, Callback
-from .distributed import all_reduce_mean, is_main_process
+from .device import all_reduce_mean, is_main_process
 
 __all__ = ['LRFinderCB', 'LRFinderResult', 'lr_find', 'valley', 'steep', 'minimum']
 
@@ -112,6 +112,10 @@ class LRFinderResult:
     minimum: float
     fig: object = field(default=None, repr=False)
 
+    def __repr__(self):
+        return (f"LRFinderResult(valley={self.valley:.2e}, steep={self.steep:.2e}, minimum={self.minimum:.2e}, "
+                f"points={len(self.lrs)})")
+
     def plot(self):
         """Smoothed loss against lr on a log axis, the suggestions marked; returns the figure."""
         import matplotlib.pyplot as plt
@@ -145,16 +149,15 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100
     model_state = copy.deepcopy(learn.model.state_dict())
     had_opt, opt_state = learn.opt is not None, _opt_snapshot(learn.opt)
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    all_cbs = list(learn.cbs)
     cb = LRFinderCB(gamma=(end_lr / start_lr) ** (1 / (num_it - 1)), max_mult=max_mult, num_it=num_it,
                     stop_div=stop_div)
-    # callbacks that keep records (metrics, checkpoints) sit the sweep out
-    learn.cbs[:] = [c for c in all_cbs if not getattr(c, 'lr_find_excluded', False)]
+    # callbacks that keep records (metrics, loggers, checkpoints) sit the sweep out
+    excluded = [c for c in learn.cbs if getattr(c, 'lr_find_excluded', False)]
     try:
-        # num_it epochs: a bound however short DDPCB's shards make them; LRFinderCB stops after num_it batches
-        learn.fit(num_it, valid=False, lr=start_lr, cbs=[cb], start_epoch=0)  # a loaded checkpoint stays pending
+        with learn.removed_cbs(excluded):
+            # num_it epochs: a bound however short DDPCB's shards make them; LRFinderCB stops after num_it batches
+            learn.fit(num_it, valid=False, lr=start_lr, cbs=[cb], start_epoch=0)  # a loaded checkpoint stays pending
     finally:
-        learn.cbs[:] = all_cbs
         learn.model.load_state_dict(model_state)
         if had_opt: _opt_restore(learn.opt, opt_state)
         else: learn.opt = None
