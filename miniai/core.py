@@ -29,7 +29,7 @@ TensorBoardCB.
 Built-in `order` values (lower runs first): DeviceCB -20, BatchTransformCB -10, GradientAccumulationCB -6,
 MixedPrecisionCB / ChannelsLastCB / CompileCB -5, GradientClipCB -4, DDPCB -2, TrainCB and schedulers 0,
 SingleBatchCB and TerminateOnNaNCB 1, LRFinderCB 5, MetricsCB 10, ProgressCB 11, CSVLoggerCB 12, TensorBoardCB 13,
-EarlyStoppingCB 15, SaveModelCB 20. Ties keep the order in which callbacks were added.
+SaveModelCB 20, EarlyStoppingCB 25. Ties keep the order in which callbacks were added.
 """
 from __future__ import annotations
 
