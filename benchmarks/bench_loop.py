@@ -31,7 +31,7 @@ from common import PhaseTimerCB, seed_model, sync
 from miniai.callbacks import def_device, set_seed
 from miniai.datasets import (DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls, inplace,
                              load_fashion_mnist)
-from miniai.learner import Callback, DeviceCB, MetricsCB, ProgressCB, TrainLearner
+from miniai.learner import DeviceCB, MetricsCB, ProgressCB, TrainLearner
 from miniai.sgd import BatchSchedCB
 
 XMEAN, XSTD = 0.28, 0.35          # the course's Fashion-MNIST statistics
@@ -88,18 +88,14 @@ def run_plain(data, epochs, bs, lr, device, seed, quiet=False):
 
 
 # ---------------------------------------------------------------- (b), (c) miniai
-class QuietRowsCB(Callback):
-    """Takes MetricsCB's rows and shows none (a quiet benchmark prints its own summary)."""
-    def log_row(self, learn, row): return True
-
-
 def run_miniai(dls, epochs, lr, device, seed, quiet=False):
     set_seed(seed)
     model = seed_model()
     metrics, timer = MetricsCB(accuracy=MulticlassAccuracy()), PhaseTimerCB(device)
     sched = BatchSchedCB(partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=lr,
                                  total_steps=epochs * len(dls.train)))
-    cbs = [DeviceCB(device), metrics, sched, timer] + ([QuietRowsCB()] if quiet else [ProgressCB()])
+    cbs = [DeviceCB(device), metrics, sched, timer] + ([] if quiet else [ProgressCB()])
+    metrics.show = not quiet
     learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=torch.optim.AdamW)
     sync(device)
     start = time.perf_counter()

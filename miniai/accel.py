@@ -62,8 +62,10 @@ class MixedPrecisionCB(Callback):
     zeroes them, counts the step in `skipped`, lowers the scale and raises `CancelStepException`: no optimizer
     step, no `after_step` (per-step schedulers don't advance). Otherwise the learner's own step runs (what
     `scaler.step` does for finite gradients) and `after_step` updates the scale. Gradient accumulation works:
-    the scale only changes at a real step. Where the device can't autocast to `dtype`, it warns once and does
-    nothing.
+    the scale only changes at a real step. A learner whose own `backward` does more than backprop `learn.loss`
+    has it skipped under float16; float16 also assumes gradients start from zero after each step (not
+    `MomentumLearner`, which keeps part of the last ones). Where the device can't autocast to `dtype`, it warns
+    once and does nothing.
     """
     order = _ORDER
 

@@ -119,14 +119,15 @@ class MetricsCB(Callback):
 
     Each row goes to every callback of the learner that defines `log_row(learn, row)`, in callback order (this is
     how ProgressCB, CSVLoggerCB, SaveModelCB, EarlyStoppingCB and TensorBoardCB get it). A consumer that shows the
-    row returns True; if none does, MetricsCB prints it as a plain table line (rank 0 only).
+    row returns True; if none does, MetricsCB prints it as a plain table line (rank 0 only), unless its `show` is
+    set to False (`metrics.show = False`: rows are kept and handed on, nothing is printed).
     """
     order = 10
     lr_find_excluded = True  # an lr sweep is not training worth a row in the history
 
     def __init__(self, *ms, **metrics):
         for m in ms: metrics[type(m).__name__] = m
-        self.metrics, self.history = metrics, []
+        self.metrics, self.history, self.show = metrics, [], True
 
     def format_row(self, row): return format_row(row)
 
@@ -160,7 +161,7 @@ class MetricsCB(Callback):
         self.history.append(row)
         shown = [cb.log_row(learn, row) for cb in sorted(learn.cbs, key=lambda c: c.order)
                  if cb is not self and callable(getattr(cb, 'log_row', None))]
-        if not any(shown): self._print(row)
+        if self.show and not any(shown): self._print(row)
 
     def _print(self, row):
         if not is_main_process(): return

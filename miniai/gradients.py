@@ -55,7 +55,8 @@ class GradientAccumulationCB(Callback):
     `zero_grad`, no `after_step`: per-step schedulers and recorders advance once per real step). At the real step
     the summed gradients are divided by the number of batches summed; this is the same as scaling each batch's
     loss by 1/k, and stays right for a shorter last group of the epoch. A BatchSchedCB's torch scheduler then
-    needs `total_steps = epochs * ceil(len(dls.train) / n_batches)`; `fit_one_cycle` needs nothing.
+    needs `total_steps = epochs * ceil(len(dls.train) / n_batches)`; `fit_one_cycle` needs nothing. Under
+    DistributedDataParallel every batch still all-reduces its gradients (correct, not the fastest).
     """
     order = -6  # before MixedPrecisionCB (-5): a cancelled step is never unscaled
 

@@ -229,3 +229,13 @@ def test_a_loader_it_cannot_shard_is_a_clear_error():
 
 
 if __name__ == '__main__': worker(Path(sys.argv[1]), Path(sys.argv[2]))
+
+
+def test_device_and_rank_helpers_are_the_ground_floor():
+    code = ("import sys, miniai.device; print(sorted(m for m in sys.modules if m.startswith('miniai.')));"
+            "import miniai.distributed; print('miniai.callbacks' in sys.modules)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split('\n')
+    assert out[0] == "['miniai.device']" and out[1] == 'False'   # distributed no longer imports callbacks
+    import miniai.callbacks as cbs, miniai.device as dev, miniai.distributed as d
+    assert cbs.to_device is dev.to_device and cbs.def_device == dev.def_device
+    assert d.rank is dev.rank and d.is_main_process is dev.is_main_process and d.barrier is dev.barrier
