@@ -46,8 +46,9 @@ class EarlyStoppingCB(Callback):
         phase = 'train' if self.monitor == 'train_loss' or not learn.do_valid else 'eval'
         if row['phase'] != phase: return
         if key not in row:
+            names = sorted(k for k in row if k not in ('epoch', 'phase', 'seconds', 'loss'))
             raise ValueError(f"EarlyStoppingCB: monitor {self.monitor!r} is not in the metrics; use 'valid_loss', "
-                             f"'train_loss' or one of {sorted(k for k in row if k not in ('epoch', 'phase', 'seconds'))}")
+                             f"'train_loss' or one of {names}")
         self._value = row[key]
 
     def _improved(self, v) -> bool:
@@ -58,13 +59,13 @@ class EarlyStoppingCB(Callback):
     def after_epoch(self, learn):
         if learn.training and learn.do_valid: return       # an epoch is complete after its eval phase
         if self._value is None:
-            raise ValueError("EarlyStoppingCB needs a MetricsCB in the learner's callbacks (its rows are what it reads)")
+            raise ValueError("EarlyStoppingCB needs a MetricsCB in the learner's callbacks: it reads MetricsCB's rows")
         v, self._value = self._value, None
         if self._improved(v):
             self.best, self.best_epoch, self.wait = v, learn.epoch, 0
             if self.restore_best:   # a copy on the CPU: the device keeps only the live weights
-                self.best_state = {k: v.detach().to('cpu', copy=True)
-                                   for k, v in unwrap_model(learn.model).state_dict().items()}
+                self.best_state = {k: t.detach().to('cpu', copy=True)
+                                   for k, t in unwrap_model(learn.model).state_dict().items()}
             return
         self.wait += 1
         if self.wait >= self.patience:

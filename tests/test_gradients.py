@@ -1,5 +1,4 @@
 """GradientClipCB bounds the total norm (also under float16); GradientAccumulationCB matches one big batch."""
-import copy
 import math
 from functools import partial
 
