@@ -180,8 +180,8 @@ def _param_device(model) -> torch.device:
 class DDPCB(Callback):
     """Data-parallel training in each process torchrun starts: for each fit, the model is wrapped in
     `DistributedDataParallel` (so `learn.model` is the wrapper during the fit and yours again after it), the loaders
-    are sharded (`distributed_dls`, unless already sharded; reseeded with `seed + epoch` every epoch). Every
-    `MetricsCB` merges all ranks' metrics and loss sums itself once per epoch phase (`reduce_metrics`).
+    are sharded (`distributed_dls`, unless already sharded; reseeded with `seed + epoch` every epoch), and every
+    `MetricsCB` merges all ranks' metrics and loss sums once per epoch phase (`reduce_metrics`).
 
     Making it joins the process group (`init_from_env(device, backend)`), so `self.device` (cuda:LOCAL_RANK or cpu)
     is known before the data and the model are put there (`DeviceCB(ddp.device)`); outside torchrun it does
