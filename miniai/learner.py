@@ -73,14 +73,13 @@ class Learner:
     @contextmanager
     def removed_cbs(self, cbs):
         """Take `cbs` out for the `with` block only; they come back at their old places however it ends."""
-        before = list(self.cbs)
-        out = [cb for cb in before if any(cb is o for o in cbs)]
-        self.remove_cbs(out)
+        before, out = list(self.cbs), {id(cb) for cb in cbs}
+        self.remove_cbs([cb for cb in before if id(cb) in out])
         try: yield self
-        finally:
-            now = list(self.cbs)
-            kept = lambda cb: any(cb is o for o in out) or any(cb is o for o in now)
-            self.cbs[:] = [cb for cb in before if kept(cb)] + [cb for cb in now if not any(cb is o for o in before)]
+        finally:  # the old list, less what the block removed itself, plus what it added and left
+            now, old = {id(cb) for cb in self.cbs}, {id(cb) for cb in before}
+            self.cbs[:] = ([cb for cb in before if id(cb) in out or id(cb) in now]
+                           + [cb for cb in self.cbs if id(cb) not in old])
             self._table = None
 
     def _build_table(self):

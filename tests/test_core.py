@@ -218,17 +218,18 @@ def test_a_callback_that_backprops_the_loss_itself_replaces_the_backward_step():
 
 
 def test_added_and_removed_cbs_last_for_the_block_only():
-    a, b, c = Recorder(), Recorder(), Recorder()
-    learn = TrainLearner(nn.Linear(1, 1), loaders(), F.mse_loss, cbs=[a, b])
-    with learn.added_cbs([c]):
-        assert learn.cbs == [a, b, c]
-    assert learn.cbs == [a, b]
+    a, b, c, d = Recorder(), Recorder(), Recorder(), Recorder()
+    learn = TrainLearner(nn.Linear(1, 1), loaders(), F.mse_loss, cbs=[a, b, c])
+    with learn.added_cbs([d]):
+        assert learn.cbs == [a, b, c, d]
+    assert learn.cbs == [a, b, c]
     with pytest.raises(RuntimeError):
-        with learn.removed_cbs([a]):
-            assert learn.cbs == [b]
+        with learn.removed_cbs([b]):
+            assert learn.cbs == [a, c]
             learn.fit(1)
+            learn.add_cbs([d])
             raise RuntimeError
-    assert learn.cbs == [a, b] and a.seen == [] and b.seen
+    assert learn.cbs == [a, b, c, d] and b.seen == [] and a.seen   # b back at its place, d kept
 
 
 def test_momentum_learner_without_lr_typeerror():
