@@ -7,7 +7,8 @@ events): before_batch, *predict, after_predict, *get_loss, after_loss, before_ba
 before_step, *step, after_step, *zero_grad, after_batch, cleanup_batch. A validation batch stops after after_loss.
 
 Callbacks receive the learner as their one argument and may read (and, where it makes sense, write):
-`model, dls, dl, batch, preds, loss, opt, lr, epoch, epochs, n_epochs, iter, n_iter, iter_count, training`.
+`model, dls, dl, batch, preds, loss, opt, lr, epoch, epochs, n_epochs, iter, n_iter, iter_count, training`,
+`do_valid` and, in a training batch, `backward_done`.
 
 The backward and step protocol (how a callback changes what happens between the loss and the weights):
 - `before_backward`: the loss is final. A callback that backprops the loss itself (MixedPrecisionCB under
@@ -17,14 +18,16 @@ The backward and step protocol (how a callback changes what happens between the 
 - `before_step`: raise `CancelStepException` to skip the optimizer step, `after_step` and `zero_grad`, so the
   gradients accumulate into the next batch (GradientAccumulationCB); the batch then ends normally (after_batch
   runs). MixedPrecisionCB unscales the gradients here (order -5), so callbacks ordered after it (GradientClipCB)
-  see true gradients, and it cancels the step when they hold inf/nan.
+  see true gradients, and it cancels the step when they hold inf/nan. A callback that reads the hypers a step
+  uses (the lr for a logger) reads them here: schedulers change them in `after_step`.
 - `after_step`: runs only after a real optimizer step: per-step schedulers (BatchSchedCB) and recorders act here.
 
 Metrics rows: `MetricsCB` computes one row per epoch phase (merged over ranks under torch.distributed) and hands it
 to every callback that defines `log_row(learn, row)`, in callback order. `row` is a dict: each metric, `loss`,
 `epoch`, `phase` ('train' or 'eval') and `seconds`. A consumer that shows the row to the user (ProgressCB) returns
-True; when none does, MetricsCB prints it. Consumers: ProgressCB, CSVLoggerCB, SaveModelCB, EarlyStoppingCB,
-TensorBoardCB.
+True; when none does, MetricsCB prints it. Under torch.distributed every rank gets the same rows: a consumer that
+writes files writes on rank 0 only (`is_main_process`). Consumers: ProgressCB, CSVLoggerCB, SaveModelCB,
+EarlyStoppingCB, TensorBoardCB.
 
 Built-in `order` values (lower runs first): DeviceCB -20, BatchTransformCB -10, GradientAccumulationCB -6,
 MixedPrecisionCB / ChannelsLastCB / CompileCB -5, GradientClipCB -4, DDPCB -2, TrainCB and schedulers 0,
