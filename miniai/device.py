@@ -2,7 +2,8 @@
 
 Device helpers (`def_device`, `to_device`, `to_cpu`) and the torch.distributed rank helpers (`rank`,
 `world_size`, `is_main_process`, `barrier`, ...), which are no-ops outside a process group. `miniai.callbacks`
-re-exports the first, `miniai.distributed` the second, so both keep their import paths.
+re-exports the first, `miniai.distributed` the second, so both keep their import paths. Explained in
+nbs/02_learner.ipynb (devices) and nbs/10_distributed.ipynb (ranks).
 """
 from __future__ import annotations
 
