@@ -194,8 +194,10 @@ class CSVLoggerCB(Callback):
         cols = ['epoch', 'phase', 'loss'] + [k for k in row if k not in ('epoch', 'phase', 'loss', 'lr', 'seconds')]
         cols += ['lr', 'seconds']
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        if not new:  # appending to a file that has a header already (a resumed run): keep its columns
+            with open(self.path, newline='') as f: cols = next(csv.reader(f), None) or cols
         with open(self.path, 'a', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=cols)
+            w = csv.DictWriter(f, fieldnames=cols, restval='', extrasaction='ignore')
             if new: w.writeheader()
             w.writerow(row)
 

@@ -151,3 +151,12 @@ def test_lr_find_with_csv_logger_raised_needs_a_metricscb(tmp_path):
     assert len(res.lrs) == 5 and not path.exists()           # the sweep writes no row
     learn.fit(1)
     assert len(list(csv.DictReader(path.open()))) == 2
+
+
+def test_csv_logger_appending_to_an_older_file_keeps_its_columns(tmp_path):
+    path = tmp_path / 'm.csv'
+    path.write_text('epoch,phase,loss,seconds\n0,train,2.5,1.0\n')   # written before the lr column existed
+    TrainLearner(tiny_cnn(), toy_images(n=64), F.cross_entropy, cbs=[MetricsCB(), CSVLoggerCB(path)]).fit(1)
+    rows = list(csv.DictReader(path.open()))
+    assert [list(r) for r in rows] == [['epoch', 'phase', 'loss', 'seconds']] * 3
+    assert [r['phase'] for r in rows] == ['train', 'train', 'eval'] and float(rows[2]['loss']) > 0
