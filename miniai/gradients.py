@@ -8,6 +8,7 @@ step it cancels is never unscaled nor clipped; then MixedPrecisionCB unscales fl
 from __future__ import annotations
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from .core import CancelStepException, Callback
 
@@ -56,21 +57,37 @@ class GradientAccumulationCB(Callback):
     the summed gradients are divided by the number of batches summed; this is the same as scaling each batch's
     loss by 1/k, and stays right for a shorter last group of the epoch. A BatchSchedCB's torch scheduler then
     needs `total_steps = epochs * ceil(len(dls.train) / n_batches)`; `fit_one_cycle` needs nothing. Under
-    DistributedDataParallel every batch still all-reduces its gradients (correct, not the fastest).
+    DistributedDataParallel the batches that won't step run in its `no_sync()`: the ranks all-reduce the summed
+    gradients once, at the batch that steps.
     """
     order = -6  # before MixedPrecisionCB (-5): a cancelled step is never unscaled
 
     def __init__(self, n_batches: int):
         if not isinstance(n_batches, int) or isinstance(n_batches, bool) or n_batches < 1:
             raise ValueError(f"n_batches must be an integer >= 1, got {n_batches!r}")
-        self.n_batches, self.count = n_batches, 0
+        self.n_batches, self.count, self._no_sync = n_batches, 0, None
 
     def before_fit(self, learn): self.count = 0
 
+    def _steps(self, learn) -> bool:
+        """Whether this batch ends a group: the n-th since the last step, or the epoch's last."""
+        return self.count + 1 >= self.n_batches or (learn.n_iter is not None and learn.iter == learn.n_iter - 1)
+
+    def before_batch(self, learn):
+        if learn.training and isinstance(learn.model, DistributedDataParallel) and not self._steps(learn):
+            self._no_sync = learn.model.no_sync()   # forward and backward of this batch: no all-reduce
+            self._no_sync.__enter__()
+
+    def _sync_again(self):
+        if self._no_sync is not None: self._no_sync.__exit__(None, None, None); self._no_sync = None
+
+    def after_backward(self, learn): self._sync_again()
+    def cleanup_batch(self, learn): self._sync_again()
+
     def before_step(self, learn):
+        steps = self._steps(learn)
         self.count += 1
-        last = learn.n_iter is not None and learn.iter == learn.n_iter - 1
-        if self.count < self.n_batches and not last: raise CancelStepException()
+        if not steps: raise CancelStepException()
         if self.count > 1:
             with torch.no_grad():
                 for p in _params(learn):

@@ -67,6 +67,13 @@ class SeenCB(Callback):
         if learn.training: self.seen.setdefault(learn.epoch, []).extend(learn.batch[0][:, 0].tolist())
 
 
+class SyncCB(Callback):
+    """Whether DistributedDataParallel all-reduces each training batch's gradients (False inside `no_sync`)."""
+    def __init__(self): self.seen = []
+    def after_predict(self, learn):
+        if learn.training and learn.epoch == 0: self.seen.append(learn.model.require_backward_grad_sync)
+
+
 # ---------------------------------------------------------------- the worker: run by torchrun, one per rank
 def worker(out: Path, fm: Path):
     torch.set_num_threads(1)
@@ -88,10 +95,11 @@ def worker(out: Path, fm: Path):
         learn = learner(BS // 2, 'memory', [ddp, seen], shuffle=True)
         learn.fit_one_cycle(2, 0.2)
         res['one_cycle'] = {'rows': rows(learn), 'seen': seen.seen}
-        es = EarlyStoppingCB(patience=1)
-        learn = learner(BS // 4, 'memory', [ddp, GradientAccumulationCB(2), GradientClipCB(0.5), es])
+        es, sync = EarlyStoppingCB(patience=1), SyncCB()
+        learn = learner(BS // 4, 'memory', [ddp, GradientAccumulationCB(2), GradientClipCB(0.5), es, sync])
         learn.fit(3)
-        res['grads'] = {'rows': rows(learn), 'weights': weights(learn), 'best_epoch': es.best_epoch}
+        res['grads'] = {'rows': rows(learn), 'weights': weights(learn), 'best_epoch': es.best_epoch,
+                        'sync': sync.seen}
         from miniai.cli import main                # last: it leaves the process group when done
         res['cli_rc'] = main(['train', '--data', str(fm), '--out', str(out / 'cli'), '--bs', '64', '--epochs', '1',
                               '--device', 'cpu'])
@@ -177,6 +185,7 @@ def test_clipping_accumulation_and_early_stopping_under_ddp_match_one_process(dd
     ref = learner(BS, 'memory', [GradientClipCB(0.5), es])   # 2 ranks x 2 accumulated x BS/4: the same global batch
     with contextlib.redirect_stdout(io.StringIO()): ref.fit(3)
     assert r0['grads']['rows'] == r1['grads']['rows'] and r0['grads']['best_epoch'] == es.best_epoch
+    assert r0['grads']['sync'] == [False, True] * (N_TRAIN // BS)     # one all-reduce per 2 accumulated batches
     close(r0['grads']['rows'], rows(ref))
     for k, v in weights(ref).items():
         torch.testing.assert_close(r0['grads']['weights'][k], v, atol=1e-5, rtol=1e-5)
