@@ -95,7 +95,7 @@ def run_miniai(dls, epochs, lr, device, seed, quiet=False):
     sched = BatchSchedCB(partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=lr,
                                  total_steps=epochs * len(dls.train)))
     cbs = [DeviceCB(device), metrics, sched, timer] + ([] if quiet else [ProgressCB()])
-    if quiet: metrics.logger = lambda row: None
+    metrics.show = not quiet
     learn = TrainLearner(model, dls, F.cross_entropy, lr=lr, cbs=cbs, opt_func=torch.optim.AdamW)
     sync(device)
     start = time.perf_counter()

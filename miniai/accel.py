@@ -7,17 +7,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from functools import partial
 
 import torch
 
 from .callbacks import TrainCB
-from .core import CancelBatchException, Callback
+from .core import CancelStepException, Callback
 
 __all__ = ['MixedPrecisionCB', 'CompileCB', 'ChannelsLastCB', 'MixedPrecision', 'AccelerateCB']
 
-# After DeviceCB (-20) and BatchTransformCB (-10), so the batch is on its device and augmented in float32;
-# before TrainCB (0), schedulers (0) and MetricsCB (10).
+# After DeviceCB (-20), BatchTransformCB (-10) and GradientAccumulationCB (-6), so the batch is on its device
+# and augmented in float32 and a cancelled accumulation step never unscales; before GradientClipCB (-4), TrainCB (0),
+# schedulers (0) and MetricsCB (10).
 _ORDER = -5
 _DTYPES = {'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16,
            'half': torch.float16}
@@ -55,14 +55,18 @@ def _amp_problem(device_type: str, dtype: torch.dtype) -> str | None:
 class MixedPrecisionCB(Callback):
     """Runs predict and the loss under `torch.autocast(device_type, dtype)`; float16 adds a `GradScaler`.
 
-    `device_type=None` follows the model's parameters (else the batch). bfloat16 needs no scaling. With float16:
-    the learner's `backward` backprops `scaler.scale(learn.loss)` while callbacks always see the true loss; the
-    gradients are unscaled before any `after_backward` callback runs (so clipping sees true gradients);
-    `scaler.step(opt)` + `update()` replace the learner's own `step`; a step the scaler skips (inf/nan
-    gradients) zeroes the gradients, counts in `skipped` and cancels the batch, so `after_step`, `zero_grad` and
-    `after_batch` (schedulers, metrics) don't run for it. float16 assumes one backward of `learn.loss` per step on gradients
-    that start from zero (not gradient accumulation, nor `MomentumLearner`, which keeps part of the last ones).
-    Where the device can't autocast to `dtype`, it warns once and does nothing.
+    `device_type=None` follows the model's parameters (else the batch). bfloat16 needs no scaling. With float16,
+    on the events of `miniai.core`'s backward/step protocol: in `before_backward` it backprops
+    `scaler.scale(learn.loss)` and sets `learn.backward_done` (so the learner's own backward step is skipped and
+    `learn.loss` stays the true loss for every callback); in `before_step` it unscales the gradients (so
+    callbacks ordered after it, such as GradientClipCB, see true gradients) and, when they hold inf or nan,
+    zeroes them, counts the step in `skipped`, lowers the scale and raises `CancelStepException`: no optimizer
+    step, no `after_step` (per-step schedulers don't advance). Otherwise the learner's own step runs (what
+    `scaler.step` does for finite gradients) and `after_step` updates the scale. Gradient accumulation works:
+    the scale only changes at a real step. A learner whose own `backward` does more than backprop `learn.loss`
+    has it skipped under float16; float16 also assumes gradients start from zero after each step (not
+    `MomentumLearner`, which keeps part of the last ones). Where the device can't autocast to `dtype`, it warns
+    once and does nothing.
     """
     order = _ORDER
 
@@ -73,7 +77,7 @@ class MixedPrecisionCB(Callback):
         self.dtype, self.device_type = dtype, device_type
         self.scaler, self.skipped, self.active = None, 0, False
         self._ac, self._in_ac, self._unscaled, self._warned = None, False, False, False
-        self._saved, self._hook, self._scaler_sd, self._scaler_device = {}, None, None, None
+        self._scaler_sd, self._scaler_device = None, None
 
     # --- setup, at the first batch of each fit (the model is on its device by then) --------------------------
     def before_fit(self, learn): self._ac = None
@@ -90,7 +94,6 @@ class MixedPrecisionCB(Callback):
                 self._warned = True
             return
         self._ac = torch.autocast(device_type, dtype=self.dtype)
-        if self.scaler is not None: self._wrap(learn)
 
     def _make_scaler(self, device_type) -> str | None:
         if self.scaler is None or self._scaler_device != device_type:
@@ -100,13 +103,8 @@ class MixedPrecisionCB(Callback):
             if self._scaler_sd is not None: self.scaler.load_state_dict(self._scaler_sd); self._scaler_sd = None
         return None if self.scaler.is_enabled() else "GradScaler disabled itself"
 
-    def _wrap(self, learn):
-        # Instance attributes shadow the learner's own backward/step (method or TrainCB) for this fit only.
-        self._saved = {n: learn.__dict__.get(n) for n in ('backward', 'step')}
-        learn.backward = partial(self._backward, learn, learn.backward)
-        learn.step = partial(self._step, learn)
-        if hasattr(learn.opt, 'register_step_post_hook'):
-            self._hook = learn.opt.register_step_post_hook(self._on_step)
+    @property
+    def _scaling(self): return self.active and self.scaler is not None
 
     # --- the batch --------------------------------------------------------------------------------------------
     def before_batch(self, learn):
@@ -118,40 +116,33 @@ class MixedPrecisionCB(Callback):
 
     def after_loss(self, learn): self._exit_autocast()   # backward runs outside autocast, as torch recommends
 
-    def _backward(self, learn, backward):
-        loss = learn.loss
-        learn.loss = self.scaler.scale(loss)    # what the learner's own backward backprops
-        try: backward()
-        finally: learn.loss = loss              # every callback sees the true loss
-        self.scaler.unscale_(learn.opt)         # before any after_backward: clipping etc. see true gradients
+    def before_backward(self, learn):
+        if not self._scaling or learn.backward_done: return
+        self.scaler.scale(learn.loss).backward()       # small float16 gradients would flush to zero unscaled
+        learn.backward_done = True
+
+    def before_step(self, learn):
+        if not self._scaling: return
+        self.scaler.unscale_(learn.opt)                # once per step, however many batches accumulated
         self._unscaled = True
-
-    def _on_step(self, opt, args, kwargs): self._stepped = True
-
-    def _step(self, learn):
-        self._stepped, scale = False, None
-        if self._hook is None: scale = self.scaler.get_scale()   # an optimizer without step hooks: compare scales
-        self.scaler.step(learn.opt)             # skips opt.step() when the unscaled gradients hold inf or nan
-        self.scaler.update()
-        self._unscaled = False
-        if self._hook is None: self._stepped = self.scaler.get_scale() >= scale
-        if self._stepped: return
+        if _grads_finite(learn.opt): return            # the learner's own step runs, as scaler.step would
         self.skipped += 1
-        learn.opt.zero_grad()                   # zero_grad is cancelled with the batch: don't carry inf grads over
-        raise CancelBatchException()            # so schedulers (after_batch) don't advance for a step not taken
+        learn.opt.zero_grad()                          # don't carry inf/nan into the next step
+        self._update()                                 # lowers the scale
+        raise CancelStepException()
+
+    def _update(self):
+        if self._unscaled: self._unscaled = False; self.scaler.update()
+
+    def after_step(self, learn): self._update()
 
     def cleanup_batch(self, learn):
         self._exit_autocast()
-        # unscaled but never stepped (a callback cancelled the batch in after_backward): close the scaler's step
-        if self._unscaled: self._unscaled = False; self.scaler.update()
+        self._update()  # unscaled but not stepped (a later callback cancelled): close the scaler's step
 
     def cleanup_fit(self, learn):
         self._exit_autocast()
-        if self._hook is not None: self._hook.remove(); self._hook = None
-        for name, prev in self._saved.items():
-            if prev is None: learn.__dict__.pop(name, None)
-            else: setattr(learn, name, prev)
-        self._saved, self._ac = {}, None
+        self._ac = None
 
     def state_dict(self) -> dict:
         """The GradScaler's state (float16 only) and `skipped`."""
@@ -166,23 +157,29 @@ class MixedPrecisionCB(Callback):
         else: self._scaler_sd = sd
 
 
+def _grads_finite(opt) -> bool:
+    """Whether every gradient the optimizer holds is finite (one host sync, as `GradScaler.step` makes)."""
+    gs = [p.grad for g in opt.param_groups for p in g['params'] if p.grad is not None]
+    return not gs or bool(torch.stack([torch.isfinite(g).all() for g in gs]).all())
+
+
 _MODES = (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')
 
 
 class CompileCB(Callback):
-    """`torch.compile(model.forward, mode=mode, **kwargs)` for the fit; the module itself (and its state_dict
-    keys) stays as it is, and its eager `forward` comes back in `cleanup_fit`.
+    """`learn.model.compile(mode=mode, **kwargs)` (torch's `nn.Module.compile`) at the first fit: the module is
+    compiled in place, so it stays the same object with the same state_dict keys, and stays compiled afterwards.
 
-    Compiling happens at the first call of each new input shape or mode; if torch can't compile here (no C
-    compiler, unsupported platform) it warns once and the fit goes on eagerly. The compiled forward is kept for
-    the next fit of the same model, so that one doesn't trace again.
+    Compiling happens at the first call of each new input shape or mode. If torch can't compile the model here
+    (no C compiler, unsupported platform), torch's compiler falls back to eager during the fit and logs why
+    (dynamo's `suppress_errors`); if `compile` itself fails, this warns once and the fit goes on eagerly.
     """
     order = _ORDER
 
     def __init__(self, mode: str | None = None, **kwargs):
         if mode not in _MODES: raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
         self.mode, self.kwargs, self.failed, self._warned = mode, kwargs, False, False
-        self._saved, self._cache = None, None
+        self._compiled, self._suppress = None, None
 
     def _warn(self, e: Exception):
         why = f"{type(e).__name__}: {str(e).splitlines()[0]}" if str(e) else type(e).__name__
@@ -191,32 +188,18 @@ class CompileCB(Callback):
         self._warned = self.failed = True
 
     def before_fit(self, learn):
+        import torch._dynamo
         model = learn.model
-        if self.failed or not hasattr(model, 'forward'): return
-        eager = model.forward
-        # equal bound methods (same model and function): reuse the compiled wrapper, so a later fit doesn't retrace
-        if self._cache is not None and self._cache[0] == eager: compiled = self._cache[1]
-        else:
-            try: compiled = torch.compile(eager, mode=self.mode, **self.kwargs)
-            except Exception as e: return self._warn(e)
-            self._cache = (eager, compiled)
-        self._saved = (model, model.__dict__.get('forward'))
-        model.forward = partial(self._forward, compiled, eager)
-
-    def _forward(self, compiled, eager, *args, **kwargs):
-        if self.failed: return eager(*args, **kwargs)
-        try: return compiled(*args, **kwargs)
-        except Exception as e:
-            out = eager(*args, **kwargs)        # a bug in the model itself raises here, with its own message
-            self._warn(e)
-            return out
+        if self.failed or not hasattr(model, 'compile'): return
+        self._suppress, torch._dynamo.config.suppress_errors = torch._dynamo.config.suppress_errors, True
+        if self._compiled is model: return              # already compiled by us: a later fit doesn't retrace
+        try: model.compile(mode=self.mode, **self.kwargs)
+        except Exception as e: return self._warn(e)
+        self._compiled = model
 
     def cleanup_fit(self, learn):
-        if self._saved is None: return
-        model, prev = self._saved
-        if prev is None: model.__dict__.pop('forward', None)
-        else: model.forward = prev
-        self._saved = None
+        import torch._dynamo
+        if self._suppress is not None: torch._dynamo.config.suppress_errors, self._suppress = self._suppress, None
 
 
 def _channels_last(x):

@@ -69,17 +69,19 @@ def _init_stats(hook):
     hook.stats = (hook.means, hook.stds, hook.hists)
 
 
-def append_stats(hook, mod, inp, outp):
-    """Record the mean, std and a 40-bin histogram of |activation| over [0, 10] of this batch in `hook.stats`
-    (the lists `hook.means`, `hook.stds`, `hook.hists`), created on the first call; use with `Hook`/`Hooks`/
-    `HooksCallback`.
+def append_stats(hook, mod, inp, outp, with_hist: bool = True):
+    """Record the mean, std and (with `with_hist`) a 40-bin histogram of |activation| over [0, 10] of this batch in
+    `hook.stats` (the lists `hook.means`, `hook.stds`, `hook.hists`), created on the first call; use with
+    `Hook`/`Hooks`/`HooksCallback`.
 
     Under `ActivationStats` the numbers stay on the device until the epoch ends (copying 42 numbers to the host
     per layer per batch would sync); elsewhere they are copied at once, so `hook.stats` is always up to date.
     """
     if not hasattr(hook, 'pending'): _init_stats(hook)
     acts = outp.detach().float()
-    hook.pending.append(torch.cat([torch.stack([acts.mean(), acts.std()]), acts.abs().histc(N_BINS, 0, HIST_MAX)]))
+    summary = torch.stack([acts.mean(), acts.std()])
+    if with_hist: summary = torch.cat([summary, acts.abs().histc(N_BINS, 0, HIST_MAX)])
+    hook.pending.append(summary)
     if not getattr(hook, 'deferred', False): _flush(hook)
 
 
@@ -88,7 +90,7 @@ def _flush(hook):
         rows = torch.stack(hook.pending).cpu()
         hook.means += rows[:, 0].tolist()   # `+=` extends in place: `hook.stats` sees the new numbers
         hook.stds += rows[:, 1].tolist()
-        hook.hists += list(rows[:, 2:])
+        if rows.shape[1] > 2: hook.hists += list(rows[:, 2:])
         hook.pending = []
 
 
@@ -141,7 +143,7 @@ class HooksCallback(Callback):
 class ActivationStats(HooksCallback):
     """Per-layer means, stds and histograms of activations on training batches, with plots to read them."""
     def __init__(self, mod_filter=fc.noop, with_hist: bool = True):
-        super().__init__(append_stats, mod_filter)
+        super().__init__(partial(append_stats, with_hist=with_hist), mod_filter)
         self.with_hist = with_hist
 
     def init_hook(self, h):
@@ -175,6 +177,7 @@ class ActivationStats(HooksCallback):
 
     def dead_chart(self, figsize=(3, 2.5)):
         """Share of near-zero activations per layer over batches: near 1 means a dead layer."""
+        if not self.with_hist: raise ValueError("dead_chart needs ActivationStats(with_hist=True)")
         fig, axs = self._grid(len(self.hooks), figsize)
         for i, (ax, h) in enumerate(zip(axs, self.hooks)):
             ax.plot(get_min(h))

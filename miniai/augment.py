@@ -330,13 +330,13 @@ def get_preds(learn, dl=None, with_input: bool = False, tta: bool = False,
     mode, the optimizer, `learn.cbs`, `learn.dls` and the batch state are as before.
     """
     cb = CapturePreds(with_input=with_input, tta_tfm=tfm if tta else None)
-    all_cbs, dls, was_training = list(learn.cbs), learn.dls, learn.model.training
+    dls, was_training = learn.dls, learn.model.training
     state = {k: vars(learn)[k] for k in _FIT_STATE if k in vars(learn)}
     if dl is not None: learn.dls = _with_valid(dls, dl)
-    learn.cbs[:] = [c for c in all_cbs if not getattr(c, 'lr_find_excluded', False)]
-    try: learn.fit(1, train=False, cbs=[cb])
+    excluded = [c for c in learn.cbs if getattr(c, 'lr_find_excluded', False)]
+    try:
+        with learn.removed_cbs(excluded): learn.fit(1, train=False, cbs=[cb])
     finally:
-        learn.cbs[:] = all_cbs
         learn.dls = dls
         learn.model.train(was_training)
         for k in _FIT_STATE:

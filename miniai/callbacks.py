@@ -1,4 +1,6 @@
-"""The callbacks almost every fit uses: TrainCB, DeviceCB, SingleBatchCB, MetricsCB, ProgressCB; device helpers.
+"""The callbacks almost every fit uses: TrainCB, DeviceCB, SingleBatchCB, MetricsCB, ProgressCB, CSVLoggerCB.
+
+The device helpers (`def_device`, `to_device`, `to_cpu`) live in `miniai.device` and are re-exported here.
 
 Re-exported by `miniai.learner`; explained in nbs/02_learner.ipynb.
 """
@@ -9,7 +11,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -17,29 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import CancelFitException, Callback
-from .distributed import is_main_process
+from .device import def_device, is_distributed, is_main_process, to_cpu, to_device
+from .distributed import reduce_metrics
 
 __all__ = ['def_device', 'to_device', 'to_cpu', 'set_seed', 'loss_with_context', 'TrainCB', 'DeviceCB',
-           'SingleBatchCB', 'MetricsCB', 'CSVLoggerCB', 'ProgressCB', 'in_notebook']
-
-def_device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
-
-
-def to_device(x, device=def_device, non_blocking: bool = False):
-    """Move a tensor, or the tensors inside nested dicts, lists and tuples, to `device`."""
-    if isinstance(x, torch.Tensor): return x.to(device, non_blocking=non_blocking)
-    if isinstance(x, Mapping): return {k: to_device(v, device, non_blocking) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(to_device(o, device, non_blocking) for o in x)
-    return x
-
-
-def to_cpu(x):
-    """Detached CPU copies of the tensors in `x` (float16/bfloat16 become float32, so numpy can read them)."""
-    if isinstance(x, Mapping): return {k: to_cpu(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(to_cpu(o) for o in x)
-    if not isinstance(x, torch.Tensor): return x
-    res = x.detach().cpu()
-    return res.float() if res.dtype in (torch.float16, torch.bfloat16) else res
+           'SingleBatchCB', 'MetricsCB', 'CSVLoggerCB', 'ProgressCB', 'in_notebook', 'row_header', 'format_row']
 
 
 def set_seed(seed: int, deterministic: bool = False):
@@ -116,32 +99,37 @@ class SingleBatchCB(Callback):
 def _fmt_time(secs): return f"{int(secs // 60):02d}:{int(secs % 60):02d}"
 
 
+def row_header(row: dict) -> list[str]:
+    """The column names a metrics `row` is shown under: its keys, with `time` for `seconds`."""
+    return [k for k in row if k != 'seconds'] + ['time']
+
+
+def format_row(row: dict) -> list[str]:
+    """A metrics `row` as display strings: metrics and loss to 3 decimals, then epoch, phase, mm:ss."""
+    vals = [f'{v:.3f}' if isinstance(v, float) else str(v) for k, v in row.items() if k != 'seconds']
+    return vals + [_fmt_time(row['seconds'])]
+
+
 class MetricsCB(Callback):
-    """torcheval metrics and the loss, weighted by batch size, one row per epoch and phase.
+    """torcheval metrics and the loss, weighted by batch size, one row per epoch and phase, handed to consumers.
 
     Metrics and the loss accumulate on the batch's device; the host reads them once per epoch phase, never per
-    batch. `history` keeps every row as numbers (metrics, loss, epoch, phase, seconds). Under `DDPCB`, `reducer`
-    merges all ranks' sums before each row, so every rank holds the global numbers; only rank 0 prints them.
+    batch. Under torch.distributed the row merges every rank's sums first (`reduce_metrics`), so every rank holds
+    the global numbers. `history` keeps every row: `{metric: value, ..., 'loss', 'epoch', 'phase', 'seconds'}`.
+
+    Each row goes to every callback of the learner that defines `log_row(learn, row)`, in callback order (this is
+    how ProgressCB, CSVLoggerCB, SaveModelCB, EarlyStoppingCB and TensorBoardCB get it). A consumer that shows the
+    row returns True; if none does, MetricsCB prints it as a plain table line (rank 0 only), unless its `show` is
+    set to False (`metrics.show = False`: rows are kept and handed on, nothing is printed).
     """
     order = 10
     lr_find_excluded = True  # an lr sweep is not training worth a row in the history
 
     def __init__(self, *ms, **metrics):
         for m in ms: metrics[type(m).__name__] = m
-        self.metrics, self.history, self.logger, self.reducer = metrics, [], None, None
+        self.metrics, self.history, self.show = metrics, [], True
 
-    def _log(self, row):
-        if self.logger is not None: return self.logger(row)
-        if not is_main_process(): return
-        if not self._printed_header: print(*self._header(row)); self._printed_header = True
-        print(*self.format_row(row))
-
-    def _header(self, row): return [k for k in row if k != 'seconds'] + ['time']
-
-    def format_row(self, row):
-        """The row as display strings: metrics and loss to 3 decimals, then epoch, phase, mm:ss."""
-        vals = [f'{v:.3f}' if isinstance(v, float) else str(v) for k, v in row.items() if k != 'seconds']
-        return vals + [_fmt_time(row['seconds'])]
+    def format_row(self, row): return format_row(row)
 
     def before_fit(self, learn): self._printed_header = False
 
@@ -159,45 +147,60 @@ class MetricsCB(Callback):
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._count += n
 
-    def after_epoch(self, learn):
-        if self.reducer is not None:  # DDPCB: the sums over all ranks
-            self._loss_sum, self._count = self.reducer(self.metrics, self._loss_sum, self._count)
+    def compute_row(self, learn) -> dict:
+        """This epoch phase's row, over all ranks under torch.distributed (every rank must call it)."""
+        if is_distributed(): self._loss_sum, self._count = reduce_metrics(self.metrics, self._loss_sum, self._count)
         row = {k: float(m.compute()) for k, m in self.metrics.items()}
         row['loss'] = float(self._loss_sum) / self._count if self._count else float('nan')
         row.update(epoch=learn.epoch, phase='train' if learn.model.training else 'eval',
                    seconds=time.perf_counter() - self._start)
+        return row
+
+    def after_epoch(self, learn):
+        row = self.compute_row(learn)
         self.history.append(row)
-        self._log(row)
+        # a learner written in a notebook may keep its callbacks elsewhere: then there are no consumers
+        shown = [cb.log_row(learn, row) for cb in sorted(getattr(learn, 'cbs', ()), key=lambda c: c.order)
+                 if cb is not self and callable(getattr(cb, 'log_row', None))]
+        if self.show and not any(shown): self._print(row)
+
+    def _print(self, row):
+        if not is_main_process(): return
+        if not self._printed_header: print(*row_header(row)); self._printed_header = True
+        print(*format_row(row))
 
     def state_dict(self): return {'history': list(self.history)}
     def load_state_dict(self, sd): self.history = list(sd['history'])
 
 
 class CSVLoggerCB(Callback):
-    """Append each row of `metrics` (a `MetricsCB`; default: the learner's) to the CSV file `path` as it comes.
+    """Append each metrics row (from a `MetricsCB`, see `log_row`) to the CSV file `path` as it comes.
 
-    Columns: epoch, phase, loss, the metrics, seconds. Rows are flushed at once, so a crash keeps them.
+    Columns: epoch, phase, loss, the metrics, lr (the first param group's lr at the epoch's last optimizer step),
+    seconds. Rows are flushed at once, so a crash keeps them. Only rank 0 writes.
     """
     order = MetricsCB.order + 2
+    lr_find_excluded = True
 
-    def __init__(self, path, metrics: MetricsCB | None = None): self.path, self.metrics = path, metrics
+    def __init__(self, path): self.path, self.lr = path, float('nan')
 
-    def before_fit(self, learn):
-        if self.metrics is None: self.metrics = next((c for c in learn.cbs if isinstance(c, MetricsCB)), None)
-        if self.metrics is None: raise ValueError("CSVLoggerCB needs a MetricsCB in the learner's callbacks")
-        self._done = len(self.metrics.history)
+    def before_step(self, learn):  # the lr this step uses (schedulers change it in after_step)
+        groups = getattr(learn.opt, 'param_groups', None)
+        self.lr = groups[0]['lr'] if groups else getattr(learn.opt, 'lr', float('nan'))
 
-    def after_epoch(self, learn):
-        rows = self.metrics.history[self._done:]
-        self._done = len(self.metrics.history)
-        if not rows or not is_main_process(): return
-        cols = ['epoch', 'phase', 'loss'] + [k for k in rows[0] if k not in ('epoch', 'phase', 'loss', 'seconds')]
-        cols.append('seconds')
+    def log_row(self, learn, row: dict):
+        """Write `row` (with the lr of the last step) as one line of the CSV file."""
+        if not is_main_process(): return
+        row = {**row, 'lr': self.lr}
+        cols = ['epoch', 'phase', 'loss'] + [k for k in row if k not in ('epoch', 'phase', 'loss', 'lr', 'seconds')]
+        cols += ['lr', 'seconds']
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        if not new:  # appending to a file that has a header already (a resumed run): keep its columns
+            with open(self.path, newline='') as f: cols = next(csv.reader(f), None) or cols
         with open(self.path, 'a', newline='') as f:
-            w = csv.DictWriter(f, fieldnames=cols)
+            w = csv.DictWriter(f, fieldnames=cols, restval='', extrasaction='ignore')
             if new: w.writeheader()
-            w.writerows(rows)
+            w.writerow(row)
 
 
 def in_notebook() -> bool:
@@ -233,8 +236,6 @@ class ProgressCB(Callback):
         r, self._resumed = self._resumed, None        # a loaded checkpoint's curve continues; a new fit starts anew
         self.losses, self.val_losses = (list(r['losses']), list(r['val_losses'])) if r else ([], [])
         self._pending, self._last, self._first = [], 0., True
-        self.metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
-        if self.metrics is not None: self.metrics.logger = self._log
         if self.live: learn.epochs = self.mbar = master_bar(learn.epochs)
 
     def _write(self, vals, table=True):
@@ -242,16 +243,19 @@ class ProgressCB(Callback):
         if self.live: self.mbar.write(vals, table=table)
         else: print(*vals, flush=True)
 
-    def _log(self, row):
-        if self._first: self._write(self.metrics._header(row)); self._first = False
-        self._write(self.metrics.format_row(row))
+    def log_row(self, learn, row: dict) -> bool:
+        """Show a MetricsCB row in the bar's table (or as a printed line); True: MetricsCB need not print it."""
+        if self._first: self._write(row_header(row)); self._first = False
+        self._write(format_row(row))
         if row['phase'] == 'eval': self.val_losses.append(row['loss'])
+        self._got_row = True
+        return True
 
     def before_epoch(self, learn):
         if self.live:
             from fastprogress import progress_bar
             learn.dl = progress_bar(learn.dl, leave=False, parent=self.mbar)
-        if not self.metrics and not self.live: self._t0 = time.perf_counter()
+        self._t0, self._got_row = time.perf_counter(), False
 
     def _flush(self):
         if self._pending: self.losses += torch.stack(self._pending).float().cpu().tolist()  # one sync for many
@@ -275,7 +279,7 @@ class ProgressCB(Callback):
         self.mbar.update_graph(graphs)
 
     def after_epoch(self, learn):
-        if not self.metrics and not self.live and self.main:
+        if not self._got_row and not self.live and self.main:  # no MetricsCB: a line of our own
             self._flush()
             phase = 'train' if learn.training else 'eval'
             last = f", last loss {self.losses[-1]:.3f}" if learn.training and self.losses else ''
@@ -284,7 +288,6 @@ class ProgressCB(Callback):
     def cleanup_fit(self, learn):
         self._flush()
         if self.live and self.plot and self.notebook and self.losses: self._draw()
-        if self.metrics is not None: self.metrics.logger = None
 
     def state_dict(self):
         """The losses so far, so that a resumed run's curve (e.g. `miniai train`'s training.png) shows the whole run."""

@@ -246,14 +246,14 @@ class SaveModelCB(Callback):
         if mode not in ('auto', 'min', 'max'): raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.dir, self.every_epoch, self.monitor = Path(dir), every_epoch, monitor
         self.mode = ('min' if monitor and 'loss' in monitor else 'max') if mode == 'auto' else mode
-        self.best, self.epoch_done = None, None   # `epoch_done`: the last epoch this fit completed
+        self.best, self.row, self.epoch_done = None, None, None   # `epoch_done`: the last epoch this fit completed
 
-    def before_fit(self, learn):
-        from .callbacks import MetricsCB
-        self.epoch_done = None
-        self.metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
-        if self.monitor and self.metrics is None:
-            raise ValueError(f"SaveModelCB(monitor={self.monitor!r}) needs a MetricsCB in the learner's callbacks")
+    def before_fit(self, learn): self.epoch_done = None
+    def before_epoch(self, learn): self.row = None
+
+    def log_row(self, learn, row: dict):
+        """Keep the epoch phase's metrics row (from MetricsCB) that `monitor` is read from."""
+        self.row = row
 
     def after_epoch(self, learn):
         # an epoch is complete after its eval phase, or after training when there is no validation
@@ -263,7 +263,9 @@ class SaveModelCB(Callback):
         if self.every_epoch: save_checkpoint(learn, self.dir / 'last.pt')
 
     def _maybe_best(self, learn):
-        row = self.metrics.history[-1] if self.metrics.history else {}
+        if self.row is None:
+            raise ValueError(f"SaveModelCB(monitor={self.monitor!r}) needs a MetricsCB in the learner's callbacks")
+        row = self.row
         if self.monitor not in row:
             raise ValueError(f"SaveModelCB: monitor {self.monitor!r} is not a metric; have {sorted(row)}")
         v = broadcast_object(row[self.monitor])  # rank 0's value decides on every rank: all reach the same barriers
@@ -271,7 +273,7 @@ class SaveModelCB(Callback):
             self.best = v
             save_checkpoint(learn, self.dir / 'best.pt')
 
-    def cleanup_fit(self, learn): self.metrics = None
+    def cleanup_fit(self, learn): self.row = None
     def state_dict(self): return {'best': self.best}
     def load_state_dict(self, sd): self.best = sd['best']
 

@@ -335,7 +335,7 @@ def build_learner(args, dls, out: Path, device):
 
     model = recipe_model()
     metrics = MetricsCB(accuracy=MulticlassAccuracy())
-    cbs = [DeviceCB(device), metrics, ProgressCB(), CSVLoggerCB(out / 'metrics.csv', metrics),
+    cbs = [DeviceCB(device), metrics, ProgressCB(), CSVLoggerCB(out / 'metrics.csv'),
            SaveModelCB(out, monitor='accuracy'), TerminateOnNaNCB(), RecorderCB(lr=lambda cb: cb.pg['lr'])]
     cbs += _build_callbacks(args, out)
     if is_distributed(): cbs.append(DDPCB(device, seed=args.seed))

@@ -20,71 +20,16 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
 from .core import Callback
+from .device import (all_reduce_mean, all_reduce_sum, barrier, broadcast_object, def_device,
+                     is_distributed, is_main_process, local_rank, rank, world_size)
 
 __all__ = ['is_distributed', 'rank', 'local_rank', 'world_size', 'is_main_process', 'barrier', 'all_reduce_sum',
            'all_reduce_mean', 'broadcast_object', 'init_from_env', 'destroy', 'ShardSampler', 'distributed_dls',
            'reduce_metrics', 'DDPCB', 'DEFAULT_TIMEOUT']
 
 DEFAULT_TIMEOUT = timedelta(minutes=10)  # how long a collective waits for a stalled rank before the run fails
-_joined = False  # whether `init_from_env` made the process group, so `destroy` leaves a caller's own group alone
-
-
-# ---------------------------------------------------------------- ranks and collectives (no-ops outside a group)
-def _initialized() -> bool: return dist.is_available() and dist.is_initialized()
-
-
-def is_distributed() -> bool:
-    """True in a torch.distributed process group of more than one process."""
-    return _initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    """This process's global rank (0 when not distributed)."""
-    return dist.get_rank() if _initialized() else 0
-
-
-def world_size() -> int:
-    """The number of processes in the group (1 when not distributed)."""
-    return dist.get_world_size() if _initialized() else 1
-
-
 _rank, _world_size = rank, world_size  # for functions whose arguments take these names
-
-
-def local_rank() -> int:
-    """This process's rank on its machine, from torchrun's LOCAL_RANK (0 when not set): its GPU's index."""
-    return int(os.environ.get('LOCAL_RANK', 0))
-
-
-def is_main_process() -> bool:
-    """True unless this is a torch.distributed process of rank > 0 (only rank 0 prints, plots and saves)."""
-    return rank() == 0
-
-
-def barrier():
-    """Wait until every process gets here (a no-op when not distributed)."""
-    if is_distributed(): dist.barrier()
-
-
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """The sum of tensor `t` over all processes, as a new tensor (`t` itself when not distributed)."""
-    if not is_distributed(): return t
-    t = t.clone()
-    dist.all_reduce(t)
-    return t
-
-
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """The mean of tensor `t` over all processes (`t` itself when not distributed)."""
-    return all_reduce_sum(t) / dist.get_world_size() if is_distributed() else t
-
-
-def broadcast_object(obj, src: int = 0):
-    """Picklable `obj` as process `src` holds it, on every process (`obj` itself when not distributed)."""
-    if not is_distributed(): return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
+_joined = False  # whether `init_from_env` made the process group, so `destroy` leaves a caller's own group alone
 
 
 def init_from_env(device=None, backend: str | None = None, timeout: timedelta | None = None) -> torch.device:
@@ -96,7 +41,6 @@ def init_from_env(device=None, backend: str | None = None, timeout: timedelta | 
     (default: `def_device`). `timeout` (default `DEFAULT_TIMEOUT`, 10 minutes) bounds how long a collective waits
     for the other processes: when one stalls or dies, the others stop with an error instead of waiting forever.
     """
-    from .callbacks import def_device
     if int(os.environ.get('WORLD_SIZE', 1)) <= 1: return torch.device(device or def_device)
     kind = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu')).type
     if kind not in ('cuda', 'cpu'): raise ValueError(f"distributed training runs on 'cuda' or 'cpu', not {kind!r}")
@@ -252,19 +196,16 @@ class DDPCB(Callback):
     def __init__(self, device=None, backend: str | None = None, seed: int = 0, shard: bool = True, **ddp_kwargs):
         self.device = init_from_env(device, backend)
         self.seed, self.shard, self.ddp_kwargs = seed, shard, ddp_kwargs
-        self._model, self._dls, self._metrics = None, None, []
+        self._model, self._dls = None, None
 
     def before_fit(self, learn):
         if not is_distributed(): return
-        from .callbacks import MetricsCB
         dev = _param_device(learn.model)
         if dist.get_backend() == 'nccl' and dev.type != 'cuda':
             raise ValueError(f"DDPCB: the model is on {dev} but NCCL needs it on the GPU; add DeviceCB(ddp.device)")
         train = getattr(learn.dls, 'train', None)
         if self.shard and train is not None and not _is_sharded(train):
             self._dls, learn.dls = learn.dls, distributed_dls(learn.dls, seed=self.seed)
-        self._metrics = [cb for cb in learn.cbs if isinstance(cb, MetricsCB)]
-        for cb in self._metrics: cb.reducer = reduce_metrics
         self._model = learn.model
         learn.model = DistributedDataParallel(learn.model, device_ids=[dev.index] if dev.type == 'cuda' else None,
                                               **self.ddp_kwargs)
@@ -275,5 +216,3 @@ class DDPCB(Callback):
     def cleanup_fit(self, learn):
         if self._model is not None: learn.model, self._model = self._model, None
         if self._dls is not None: learn.dls, self._dls = self._dls, None
-        for cb in self._metrics: cb.reducer = None
-        self._metrics = []

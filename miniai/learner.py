@@ -8,18 +8,22 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (EVENTS, STEPS, CancelBatchException, CancelEpochException, CancelFitException, Callback,
-                   _cb_list, call_cb, check_callback, run_cbs)
+from .core import (EVENTS, STEPS, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
+                   Callback, _cb_list, call_cb, check_callback, run_cbs)
 from .callbacks import (DeviceCB, MetricsCB, ProgressCB, SingleBatchCB, TrainCB, def_device, loss_with_context,
                         set_seed, to_cpu, to_device)
+from .checkpoint import _cb_keys, load_checkpoint, save_checkpoint
 from .lr_finder import LRFinderCB, lr_find
+from .sgd.callbacks import fit_one_cycle
 
-__all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'run_cbs',
+__all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'CancelStepException',
+           'Callback', 'run_cbs',
            'Learner', 'TrainLearner', 'MomentumLearner',
            'TrainCB', 'DeviceCB', 'SingleBatchCB', 'MetricsCB', 'ProgressCB', 'def_device', 'to_device', 'to_cpu',
            'set_seed', 'LRFinderCB', 'lr_find', 'with_cbs']
@@ -93,11 +97,31 @@ class Learner:
         return self
 
     def remove_cbs(self, cbs):
-        """Remove callbacks (a list, or one) that the learner holds."""
+        """Remove callbacks (a list, or one) that the learner holds (the others are ignored)."""
         for cb in _cb_list(cbs):
             if cb in self.cbs: self.cbs.remove(cb)
         self._table = None
         return self
+
+    @contextmanager
+    def added_cbs(self, cbs):
+        """Add `cbs` (a list, one callback or None) for the `with` block only; they are removed however it ends."""
+        cbs = _cb_list(cbs)
+        self.add_cbs(cbs)
+        try: yield self
+        finally: self.remove_cbs(cbs)
+
+    @contextmanager
+    def removed_cbs(self, cbs):
+        """Take `cbs` out for the `with` block only; they come back at their old places however it ends."""
+        before, out = list(self.cbs), {id(cb) for cb in _cb_list(cbs)}
+        self.remove_cbs([cb for cb in before if id(cb) in out])
+        try: yield self
+        finally:  # the old list, less what the block removed itself, plus what it added and left
+            now, old = {id(cb) for cb in self.cbs}, {id(cb) for cb in before}
+            self.cbs[:] = ([cb for cb in before if id(cb) in out or id(cb) in now]
+                           + [cb for cb in self.cbs if id(cb) not in old])
+            self._table = None
 
     def _build_table(self):
         # One list of bound methods per event, built once per change of `cbs`: an event nobody listens to is an
@@ -126,12 +150,17 @@ class Learner:
         self.callback('after_predict')
         self.get_loss()
         self.callback('after_loss')
-        if self.training:
-            self.backward()
-            self.callback('after_backward')
+        if not self.training: return
+        self.backward_done = False  # a callback that backprops the loss itself sets it (see miniai.core)
+        self.callback('before_backward')
+        if not self.backward_done: self.backward()
+        self.callback('after_backward')
+        try:
+            self.callback('before_step')
             self.step()
             self.callback('after_step')
             self.zero_grad()
+        except CancelStepException: pass  # no step: the gradients accumulate into the next batch
 
     def _one_batch(self):
         self.one_batch()
@@ -183,35 +212,30 @@ class Learner:
             warnings.warn("the validation loader is empty (0 batches): fit skips validation, so there is no eval "
                           "loss or metric; give dls a non-empty `.valid` loader, or pass valid=False", stacklevel=2)
             valid = False
-        cbs = _cb_list(cbs)
-        self.add_cbs(cbs)
-        self.apply_pending_cb_states()
-        try:
-            self.n_epochs, self.epochs = n_epochs, range(start_epoch, n_epochs)
-            self.do_valid = valid
-            if train and self.opt_func is not None: self.make_opt(lr)
-            self._with_events(lambda: self._fit(train, valid), 'fit', CancelFitException)
-        finally:
-            self.remove_cbs(cbs)
-            self.training = False
-            self.model.eval()
+        with self.added_cbs(cbs):
+            try:
+                self.apply_pending_cb_states()
+                self.n_epochs, self.epochs = n_epochs, range(start_epoch, n_epochs)
+                self.do_valid = valid
+                if train and self.opt_func is not None: self.make_opt(lr)
+                self._with_events(lambda: self._fit(train, valid), 'fit', CancelFitException)
+            finally:
+                self.training = False
+                self.model.eval()
 
     def apply_pending_cb_states(self):
         """Give callbacks the states a loaded checkpoint holds for them (matched by class name and position)."""
         if not self.pending_cb_states: return
-        from .checkpoint import _cb_keys
         for key, cb in zip(_cb_keys(self.cbs), self.cbs):
             if key in self.pending_cb_states and hasattr(cb, 'load_state_dict'):
                 cb.load_state_dict(self.pending_cb_states.pop(key))
 
     def save(self, path):
         """Save a checkpoint of everything needed to resume exactly (see `miniai.checkpoint`)."""
-        from .checkpoint import save_checkpoint
         return save_checkpoint(self, path)
 
     def load(self, path, weights_only: bool = False):
         """Load a checkpoint; unless `weights_only`, the next fit continues the saved run."""
-        from .checkpoint import load_checkpoint
         load_checkpoint(self, path, weights_only=weights_only)
         return self
 
@@ -278,7 +302,6 @@ class Learner:
     def fit_one_cycle(self, n_epochs: int, lr_max: float | None = None, pct_start: float = 0.25,
                       moms=(0.95, 0.85, 0.95), wd: float | None = None, cbs=None, **kwargs):
         """Fit with a one-cycle schedule of the lr (and of the momentum-like hyper); see `miniai.sgd.fit_one_cycle`."""
-        from .sgd import fit_one_cycle
         return fit_one_cycle(self, n_epochs, lr_max=lr_max, pct_start=pct_start, moms=moms, wd=wd, cbs=cbs,
                              **kwargs)
 
@@ -294,9 +317,11 @@ class TrainLearner(Learner):
 
 class MomentumLearner(TrainLearner):
     """Keeps `mom` of each gradient instead of zeroing it: momentum done by the learner, as in the course."""
-    def __init__(self, model, dls, loss_func, lr=None, cbs=None, opt_func=torch.optim.SGD, mom=0.85):
+    def __init__(self, model, dls, loss_func, lr: float | None = None, cbs=None, opt_func=torch.optim.SGD,
+                 mom: float = 0.85):
         self.mom = mom
-        super().__init__(model, dls, loss_func, lr, cbs, opt_func)
+        # the course's signature has lr=None; without an lr the learner's own default (0.1) trains
+        super().__init__(model, dls, loss_func, 0.1 if lr is None else lr, cbs, opt_func)
 
     def zero_grad(self):
         with torch.no_grad():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .core import CancelEpochException, CancelFitException, Callback, _cb_list
-from .distributed import all_reduce_mean, is_main_process
+from .device import all_reduce_mean, is_main_process
 
 __all__ = ['LRFinderCB', 'LRFinderResult', 'lr_find', 'valley', 'steep', 'minimum']
 
@@ -122,6 +122,10 @@ class LRFinderResult:
     minimum: float
     fig: object = field(default=None, repr=False)
 
+    def __repr__(self):
+        return (f"LRFinderResult(valley={self.valley:.2e}, steep={self.steep:.2e}, minimum={self.minimum:.2e}, "
+                f"points={len(self.lrs)})")
+
     def plot(self):
         """Smoothed loss against lr on a log axis, the suggestions marked; returns the figure."""
         import matplotlib.pyplot as plt
@@ -176,15 +180,14 @@ def lr_find(learn, gamma: float | None = None, max_mult: float = 3, start_lr: fl
     model_state = copy.deepcopy(learn.model.state_dict())
     had_opt, opt_state = learn.opt is not None, _opt_snapshot(learn.opt)
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    all_cbs = list(learn.cbs)
-    # callbacks that keep records (metrics, checkpoints) sit the sweep out
-    learn.cbs[:] = [c for c in all_cbs if not getattr(c, 'lr_find_excluded', False)]
+    # callbacks that keep records (metrics, loggers, checkpoints) sit the sweep out
+    excluded = [c for c in learn.cbs if getattr(c, 'lr_find_excluded', False)]
     try:
-        # with num_it, num_it epochs: a bound however short DDPCB's shards make them (LRFinderCB stops after num_it
-        # batches); start_epoch=0 leaves a loaded checkpoint's resume epoch pending for the real fit
-        learn.fit(n_epochs, valid=False, lr=start_lr, cbs=[cb] + _cb_list(cbs), start_epoch=0)
+        with learn.removed_cbs(excluded):
+            # with num_it, num_it epochs: a bound however short DDPCB's shards make them (LRFinderCB stops after
+            # num_it batches); start_epoch=0 leaves a loaded checkpoint's resume epoch pending for the real fit
+            learn.fit(n_epochs, valid=False, lr=start_lr, cbs=[cb] + _cb_list(cbs), start_epoch=0)
     finally:
-        learn.cbs[:] = all_cbs
         learn.model.load_state_dict(model_state)
         if had_opt: _opt_restore(learn.opt, opt_state)
         else: learn.opt = None

@@ -88,3 +88,14 @@ def test_filter_matching_nothing_warns():
     astats = ActivationStats(fc.risinstance(GeneralRelu))
     with pytest.warns(UserWarning, match='matched no module'):
         TrainLearner(tiny_cnn(), toy_images(), F.cross_entropy, cbs=[astats]).fit(1)
+
+
+def test_with_hist_false_still_computed_histograms():
+    calls = []
+    histc = torch.Tensor.histc
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(torch.Tensor, 'histc', lambda *a, **k: calls.append(1) or histc(*a, **k))
+        stats = ActivationStats(lambda mod: isinstance(mod, nn.Conv2d), with_hist=False)
+        TrainLearner(tiny_cnn(), toy_images(n=64, bs=32), F.cross_entropy, cbs=[stats]).fit(1)
+    assert calls == [] and all(len(h.means) == 2 and h.hists == [] for h in stats)
+    with pytest.raises(ValueError, match='with_hist=True'): stats.color_dim()

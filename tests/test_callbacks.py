@@ -9,7 +9,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
 from conftest import DLs, tiny_cnn, toy_images
+from functools import partial
+
 from miniai.callbacks import CSVLoggerCB
+from miniai.core import Callback
+from miniai.sgd import BatchSchedCB
 from miniai.learner import (DeviceCB, MetricsCB, MomentumLearner, ProgressCB, SingleBatchCB, TrainLearner, set_seed,
                             to_cpu, to_device)
 
@@ -110,9 +114,49 @@ def test_momentum_learner_keeps_a_share_of_the_gradient():
 def test_csv_logger_appends_rows_as_they_come(tmp_path):
     path = tmp_path / 'm.csv'
     metrics = MetricsCB(accuracy=MulticlassAccuracy())
-    learn = TrainLearner(tiny_cnn(), toy_images(n=64), F.cross_entropy, cbs=[metrics, CSVLoggerCB(path)])
+    sched = BatchSchedCB(partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda i: 1 / (i + 1)))
+    lrs = []
+    class LRs(Callback):
+        def before_step(self, learn): lrs.append(learn.opt.param_groups[0]['lr'])
+    learn = TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.1,
+                         cbs=[metrics, CSVLoggerCB(path), sched, LRs()])
     learn.fit(2)
     rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'seconds']
+    assert list(rows[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'lr', 'seconds']
+    assert [float(r['lr']) for r in rows] == pytest.approx([lrs[3]] * 2 + [lrs[7]] * 2)  # each epoch's last step
     assert [(r['epoch'], r['phase']) for r in rows] == [('0', 'train'), ('0', 'eval'), ('1', 'train'), ('1', 'eval')]
     assert float(rows[-1]['loss']) == pytest.approx(metrics.history[-1]['loss'])
+
+
+class Rows(Callback):
+    """A row consumer: keeps what MetricsCB hands it; `shows` says whether it displays rows."""
+    def __init__(self, shows=False): self.rows, self.shows = [], shows
+    def log_row(self, learn, row): self.rows.append(row); return self.shows
+
+
+@pytest.mark.parametrize('shows', [False, True])
+def test_metrics_rows_go_to_every_consumer_and_are_printed_unless_one_shows_them(capsys, shows):
+    metrics, a, b = MetricsCB(accuracy=MulticlassAccuracy()), Rows(), Rows(shows)
+    TrainLearner(tiny_cnn(), toy_images(n=64), F.cross_entropy, cbs=[a, metrics, b]).fit(2)
+    assert a.rows == b.rows == metrics.history and len(a.rows) == 4
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == (0 if shows else 5)
+
+
+def test_lr_find_with_csv_logger_raised_needs_a_metricscb(tmp_path):
+    path = tmp_path / 'm.csv'
+    learn = TrainLearner(tiny_cnn(), toy_images(n=128, bs=16), F.cross_entropy,
+                         cbs=[MetricsCB(), CSVLoggerCB(path)])
+    res = learn.lr_find(num_it=5, show_plot=False)
+    assert len(res.lrs) == 5 and not path.exists()           # the sweep writes no row
+    learn.fit(1)
+    assert len(list(csv.DictReader(path.open()))) == 2
+
+
+def test_csv_logger_appending_to_an_older_file_keeps_its_columns(tmp_path):
+    path = tmp_path / 'm.csv'
+    path.write_text('epoch,phase,loss,seconds\n0,train,2.5,1.0\n')   # written before the lr column existed
+    TrainLearner(tiny_cnn(), toy_images(n=64), F.cross_entropy, cbs=[MetricsCB(), CSVLoggerCB(path)]).fit(1)
+    rows = list(csv.DictReader(path.open()))
+    assert [list(r) for r in rows] == [['epoch', 'phase', 'loss', 'seconds']] * 3
+    assert [r['phase'] for r in rows] == ['train', 'train', 'eval'] and float(rows[2]['loss']) > 0

@@ -51,7 +51,7 @@ def test_train_writes_metrics_png_config_and_checkpoints(data, tmp_path, capsys)
     out = capsys.readouterr().out
     assert out.splitlines()[1].split() == ['accuracy', 'loss', 'epoch', 'phase', 'time'] and 'test accuracy' in out
     r = rows(tmp_path / 'r' / 'metrics.csv')
-    assert list(r[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'seconds']
+    assert list(r[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'lr', 'seconds']
     assert [(x['epoch'], x['phase']) for x in r] == [('0', 'train'), ('0', 'eval'), ('1', 'train'), ('1', 'eval')]
     assert float(r[-1]['accuracy']) > 0.5  # the synthetic classes are easy
     for png in ('training.png', 'confusion.png'): assert (tmp_path / 'r' / png).read_bytes()[:4] == b'\x89PNG'

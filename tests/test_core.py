@@ -7,8 +7,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import DLs
 from miniai.core import EVENTS
-from miniai.learner import (CancelBatchException, CancelEpochException, CancelFitException, Callback, Learner,
-                            TrainCB, TrainLearner)
+from miniai.learner import (CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
+                            Callback, Learner, MomentumLearner, TrainCB, TrainLearner)
 
 
 class Recorder(Callback):
@@ -26,8 +26,12 @@ def loaders(n_train=4, n_valid=2, bs=2):
     return DLs(mk(n_train), mk(n_valid))
 
 
+# The events inside a batch come in EVENTS in the order they run: after_predict ... after_step.
+INNER = list(EVENTS[EVENTS.index('after_predict'):])
+
+
 def expected_epoch(n_batches, training):
-    batch = ['before_batch', 'after_predict', 'after_loss'] + (['after_backward', 'after_step'] if training else [])
+    batch = ['before_batch'] + (INNER if training else INNER[:INNER.index('after_loss') + 1])
     return ['before_epoch'] + (batch + ['after_batch', 'cleanup_batch']) * n_batches + ['after_epoch', 'cleanup_epoch']
 
 
@@ -175,3 +179,60 @@ def test_float_target_for_cross_entropy_gets_a_hint():
     with pytest.raises(RuntimeError) as ei:
         TrainLearner(nn.Linear(4, 3), dls, F.cross_entropy).fit(1, valid=False)
     assert any('int64' in n and '(4, 3)' in n for n in ei.value.__notes__)
+
+
+def test_batch_events_are_in_the_documented_order():
+    assert INNER == ['after_predict', 'after_loss', 'before_backward', 'after_backward', 'before_step', 'after_step']
+
+
+def test_cancel_step_skips_step_after_step_and_zero_grad_so_grads_accumulate():
+    class SkipFirst(Callback):
+        def before_step(self, learn):
+            if learn.iter == 0: raise CancelStepException()
+    rec, model = Recorder(), nn.Linear(1, 1)
+    x, y = torch.randn(4, 1), torch.randn(4, 1)
+    dls = DLs(DataLoader(TensorDataset(x, y), batch_size=2), None)
+    grads = []
+    class Grads(Callback):
+        order = -1  # before SkipFirst
+        def before_step(self, learn): grads.append(model.weight.grad.clone())
+    w0 = model.weight.detach().clone()
+    TrainLearner(model, dls, F.mse_loss, lr=0., cbs=[rec, Grads(), SkipFirst()]).fit(1, valid=False)
+    assert rec.seen.count('after_step') == 1 and rec.seen.count('after_batch') == 2
+    ref = nn.Linear(1, 1)
+    ref.load_state_dict({'weight': w0, 'bias': model.bias.detach().clone()})
+    for sl in (slice(0, 2), slice(2, 4)): F.mse_loss(ref(x[sl]), y[sl]).backward()
+    torch.testing.assert_close(grads[1], ref.weight.grad)  # the second batch's grads added to the first's
+
+
+def test_a_callback_that_backprops_the_loss_itself_replaces_the_backward_step():
+    class OwnBackward(Callback):
+        def before_backward(self, learn):
+            (learn.loss * 0).backward()
+            learn.backward_done = True
+    model = nn.Linear(1, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    learn = TrainLearner(model, loaders(), F.mse_loss, lr=0.5, cbs=[OwnBackward()])
+    learn.fit(1, valid=False)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # zero grads: the plain one never ran
+
+
+def test_added_and_removed_cbs_last_for_the_block_only():
+    a, b, c, d = Recorder(), Recorder(), Recorder(), Recorder()
+    learn = TrainLearner(nn.Linear(1, 1), loaders(), F.mse_loss, cbs=[a, b, c])
+    with learn.added_cbs([d]):
+        assert learn.cbs == [a, b, c, d]
+    assert learn.cbs == [a, b, c]
+    with pytest.raises(RuntimeError):
+        with learn.removed_cbs([b]):
+            assert learn.cbs == [a, c]
+            learn.fit(1)
+            learn.add_cbs([d])
+            raise RuntimeError
+    assert learn.cbs == [a, b, c, d] and b.seen == [] and a.seen   # b back at its place, d kept
+
+
+def test_momentum_learner_without_lr_typeerror():
+    learn = MomentumLearner(nn.Linear(1, 1), loaders(), F.mse_loss)
+    learn.fit(1)
+    assert learn.opt.param_groups[0]['lr'] == 0.1

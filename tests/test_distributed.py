@@ -25,7 +25,9 @@ from miniai.core import Callback
 from miniai.datasets import DataLoaders, InMemoryLoader
 from miniai.distributed import (DDPCB, all_reduce_mean, all_reduce_sum, barrier, broadcast_object, distributed_dls,
                                 is_distributed, is_main_process, rank, world_size)
+from miniai.gradients import GradientAccumulationCB, GradientClipCB
 from miniai.learner import TrainLearner
+from miniai.stopping import EarlyStoppingCB
 
 ROOT = Path(__file__).resolve().parents[1]
 N_TRAIN, N_VALID, BS = 192, 67, 32  # BS is the global batch; the 67 validation items split 34 + 33
@@ -66,6 +68,13 @@ class SeenCB(Callback):
         if learn.training: self.seen.setdefault(learn.epoch, []).extend(learn.batch[0][:, 0].tolist())
 
 
+class SyncCB(Callback):
+    """Whether DistributedDataParallel all-reduces each training batch's gradients (False inside `no_sync`)."""
+    def __init__(self): self.seen = []
+    def after_predict(self, learn):
+        if learn.training and learn.epoch == 0: self.seen.append(learn.model.require_backward_grad_sync)
+
+
 # ---------------------------------------------------------------- the worker: run by torchrun, one per rank
 def worker(out: Path, fm: Path):
     torch.set_num_threads(1)
@@ -87,6 +96,11 @@ def worker(out: Path, fm: Path):
         learn = learner(BS // 2, 'memory', [ddp, seen], shuffle=True)
         learn.fit_one_cycle(2, 0.2)
         res['one_cycle'] = {'rows': rows(learn), 'seen': seen.seen}
+        es, sync = EarlyStoppingCB(patience=1), SyncCB()
+        learn = learner(BS // 4, 'memory', [ddp, GradientAccumulationCB(2), GradientClipCB(0.5), es, sync])
+        learn.fit(3)
+        res['grads'] = {'rows': rows(learn), 'weights': weights(learn), 'best_epoch': es.best_epoch,
+                        'sync': sync.seen}
         from miniai.cli import main                # last: it leaves the process group when done
         res['cli_rc'] = main(['train', '--data', str(fm), '--out', str(out / 'cli'), '--bs', '64', '--epochs', '1',
                               '--device', 'cpu'])
@@ -166,6 +180,19 @@ def test_shuffled_shards_split_each_epoch_and_are_reseeded_every_epoch(ddp_run):
     assert r0['one_cycle']['rows'] == r1['one_cycle']['rows']
 
 
+def test_clipping_accumulation_and_early_stopping_under_ddp_match_one_process(ddp_run):
+    _, (r0, r1) = ddp_run
+    es = EarlyStoppingCB(patience=1)
+    ref = learner(BS, 'memory', [GradientClipCB(0.5), es])   # 2 ranks x 2 accumulated x BS/4: the same global batch
+    with contextlib.redirect_stdout(io.StringIO()): ref.fit(3)
+    assert r0['grads']['rows'] == r1['grads']['rows'] and r0['grads']['best_epoch'] == es.best_epoch
+    assert r0['grads']['sync'] == [False, True] * (N_TRAIN // BS)     # one all-reduce per 2 accumulated batches
+    close(r0['grads']['rows'], rows(ref))
+    for k, v in weights(ref).items():
+        torch.testing.assert_close(r0['grads']['weights'][k], v, atol=1e-5, rtol=1e-5)
+        assert torch.equal(r0['grads']['weights'][k], r1['grads']['weights'][k])
+
+
 def test_miniai_train_under_torchrun_writes_its_files_once(ddp_run):
     out, (r0, r1) = ddp_run
     import json
@@ -186,7 +213,7 @@ def test_outside_torchrun_everything_is_a_no_op(monkeypatch):
     model, dls = learn.model, learn.dls
     learn.fit(1)
     assert ddp.device == torch.device('cpu') and learn.model is model and learn.dls is dls
-    assert learn.cbs[0].reducer is None and len(rows(learn)) == 2
+    assert len(rows(learn)) == 2
 
 
 def items(dl, epoch=0):
@@ -227,6 +254,16 @@ def test_uneven_in_memory_shards_are_cut_to_the_same_number_of_batches():
 
 def test_a_loader_it_cannot_shard_is_a_clear_error():
     with pytest.raises(TypeError, match='DDPCB\\(shard=False\\)'): distributed_dls(DataLoaders([1, 2], [3]), 2, 0)
+
+
+def test_device_and_rank_helpers_are_the_ground_floor():
+    code = ("import sys, miniai.device; print(sorted(m for m in sys.modules if m.startswith('miniai.')));"
+            "import miniai.distributed; print('miniai.callbacks' in sys.modules)")
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split('\n')
+    assert out[0] == "['miniai.device']" and out[1] == 'False'   # distributed no longer imports callbacks
+    import miniai.callbacks as cbs, miniai.device as dev, miniai.distributed as d
+    assert cbs.to_device is dev.to_device and cbs.def_device == dev.def_device
+    assert d.rank is dev.rank and d.is_main_process is dev.is_main_process and d.barrier is dev.barrier
 
 
 if __name__ == '__main__': worker(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -83,3 +83,10 @@ def test_lrfinder_callback_alone_multiplies_by_gamma():
     learn.fit(1, cbs=[cb])
     assert cb.lrs[:3] == pytest.approx([1e-6, 2e-6, 4e-6])
     with pytest.raises(ValueError, match='gamma'): LRFinderCB(gamma=1)
+
+
+def test_lr_finder_result_repr_dumped_hundreds_of_floats():
+    learn = TrainLearner(nn.Linear(10, 1), linear_problem(), F.mse_loss)
+    res = learn.lr_find(num_it=300, show_plot=False, stop_div=False)
+    r = repr(res)
+    assert len(r) < 120 and f'points={len(res.lrs)}' in r and f'{res.valley:.2e}' in r

@@ -164,7 +164,9 @@ class FakeLearner:
                 run_cbs(cbs, 'before_epoch', self)
                 for _ in dl:
                     run_cbs(cbs, 'before_batch', self)
-                    if self.training: self._step()
+                    if self.training:
+                        self._step()
+                        run_cbs(cbs, 'after_step', self)
                     run_cbs(cbs, 'after_batch', self)
                 run_cbs(cbs, 'after_epoch', self)
         run_cbs(cbs, 'after_fit', self)

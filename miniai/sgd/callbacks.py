@@ -1,8 +1,8 @@
 """Scheduling callbacks: `BaseSchedCB`, `BatchSchedCB`, `EpochSchedCB`, `RecorderCB`, `ParamSchedCB`,
 `OneCycleSchedCB` and `fit_one_cycle`. Explained in nbs/05_sgd.ipynb.
 
-A scheduler steps only after a real training step: in `after_batch` (skipped when a batch is cancelled) or
-`after_epoch`, and only while `learn.training`.
+A scheduler steps only after a real training step: in `after_step` (skipped when the step is cancelled: gradient
+accumulation, a float16 step with inf gradients, a cancelled batch) or `after_epoch`, and only while `learn.training`.
 """
 from __future__ import annotations
 
@@ -52,8 +52,8 @@ class BaseSchedCB(Callback):
 
 
 class BatchSchedCB(BaseSchedCB):
-    """Steps the scheduler after each training batch."""
-    def after_batch(self, learn): self._step(learn)
+    """Steps the scheduler after each optimizer step (once per real step under gradient accumulation)."""
+    def after_step(self, learn): self._step(learn)
 
 
 class EpochSchedCB(BaseSchedCB):
@@ -70,7 +70,7 @@ class HasLearnCB(Callback):
 
 
 class RecorderCB(Callback):
-    """Records `getter(self)` for each of `getters` after every training batch; `self.pg` is the first param group.
+    """Records `getter(self)` for each of `getters` after every optimizer step; `self.pg` is the first param group.
 
     `RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: cb.pg['betas'][0])`; `plot()` draws one subplot each.
     """
@@ -81,8 +81,7 @@ class RecorderCB(Callback):
         self.recs = {k: [] for k in self.getters}
         self.pg = learn.opt.param_groups[0]
 
-    def after_batch(self, learn):
-        if not learn.training: return
+    def after_step(self, learn):
         for k, get in self.getters.items(): self.recs[k].append(get(self))
 
     def cleanup_fit(self, learn):                   # keep the hypers, drop the live params

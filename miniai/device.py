@@ -1,0 +1,91 @@
+"""The ground floor: where tensors live and which process this is. Imports nothing else of miniai.
+
+Device helpers (`def_device`, `to_device`, `to_cpu`) and the torch.distributed rank helpers (`rank`,
+`world_size`, `is_main_process`, `barrier`, ...), which are no-ops outside a process group. `miniai.callbacks`
+re-exports the first, `miniai.distributed` the second, so both keep their import paths. Explained in
+nbs/02_learner.ipynb (devices) and nbs/10_distributed.ipynb (ranks).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+import torch.distributed as dist
+
+__all__ = ['def_device', 'to_device', 'to_cpu', 'is_distributed', 'rank', 'local_rank', 'world_size',
+           'is_main_process', 'barrier', 'all_reduce_sum', 'all_reduce_mean', 'broadcast_object']
+
+def_device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
+
+
+def to_device(x, device=def_device, non_blocking: bool = False):
+    """Move a tensor, or the tensors inside nested dicts, lists and tuples, to `device`."""
+    if isinstance(x, torch.Tensor): return x.to(device, non_blocking=non_blocking)
+    if isinstance(x, Mapping): return {k: to_device(v, device, non_blocking) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(to_device(o, device, non_blocking) for o in x)
+    return x
+
+
+def to_cpu(x):
+    """Detached CPU copies of the tensors in `x` (float16/bfloat16 become float32, so numpy can read them)."""
+    if isinstance(x, Mapping): return {k: to_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)): return type(x)(to_cpu(o) for o in x)
+    if not isinstance(x, torch.Tensor): return x
+    res = x.detach().cpu()
+    return res.float() if res.dtype in (torch.float16, torch.bfloat16) else res
+
+
+# ---------------------------------------------------------------- ranks and collectives (no-ops outside a group)
+def _initialized() -> bool: return dist.is_available() and dist.is_initialized()
+
+
+def is_distributed() -> bool:
+    """True in a torch.distributed process group of more than one process."""
+    return _initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's global rank (0 when not distributed)."""
+    return dist.get_rank() if _initialized() else 0
+
+
+def world_size() -> int:
+    """The number of processes in the group (1 when not distributed)."""
+    return dist.get_world_size() if _initialized() else 1
+
+
+def local_rank() -> int:
+    """This process's rank on its machine, from torchrun's LOCAL_RANK (0 when not set): its GPU's index."""
+    return int(os.environ.get('LOCAL_RANK', 0))
+
+
+def is_main_process() -> bool:
+    """True unless this is a torch.distributed process of rank > 0 (only rank 0 prints, plots and saves)."""
+    return rank() == 0
+
+
+def barrier():
+    """Wait until every process gets here (a no-op when not distributed)."""
+    if is_distributed(): dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of tensor `t` over all processes, as a new tensor (`t` itself when not distributed)."""
+    if not is_distributed(): return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean of tensor `t` over all processes (`t` itself when not distributed)."""
+    return all_reduce_sum(t) / dist.get_world_size() if is_distributed() else t
+
+
+def broadcast_object(obj, src: int = 0):
+    """Picklable `obj` as process `src` holds it, on every process (`obj` itself when not distributed)."""
+    if not is_distributed(): return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -1,0 +1,71 @@
+"""EarlyStoppingCB: stops at the expected epoch on a scripted plateau, restores the best epoch's weights."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conftest import linear_data
+from miniai.core import Callback
+from miniai.learner import MetricsCB, TrainLearner
+from miniai.stopping import EarlyStoppingCB
+
+
+class Scripted:
+    """A metric whose value for epoch e is `vals[e]` (MetricsCB computes it twice an epoch: train, then eval)."""
+    device = torch.device('cpu')
+    def __init__(self, vals): self.vals, self.n = vals, 0
+    def reset(self): pass
+    def to(self, device): return self
+    def update(self, preds, y): pass
+    def compute(self):
+        self.n += 1
+        return torch.tensor(self.vals[(self.n - 1) // 2])
+
+
+class Weights(Callback):
+    """The weights at the end of each epoch's eval, before EarlyStoppingCB (order 25) may restore the best ones."""
+    order = 22
+    def __init__(self): self.seen = []
+    def after_epoch(self, learn):
+        if not learn.training: self.seen.append([p.detach().clone() for p in learn.model.parameters()])
+
+
+def test_stops_after_patience_epochs_without_improvement_and_restores_the_best():
+    vals = [5, 4, 3, 3.0, 3.05, 2.999, 3.1, 1, 1, 1]   # best 3 at epoch 2; 2.999 is not better by min_delta
+    es, w = EarlyStoppingCB('score', mode='min', patience=3, min_delta=0.01), Weights()
+    metrics = MetricsCB(score=Scripted(vals))
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0.05, cbs=[metrics, es, w])
+    learn.fit(10)
+    assert es.stopped_epoch == 5 and es.best_epoch == 2 and es.best == 3
+    assert [r['epoch'] for r in metrics.history if r['phase'] == 'eval'] == list(range(6))
+    assert not torch.equal(w.seen[2][0], w.seen[5][0])          # the weights moved after the best epoch...
+    for p, best in zip(learn.model.parameters(), w.seen[2]): assert torch.equal(p, best)  # ...and came back
+
+
+def test_valid_loss_plateau_stops_and_max_mode_counts_rises():
+    es = EarlyStoppingCB(patience=2)                               # valid_loss; lr=0: a flat line from epoch 0
+    TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0., cbs=[MetricsCB(), es]).fit(10)
+    assert es.mode == 'min' and es.best_epoch == 0 and es.stopped_epoch == 2
+    es = EarlyStoppingCB('score', patience=1, restore_best=False)   # a metric: 'auto' means higher is better
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0.05,
+                         cbs=[MetricsCB(score=Scripted([1, 2, 3, 2, 5])), es])
+    learn.fit(5)
+    assert es.mode == 'max' and es.best_epoch == 2 and es.stopped_epoch == 3 and es.best_state is None
+
+
+def test_runs_to_the_end_when_it_keeps_improving_and_ends_on_the_best_weights():
+    es, w = EarlyStoppingCB('score', mode='min', patience=2), Weights()
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0.05,
+                         cbs=[MetricsCB(score=Scripted([3, 2, 1, 1.5])), es, w])
+    learn.fit(4)
+    assert es.stopped_epoch is None and es.best_epoch == 2
+    for p, best in zip(learn.model.parameters(), w.seen[2]): assert torch.equal(p, best)
+
+
+def test_bad_arguments_and_a_missing_metric_are_named():
+    with pytest.raises(ValueError, match="'auto', 'min', 'max'"): EarlyStoppingCB(mode='down')
+    with pytest.raises(ValueError, match='patience'): EarlyStoppingCB(patience=0)
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, cbs=[MetricsCB(), EarlyStoppingCB('acc')])
+    with pytest.raises(ValueError, match=r"'acc' is not in the metrics"): learn.fit(1)
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, cbs=[EarlyStoppingCB()])
+    with pytest.raises(ValueError, match='needs a MetricsCB'): learn.fit(1)

@@ -1,0 +1,50 @@
+"""TensorBoardCB: the event files read back hold the losses, metrics, lr and momentum; a clear error without
+tensorboard installed."""
+import sys
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torcheval.metrics import MulticlassAccuracy
+
+from conftest import tiny_cnn, toy_images
+from miniai.core import Callback
+from miniai.learner import MetricsCB, TrainLearner
+from miniai.sgd import BatchSchedCB
+from miniai.tensorboard import TensorBoardCB
+
+
+def scalars(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()['scalars']}
+
+
+def test_event_files_read_back(tmp_path):
+    pytest.importorskip('tensorboard')
+    metrics = MetricsCB(accuracy=MulticlassAccuracy())
+    sched = BatchSchedCB(partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda i: 1 / (i + 1)))
+    opt = partial(torch.optim.SGD, momentum=0.9)
+    losses = []
+    class Losses(Callback):
+        def after_batch(self, learn):
+            if learn.training: losses.append(learn.loss.item())
+    learn = TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.1, opt_func=opt,
+                         cbs=[metrics, TensorBoardCB(tmp_path), sched, Losses()])
+    learn.fit(2)
+    got = scalars(tmp_path)
+    assert [s for s, _ in got['train/loss']] == list(range(1, 9))
+    assert [v for _, v in got['train/loss']] == pytest.approx(losses, rel=1e-6)
+    assert [v for _, v in got['lr/group0']] == pytest.approx([0.1 / (i + 1) for i in range(8)])
+    assert [v for _, v in got['mom/group0']] == pytest.approx([0.9] * 8)
+    for phase in ('train', 'eval'):
+        rows = [r for r in metrics.history if r['phase'] == phase]
+        for k in ('loss', 'accuracy'):
+            assert got[f'epoch/{phase}_{k}'] == [(r['epoch'], pytest.approx(r[k], rel=1e-6)) for r in rows]
+
+
+def test_without_tensorboard_it_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)   # as if tensorboard were not installed
+    with pytest.raises(ImportError, match=r"pip install 'miniai\[tensorboard\]'"): TensorBoardCB('runs')
