@@ -1,4 +1,4 @@
-"""`miniai train` (also `python -m miniai train`): the seeds' Fashion-MNIST recipe from the command line.
+"""`miniai train` (also `python -m miniai train`): the default Fashion-MNIST recipe from the command line.
 
 The conv model with GeneralRelu and BatchNorm, AdamW, a one-cycle lr, batch size 1024, 5 epochs. Writes
 `metrics.csv`, `loss.png`, `config.json` and the checkpoints `last.pt` and `best.pt` to `--out`; `--resume DIR`
@@ -31,7 +31,7 @@ def _positive(kind):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog='miniai', description=__doc__.split('\n')[0])
     sub = p.add_subparsers(dest='command', required=True)
-    t = sub.add_parser('train', help="train the seed recipe on Fashion-MNIST",
+    t = sub.add_parser('train', help="train the default recipe on Fashion-MNIST",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     t.add_argument('--epochs', type=_positive(int), default=5, help="epochs to train")
     t.add_argument('--lr', type=_positive(float), default=6e-2, help="peak learning rate of the one-cycle schedule")
@@ -102,7 +102,7 @@ def _resume_args(args):
 
 
 def build_learner(args, dls, out: Path, device):
-    """The seed recipe: conv model with GeneralRelu and BatchNorm, AdamW, cross entropy, and the run's callbacks."""
+    """The default recipe: conv model with GeneralRelu and BatchNorm, AdamW, cross entropy, and the run's callbacks."""
     import torch.nn.functional as F
     from torch import nn, optim
     from torcheval.metrics import MulticlassAccuracy

@@ -1,4 +1,4 @@
-"""The seeds' model: `conv` blocks and `get_model`, a small all-convolutional Fashion-MNIST classifier.
+"""The course's CNN: `conv` blocks and `get_model`, a small all-convolutional Fashion-MNIST classifier.
 
 Explained in nbs/02_learner.ipynb.
 """
