@@ -63,8 +63,13 @@ def notebooks() -> list[Path]:
     return sorted(NBS.glob('*.ipynb'), key=lambda p: (p.name != 'index.ipynb', p.name))
 
 
+_DOCS_LINK = re.compile(r'\]\(\.\./docs/([\w-]+)\.md(#[^)\s]*)?\)')
+
+
 def link_pages(text: str) -> str:
-    """Links to notebooks point at their pages: `](05_sgd.ipynb#x)` -> `](sgd.html#x)`."""
+    """Links to notebooks point at their pages: `](05_sgd.ipynb#x)` -> `](sgd.html#x)`; a notebook's link to a
+    docs/ page (`](../docs/benchmarks.md)`, right on GitHub) points at that page too."""
+    text = _DOCS_LINK.sub(lambda m: f"]({m[1]}.html{m[2] or ''})", text)
     return _NB_LINK.sub(lambda m: f"{m[1]}{page_stem(m[2])}.html{m[3] or ''}", text)
 
 
