@@ -28,11 +28,34 @@ def _positive(kind):
     return parse
 
 
+_TRAIN_EPILOG = """\
+examples:
+  miniai train --limit 2000 --epochs 1          # a quick check on a subset of the data
+  miniai train --epochs 3 --lr 0.03 --out runs/first
+  torchrun --nproc_per_node 2 -m miniai train   # data-parallel, one process per GPU (or CPU with gloo)
+
+files written to --out:
+  metrics.csv     one row per epoch and phase: epoch, phase, loss, accuracy, seconds
+  loss.png        the training loss per batch and the eval loss per epoch
+  config.json     the flags of the run (what --resume reads)
+  last.pt         a checkpoint after every epoch (what --resume continues from)
+  best.pt         the checkpoint with the best test accuracy
+  interrupted.pt  written on Ctrl-C (the run exits with code 130)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """The epilog as written; "(default: X)" only where the help doesn't say it already and X is a value."""
+        def _get_help_string(self, action):
+            if '(default' in (action.help or '') or action.default in (None, False): return action.help
+            return super()._get_help_string(action)
+
     p = argparse.ArgumentParser(prog='miniai', description=__doc__.split('\n')[0])
     sub = p.add_subparsers(dest='command', required=True)
-    t = sub.add_parser('train', help="train the default recipe on Fashion-MNIST",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t = sub.add_parser('train', help="train the default recipe on Fashion-MNIST", formatter_class=Formatter,
+                       description="Train the default recipe on Fashion-MNIST: the course's CNN, AdamW, one-cycle.",
+                       epilog=_TRAIN_EPILOG)
     t.add_argument('--epochs', type=_positive(int), default=5, help="epochs to train")
     t.add_argument('--lr', type=_positive(float), default=6e-2, help="peak learning rate of the one-cycle schedule")
     t.add_argument('--bs', type=_positive(int), default=1024,
