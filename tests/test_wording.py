@@ -57,7 +57,8 @@ def user_facing_files() -> list[Path]:
 
 @pytest.mark.parametrize('text', [
     'as in seed 001', 'Seed 000, the course notebook', "seed 002's `sgd_cb`", 'seeds 000 and 001 use',
-    "the seeds' model", 'trains the seed recipe', 'a seed-recipe fit', "the seeds' recipe", 'so the H100 targets are unmeasured',
+    "the seeds' model", 'trains the seed recipe', 'a seed-recipe fit', "the seeds' recipe",
+    'so the H100 targets are unmeasured',
     'no GPU was lent to this work', 'no GPU has been lent to this work', "after the seed's 3 epochs",
     'the seeds use', 'def seed000(dsd):'])
 def test_banned_phrases_are_caught(text):
