@@ -45,7 +45,7 @@ test: lint setup browser
 
 # The docs site, offline, into _docs/ (mkdocs.yml: mkdocs-material, mkdocs-jupyter, mkdocstrings): the notebooks with
 # their committed outputs, the pages in docs/, an API page and a source page per module, full-text search.
-# Open _docs/index.html (search works from the file system too). `nbdev_docs` builds the Quarto version of the
+# Open _docs/index.html (search works from the file system too). `nbdev-docs` builds the Quarto version of the
 # notebooks where quarto is installed; the tests do not exercise that path.
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --site-dir _docs
