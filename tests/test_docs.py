@@ -5,7 +5,8 @@ the DevTools protocol on a pipe (`--remote-debugging-pipe`: NUL-separated JSON m
 4, so no Python package and no chromedriver is needed, only Debian's `chromium`), opens every page from the file
 system. On each page it checks that the page and everything it loads arrive (no failed request, no script error,
 nothing fetched from the network), that every image has decoded (`naturalWidth > 0`), that the navigation links
-every page in the nav, and that every link to a local page or anchor resolves to a built file and an id on it.
+every page in the nav, that no code block scrolls sideways, and that every link to a local page or anchor
+resolves to a built file and an id on it.
 Then it types "OneCycle" into the search box and reads the result list, and it follows an API entry's source
 link to check that it lands on the line that defines the name. The index page's screenshot is saved as
 _docs/screenshot-index.png (its path is printed).
@@ -49,6 +50,9 @@ PAGE_REPORT = """(async () => {
     show_doc: all('.jp-OutputArea h3, .jp-RenderedMarkdown h3').length,
     scripts: all('script[src]').map(s => s.src).concat(all('link[href]').map(l => l.href)),
     text: document.body.innerText.length,
+    // code that scrolls sideways (the source pages keep their lines, and scroll, on purpose)
+    wide_code: all('pre').filter(p => !p.closest('.source-listing') && p.scrollWidth > p.clientWidth + 2)
+                         .map(p => p.innerText.split('\\n').sort((a, b) => b.length - a.length)[0].slice(0, 60)),
   };
 })()"""
 
@@ -251,6 +255,7 @@ def test_every_page_loads_with_its_images_and_links(site, browser, tmp_path):
         problems += [f"{name}: {e}" for e in errs]
         problems += [f"{name}: image {im['src']} did not load" for im in rep['images'] if not im['ok']]
         if not rep['text']: problems.append(f"{name}: the page is empty")
+        problems += [f"{name}: code scrolls sideways instead of wrapping: {line!r}" for line in rep['wide_code']]
         if page.name == 'index.html' and page.parent == site:
             shot = base64.b64decode(browser.send('Page.captureScreenshot', {'format': 'png'}, session=session)['data'])
             for dest in (site / 'screenshot-index.png', tmp_path / 'screenshot-index.png'): dest.write_bytes(shot)
