@@ -245,8 +245,7 @@ def test_every_page_loads_with_its_images_and_links(site, browser, tmp_path):
     names = {p.relative_to(site).as_posix() for p in pages}
     assert {page_of(nb) for nb in notebooks} <= names, "one page per notebook, named as nbdev names them"
     assert {f"api/{m.removeprefix('miniai.')}.html" for m in public_names()} <= names, "an API page per module"
-    assert {f"docs/{p.name}".removeprefix('docs/').replace('.md', '.html')
-            for p in (ROOT / 'docs').glob('*.md')} <= names, "a page per docs/*.md"
+    assert {p.with_suffix('.html').name for p in (ROOT / 'docs').glob('*.md')} <= names, "a page per docs/*.md"
     reports, problems = {}, []
     for page in pages:
         target, session, rep, errs = open_page(browser, page.as_uri())
