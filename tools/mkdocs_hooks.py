@@ -66,11 +66,12 @@ def notebooks() -> list[Path]:
 _DOCS_LINK = re.compile(r'\]\(\.\./docs/([\w-]+)\.md(#[^)\s]*)?\)')
 
 
-def link_pages(text: str) -> str:
+def link_pages(text: str, ext: str = 'html') -> str:
     """Links to notebooks point at their pages: `](05_sgd.ipynb#x)` -> `](sgd.html#x)`; a notebook's link to a
-    docs/ page (`](../docs/benchmarks.md)`, right on GitHub) points at that page too."""
+    docs/ page (`](../docs/benchmarks.md)`, right on GitHub) points at that page too. With `ext='ipynb'` (for
+    docs/ pages, whose links mkdocs resolves itself) the target is the notebook page's source name, `sgd.ipynb`."""
     text = _DOCS_LINK.sub(lambda m: f"]({m[1]}.html{m[2] or ''})", text)
-    return _NB_LINK.sub(lambda m: f"{m[1]}{page_stem(m[2])}.html{m[3] or ''}", text)
+    return _NB_LINK.sub(lambda m: f"{m[1]}{page_stem(m[2])}.{ext}{m[3] or ''}", text)
 
 
 def process_notebook(src: Path, dest: Path):
@@ -137,8 +138,8 @@ def on_files(files, config):
 
 
 def on_page_markdown(markdown, page, config, files):
-    """docs/ pages may link a notebook as `../nbs/05_sgd.ipynb`: point that at its page."""
-    return link_pages(markdown)
+    """docs/ pages may link a notebook as `../nbs/05_sgd.ipynb` (right on GitHub): point that at its page."""
+    return link_pages(markdown, ext='ipynb')
 
 
 def _highlight(path: Path) -> str:
