@@ -129,7 +129,7 @@ def on_files(files, config):
         short = mod.removeprefix('miniai.')
         doc = f"# {mod}\n\n::: {mod}\n"
         files.append(File.generated(config, f'api/{short}.md', content=doc))
-    for py in sorted(PKG.rglob('*.py')):
+    for py in sorted(p for p in PKG.rglob('*.py') if p.name != '_modidx.py'):   # (nbdev's generated index)
         rel = py.relative_to(ROOT).as_posix()
         meta = '---\nsearch:\n  exclude: true\nhide:\n  - navigation\n  - toc\n---\n\n'
         body = f'# {rel}\n\nEvery line has an anchor: `#L-42` is line 42.\n\n(source)\n'
