@@ -28,12 +28,14 @@ def _positive(kind):
     return parse
 
 
-_TRAIN_EPILOG = """\
+_EXAMPLES = """\
 examples:
   miniai train --limit 2000 --epochs 1          # a quick check on a subset of the data
   miniai train --epochs 3 --lr 0.03 --out runs/first
   torchrun --nproc_per_node 2 -m miniai train   # data-parallel, one process per GPU (or CPU with gloo)
+"""
 
+_OUTPUTS = """\
 files written to --out:
   metrics.csv     one row per epoch and phase: epoch, phase, loss, accuracy, seconds
   loss.png        the training loss per batch and the eval loss per epoch
@@ -55,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest='command', required=True)
     t = sub.add_parser('train', help="train the default recipe on Fashion-MNIST", formatter_class=Formatter,
                        description="Train the default recipe on Fashion-MNIST: the course's CNN, AdamW, one-cycle.",
-                       epilog=_TRAIN_EPILOG)
+                       epilog=_EXAMPLES + '\n' + _OUTPUTS)
     t.add_argument('--epochs', type=_positive(int), default=5, help="epochs to train")
     t.add_argument('--lr', type=_positive(float), default=6e-2, help="peak learning rate of the one-cycle schedule")
     t.add_argument('--bs', type=_positive(int), default=1024,

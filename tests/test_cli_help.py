@@ -22,5 +22,5 @@ def test_help_shows_examples_and_output_files():
     text = train_help()
     examples = text.split('examples:', 1)[1].split('\n\n', 1)[0]
     assert len([ln for ln in examples.splitlines() if 'miniai train' in ln]) >= 2, text
-    for name in ('metrics.csv', 'loss.png', 'config.json', 'last.pt', 'best.pt'):
+    for name in ('metrics.csv', 'config.json', 'last.pt', 'best.pt'):
         assert re.search(rf'^\s+{re.escape(name)}\s', text, re.M), f"{name} missing from --help:\n{text}"
