@@ -48,6 +48,7 @@ PAGE_REPORT = """(async () => {
     ids: all('[id]').map(e => e.id).concat(all('a[name]').map(e => e.name)),
     nav: all('nav.md-nav--primary a.md-nav__link[href]').map(a => a.href),
     show_doc: all('.jp-OutputArea h3, .jp-RenderedMarkdown h3').length,
+    output_tables: all('.jp-OutputArea table').filter(t => t.querySelectorAll('td').length > 0).length,
     scripts: all('script[src]').map(s => s.src).concat(all('link[href]').map(l => l.href)),
     text: document.body.innerText.length,
     // code that scrolls sideways (the source pages keep their lines, and scroll, on purpose)
@@ -282,6 +283,7 @@ def test_every_page_loads_with_its_images_and_links(site, browser, tmp_path):
     without = [p.name for p in modules if reports[p]['show_doc'] == 0]
     assert modules and not without, f"module pages without a show_doc entry: {without}"
     assert sum(len(r['images']) for r in reports.values()) > 0, "no plot on any page"
+    assert reports[site / 'index.html']['output_tables'] > 0, "the first fit's metrics table is not on the index page"
 
 
 def test_hidden_cells_are_not_shown(site):
