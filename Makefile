@@ -6,14 +6,14 @@ PY := $(VENV)/bin/python
 DATA_DIR := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: setup data browser train test docs notebooks bench clean
+.PHONY: setup data browser train lint test docs notebooks bench clean
 
 setup: $(VENV)/.installed data
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,docs]'
 	touch $@
 
 # Debian's dataset-fashion-mnist holds the four IDX files; without root or apt, miniai falls back to
@@ -36,12 +36,19 @@ browser:
 train: setup
 	$(VENV)/bin/miniai train $(ARGS)
 
-test: setup browser
+# ruff, configured in pyproject.toml ([tool.ruff]): pyflakes, pycodestyle, import order, pyupgrade.
+lint: setup
+	$(VENV)/bin/ruff check miniai tests tools benchmarks
+
+test: lint setup browser
 	$(PY) -m pytest -q $(ARGS)
 
-# The docs site offline, from the executed notebooks, into _docs/ (`nbdev_docs` does the same where quarto exists).
+# The docs site, offline, into _docs/ (mkdocs.yml: mkdocs-material, mkdocs-jupyter, mkdocstrings): the notebooks with
+# their committed outputs, the pages in docs/, an API page and a source page per module, full-text search.
+# Open _docs/index.html (search works from the file system too). `nbdev-docs` builds the Quarto version of the
+# notebooks where quarto is installed; the tests do not exercise that path.
 docs: setup
-	$(PY) tools/build_docs.py
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --site-dir _docs
 
 # Re-run every notebook on the full data and save its outputs (about 30 minutes on 2 CPU cores).
 notebooks: setup

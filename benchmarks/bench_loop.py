@@ -1,10 +1,10 @@
-"""What miniai's loop costs: the seeds' Fashion-MNIST recipe run three ways in one process.
+"""What miniai's loop costs: the default Fashion-MNIST recipe run three ways in one process.
 
 (a) a hand-written PyTorch loop over uint8 tensors on the device (randperm batches, normalised per batch);
 (b) miniai's `TrainLearner` + DeviceCB, MetricsCB(accuracy), ProgressCB, BatchSchedCB over the in-memory `get_dls()`;
-(c) the same Learner over the seeds' Hugging Face path: `load_fashion_mnist().with_transform(transformi)` (PIL
+(c) the same Learner over the course's Hugging Face path: `load_fashion_mnist().with_transform(transformi)` (PIL
     `to_tensor` per image) and `DataLoaders.from_dd(tds, bs, num_workers=...)`.
-The recipe: the seeds' `get_model` (GeneralRelu(0.1, 0.4), BatchNorm, kaiming init), AdamW, OneCycleLR(max_lr=6e-2)
+The recipe: the course's `get_model` (GeneralRelu(0.1, 0.4), BatchNorm, kaiming init), AdamW, OneCycleLR(max_lr=6e-2)
 over every step, batch size 1024, cross entropy; each run starts from the same seed. Every path is warmed up once,
 untimed, on one full and one short batch of each split. Train and eval phases are timed separately (after
 `torch.cuda.synchronize()` on CUDA); (a) and (b) alternate `--repeats` times and the medians are reported.
@@ -113,11 +113,11 @@ class Limited:
 
 
 @inplace
-def transformi(b): b['image'] = [(TF.to_tensor(o) - XMEAN) / XSTD for o in b['image']]   # the seeds' transform
+def transformi(b): b['image'] = [(TF.to_tensor(o) - XMEAN) / XSTD for o in b['image']]   # the course's transform
 
 
 def hf_dls(bs, limit, workers):
-    """The seeds' path: Hugging Face rows, PIL `to_tensor` per image, a torch DataLoader with `workers` workers."""
+    """The course's path: Hugging Face rows, PIL `to_tensor` per image, a torch DataLoader with `workers` workers."""
     dd = load_fashion_mnist()
     if limit: dd = {k: ds.select(range(min(limit, len(ds)))) for k, ds in dd.items()}
     tds = {k: ds.with_transform(transformi) for k, ds in dd.items()}

@@ -1,4 +1,4 @@
-"""Pieces the benchmark scripts share: a device sync, a per-phase timer callback and the seeds' model."""
+"""Pieces the benchmark scripts share: a device sync, a per-phase timer callback and the course's CNN."""
 import time
 from functools import partial
 
@@ -35,6 +35,6 @@ class PhaseTimerCB(Callback):
 
 
 def seed_model() -> nn.Module:
-    """The seeds' `get_model` with GeneralRelu(leak=0.1, sub=0.4), BatchNorm and kaiming init."""
+    """The course's `get_model` with GeneralRelu(leak=0.1, sub=0.4), BatchNorm and kaiming init."""
     act = partial(GeneralRelu, leak=0.1, sub=0.4)
     return get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))

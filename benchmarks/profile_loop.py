@@ -1,4 +1,4 @@
-"""Where the Learner's own time goes: cProfile over a seed-recipe fit, split into miniai's code and the rest.
+"""Where the Learner's own time goes: cProfile over a fit of the default recipe, split into miniai's code and the rest.
 
 The loop should cost nothing next to the model: an event nobody listens to is an empty loop over a cached list,
 MetricsCB syncs with the host once per epoch, ProgressCB at most every 0.25 s. This prints the share of wall time

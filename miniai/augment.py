@@ -203,10 +203,9 @@ def default_tfms(padding: int = 1, flip: bool = True, erase: bool = False) -> nn
     """Fashion-MNIST training augmentation: `RandCrop(padding=padding)`, `RandHFlip()` if `flip`,
     `RandErase(per_image=True)` if `erase`.
 
-    The course's choice (14_augment: a 1-pixel crop and flips reach 0.943 in 20 epochs; 0.947 here). Its items
-    sit near the centre, so 1 pixel of shift is already a real change. In a 5-epoch run, where the ResNet trained
-    with crops barely fits its training set, flips alone (`padding=0`) did better (0.935 against 0.931; README,
-    "ResNet results"). Erasing is for longer runs still.
+    The course's choice (its 14_augment notebook: a 1-pixel crop and flips). Its items sit near the centre, so 1
+    pixel of shift is already a real change. In short runs, where the ResNet trained with crops barely fits its
+    training set, flips alone (`padding=0`) do better (docs/benchmarks.md). Erasing is for longer runs still.
     """
     tfms = [RandCrop(padding=padding)] if padding else []
     if flip: tfms.append(RandHFlip())

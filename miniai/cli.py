@@ -1,4 +1,4 @@
-"""`miniai train` (also `python -m miniai train`): the seeds' Fashion-MNIST recipe from the command line.
+"""`miniai train` (also `python -m miniai train`): the default Fashion-MNIST recipe from the command line.
 
 The conv model with GeneralRelu and BatchNorm, AdamW, a one-cycle lr, batch size 1024, 5 epochs. Writes to `--out`
 the files listed by `miniai train --help` (metrics, plots, checkpoints, the exported model); `--resume DIR`
@@ -29,24 +29,6 @@ from .files import atomic_write
 
 __all__ = ['main', 'build_parser', 'train', 'recipe_model']
 
-_OUTPUTS = '''files written to --out:
-  config.json     the run's flags (read by --resume)
-  metrics.csv     one row per epoch and phase: loss, accuracy, seconds
-  training.png    three panels: loss, accuracy and learning rate
-  confusion.png   the test set's confusion matrix, with the best epoch's weights
-  last.pt         checkpoint after every epoch (for --resume)
-  best.pt         checkpoint of the epoch with the best test accuracy
-  model.pt        the best weights, class names and preprocessing, for `miniai predict RUN_DIR IMAGE...`
-                  and miniai.inference.load_learner (plain data: torch.load(weights_only=True) reads it)
-  tensorboard/    event files, with --tensorboard'''
-
-
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows defaults, except None ones (their help says what happens), and keeps the epilog's layout."""
-    def _get_help_string(self, action):
-        return action.help if action.default is None else super()._get_help_string(action)
-
-
 def _positive(kind):
     def parse(s):
         try: v = kind(s)
@@ -57,10 +39,40 @@ def _positive(kind):
     return parse
 
 
+_EXAMPLES = """\
+examples:
+  miniai train --limit 2000 --epochs 1          # a quick check on a subset of the data
+  miniai train --epochs 3 --lr 0.03 --out runs/first
+  torchrun --nproc_per_node 2 -m miniai train   # data-parallel, one process per GPU (or CPU with gloo)
+"""
+
+_OUTPUTS = """\
+files written to --out:
+  config.json     the flags of the run (what --resume reads)
+  metrics.csv     one row per epoch and phase: epoch, phase, loss, accuracy, lr, seconds
+  training.png    three panels: loss, accuracy and learning rate
+  confusion.png   the test set's confusion matrix, with the best epoch's weights
+  last.pt         a checkpoint after every epoch (what --resume continues from), with last.pt.sha256
+  best.pt         the checkpoint with the best test accuracy
+  model.pt        the best weights, class names and preprocessing, for `miniai predict RUN_DIR IMAGE...`
+                  and miniai.inference.load_learner (plain data: torch.load(weights_only=True) reads it)
+  interrupted.pt  written on Ctrl-C (the run exits with code 130)
+  tensorboard/    event files, with --tensorboard
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
+    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """The epilog as written; "(default: X)" only where the help doesn't say it already and X is a value."""
+        def _get_help_string(self, action):
+            if '(default' in (action.help or '') or action.default in (None, False): return action.help
+            return super()._get_help_string(action)
+
     p = argparse.ArgumentParser(prog='miniai', description=__doc__.split('\n')[0])
     sub = p.add_subparsers(dest='command', required=True)
-    t = sub.add_parser('train', help="train the seed recipe on Fashion-MNIST", formatter_class=_Help, epilog=_OUTPUTS)
+    t = sub.add_parser('train', help="train the default recipe on Fashion-MNIST", formatter_class=Formatter,
+                       description="Train the default recipe on Fashion-MNIST: the course's CNN, AdamW, one-cycle.",
+                       epilog=_EXAMPLES + '\n' + _OUTPUTS)
     t.add_argument('--epochs', type=_positive(int), default=None,
                    help="epochs to train (default: 5); with --resume, a number larger than the run's extends it")
     t.add_argument('--lr', type=_positive(float), default=6e-2, help="peak learning rate of the one-cycle schedule")
@@ -322,7 +334,7 @@ def _rewrite_csv(path: Path, history: list[dict]):
 
 
 def build_learner(args, dls, out: Path, device):
-    """The seed recipe: conv model with GeneralRelu and BatchNorm, AdamW, cross entropy, and the run's callbacks."""
+    """The default recipe: conv model with GeneralRelu and BatchNorm, AdamW, cross entropy, and the run's callbacks."""
     import torch.nn.functional as F
     from torch import optim
     from torcheval.metrics import MulticlassAccuracy

@@ -1,5 +1,5 @@
-"""The course's convolutional model: `conv` blocks and `get_model`, a small all-convolutional Fashion-MNIST
-classifier; the device helpers `def_device`, `to_device` and `collate_device` (where the course's users import them).
+"""The course's CNN: `conv` blocks and `get_model`, a small all-convolutional Fashion-MNIST classifier; the device
+helpers `def_device`, `to_device` and `collate_device` (where the course's users import them).
 
 Explained in nbs/02_learner.ipynb.
 """

@@ -303,7 +303,7 @@ def _materialise(ds, device=None, chunk: int = 4096) -> tuple[torch.Tensor, ...]
     return tuple(torch.cat(parts[c]).to(device) if device is not None else torch.cat(parts[c]) for c in cols)
 
 
-# DataLoader options that mean nothing for an in-memory loader (the seeds pass num_workers=4).
+# DataLoader options that mean nothing for an in-memory loader (the course passes num_workers=4).
 _WORKER_KWARGS = {'num_workers', 'pin_memory', 'persistent_workers', 'prefetch_factor', 'worker_init_fn',
                   'timeout', 'multiprocessing_context'}
 
@@ -349,7 +349,7 @@ def _to_dict(keys, b): return dict(zip(keys, b))
 
 
 def _normalise(x: torch.Tensor) -> torch.Tensor:
-    """uint8 `(N,H,W)` -> float32 `(N,1,H,W)` `(x/255 - XMEAN)/XSTD`: the ops of `TF.to_tensor`, then the course's.
+    """uint8 `(N,H,W)` -> float32 `(N,1,H,W)` `(x/255 - XMEAN)/XSTD`: `TF.to_tensor`'s ops, then the course's.
 
     `miniai.inference.fashion_preprocess()` describes the same steps as data, for new images and exported models.
     """
@@ -367,7 +367,7 @@ def get_dls(bs: int = 1024, path: str | os.PathLike | None = None, in_memory: bo
             limit: int | None = None, **kwargs) -> DataLoaders:
     """Normalised Fashion-MNIST loaders: `(bs,1,28,28)` float32 and int64 labels; train shuffled, valid = 'test'.
 
-    `in_memory` keeps uint8 tensors (on `device`) and normalises per batch; `in_memory=False` is the seeds' way
+    `in_memory` keeps uint8 tensors (on `device`) and normalises per batch; `in_memory=False` is the course's way
     (`load_fashion_mnist(path).with_transform(...)` + `DataLoaders.from_dd(..., **kwargs)`), with identical batches.
     `limit` keeps the first `limit` training and `limit // 6` test images (for quick runs; 60k:10k as in the data).
     `dls.preprocess` describes the normalisation and class names, for `learn.classify` and `learn.export`.

@@ -6,7 +6,13 @@
     .venv/bin/python tools/run_notebooks.py --quick           # MINIAI_QUICK=1 in a temp copy: nothing saved
 
 The full run writes each notebook's outputs back in place, then cleans it as `nbdev_clean` does (no execution
-counts, timings or kernel metadata), so the committed notebooks carry outputs but no run-specific noise.
+counts, timings or kernel metadata), so the committed notebooks carry outputs but no run-specific noise. Wall
+times go too (`strip_wall_times`): the `time` column of the metrics tables that MetricsCB/ProgressCB show and
+the elapsed/remaining times of progress bars, which say more about how loaded the machine was than about miniai
+(the benchmarks page has measured times). Tables a notebook builds itself, e.g. a comparison with a `seconds`
+column, are left as they are.
+
+    .venv/bin/python tools/run_notebooks.py --strip-times nbs/*.ipynb   # only that, on saved notebooks
 The kernel is a kernelspec made on the fly for `sys.executable` (whatever kernels the user has installed), with
 the checkout first on PYTHONPATH: the notebooks always run this checkout's miniai. `tests/test_notebooks.py`
 uses `run_all` from here.
@@ -83,6 +89,53 @@ async def execute(path: Path, kernel_dir: Path, timeout: int):
     return nb
 
 
+_TABLE = re.compile(r'<table\b.*?</table>', re.S)
+_CELL = re.compile(r'(\s*)<(t[hd])>(.*?)</t[hd]>', re.S)
+_ROW = re.compile(r'<tr>(.*?)</tr>', re.S)
+_TEXT_HEAD = re.compile(r'^(.*\bphase) time$', re.M)               # MetricsCB's plain-text table
+_TEXT_ROW = re.compile(r'^(.* (?:train|eval)) \d+:\d\d$', re.M)
+_BAR_TIME = re.compile(r'\[(\d+/\d+) \d+:\d\d(?::\d\d)?(?:(?:<|&lt;)\d+:\d\d(?::\d\d)?)?([^\]\n]*)\]')
+
+
+def _drop_time_column(table: str) -> str:
+    """`table` without its `time` column (a `<th>time</th>` header and the cell at that position in every row)."""
+    rows = _ROW.findall(table)
+    if not rows: return table
+    heads = [m[3].strip() for m in _CELL.finditer(rows[0])]
+    if 'time' not in heads: return table
+    col = heads.index('time')
+
+    def row(m):
+        cells = list(_CELL.finditer(m[1]))
+        if len(cells) <= col: return m[0]
+        c = cells[col]
+        return f'<tr>{m[1][:c.start()]}{m[1][c.end():]}</tr>'
+    return _ROW.sub(row, table)
+
+
+def strip_wall_times(text: str) -> str:
+    """`text` (an output's HTML, markdown or plain text) without the training tables' `time` column (HTML, or
+    MetricsCB's plain-text rows `0.739 0.732 0 train 00:33`) and without progress bars' elapsed<remaining times
+    (`[2/2 01:48<00:00]` -> `[2/2]`)."""
+    text = _TABLE.sub(lambda m: _drop_time_column(m[0]), text)
+    text = _TEXT_ROW.sub(r'\1', _TEXT_HEAD.sub(r'\1', text))
+    return _BAR_TIME.sub(lambda m: f'[{m[1]}{m[2]}]', text)
+
+
+def strip_nb_wall_times(nb) -> int:
+    """Apply `strip_wall_times` to every output of the notebook `nb` (in place); returns how many changed."""
+    n = 0
+    for cell in nb.cells:
+        for out in cell.get('outputs', []):
+            fields = [(out, 'text')] + [(out.get('data', {}), k) for k in ('text/html', 'text/markdown', 'text/plain')]
+            for holder, key in fields:
+                if key not in holder: continue
+                old = ''.join(holder[key]) if isinstance(holder[key], list) else holder[key]
+                new = strip_wall_times(old)
+                if new != old: holder[key], n = new, n + 1
+    return n
+
+
 def clean(path: Path):
     """Strip run-specific metadata with nbdev's own cleaner, written as `nbdev_clean` writes it (so running
     `nbdev_clean` afterwards changes nothing): no execution counts, kernel info or object ids."""
@@ -128,9 +181,20 @@ def main(argv=None) -> int:
                    help="MINIAI_QUICK=1, in a temp copy of nbs/: checks that they run, writes nothing back")
     p.add_argument('--workers', type=int, default=1, help="notebooks run at the same time")
     p.add_argument('--timeout', type=int, default=1800, help="seconds allowed per cell")
+    p.add_argument('--strip-times', action='store_true',
+                   help="run nothing: remove wall times from the saved outputs of the notebooks (see above)")
     args = p.parse_args(argv)
     paths = notebooks(args.notebooks)
     if not paths: p.error(f"no notebooks found in {NBS}")
+    if args.strip_times:
+        import nbformat
+        for path in paths:
+            nb = nbformat.read(path, as_version=4)
+            if n := strip_nb_wall_times(nb):
+                nbformat.write(nb, path)
+                clean(path)
+            print(f"{path.name}: {n} outputs without wall times")
+        return 0
     tmp = None
     if args.quick:                          # run copies, beside copies of everything they might read
         tmp = Path(tempfile.mkdtemp(prefix='miniai-nbs-'))
@@ -141,6 +205,7 @@ def main(argv=None) -> int:
     def done(path, nb, err, secs):
         if err is None and not args.quick:
             import nbformat
+            strip_nb_wall_times(nb)
             nbformat.write(nb, path)
             clean(path)
         if err is not None: failed.append(path.name)

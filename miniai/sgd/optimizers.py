@@ -1,7 +1,7 @@
 """The course's optimizers as `torch.optim.Optimizer`s: `SGD`, `Momentum`, `RMSProp`, `Adam`, `Nesterov`,
 `Adagrad`, `Lamb`. Explained in nbs/05_sgd.ipynb.
 
-Each keeps seed 000's hooks: `step` calls `reg_step(p)` (decoupled weight decay) then `opt_step(p)` for every
+Each keeps the course's hooks: `step` calls `reg_step(p)` (decoupled weight decay) then `opt_step(p)` for every
 parameter with a grad, and `opt_step` reads `self.lr`, `self.wd`, `self.mom`, ... from the param group being
 stepped, so a scheduler's write is what the next step uses. Subclass and override `opt_step` as the course does.
 
@@ -92,7 +92,7 @@ class SGD(torch.optim.Optimizer):
         if foreach and not self._builtin_hooks():
             raise ValueError(f"foreach=True: {type(self).__name__} overrides reg_step/opt_step, which only the "
                              "per-parameter path runs; use foreach=None or False")
-        self._group, self.i = self.param_groups[0], 0   # `i`: completed step() calls (seed 000's Adam reads it)
+        self._group, self.i = self.param_groups[0], 0   # `i`: completed step() calls (the course's Adam reads it)
 
     def add_param_group(self, param_group: dict):
         """Add `param_group` (torch keys, or the course's `wd`, `mom`, `sqr_mom`, `beta1`, `beta2`) and check it."""

@@ -73,7 +73,7 @@ class Scheduler:
         self.last_epoch = 0                   # torch's name for the number of `step()` calls so far
         self._apply()
 
-    opt = property(lambda self: self.optimizer, doc="the optimizer (seed 001's name for it)")
+    opt = property(lambda self: self.optimizer, doc="the optimizer (the name galopy's Scheduler post uses)")
 
     def _apply(self):
         self._last_lr = []
@@ -133,7 +133,7 @@ class OneCycle(Scheduler):
     The same numbers as torch's `OneCycleLR` for the same arguments (`anneal_strategy` 'cos' or 'linear',
     `three_phase`). Differences: `max_lr=None` takes each group's current lr; `cycle_momentum=None` (default)
     cycles the momentum-like hyper (`momentum`, `betas[0]`, or a stepper Optimizer's `mom`) where there is one,
-    while True requires it as torch does. Seed 001's `OneCycle(opt, T_max, min_lr=0.)` is accepted: `T_max` is
+    while True requires it as torch does. galopy's `OneCycle(opt, T_max, min_lr=0.)` is accepted: `T_max` is
     `total_steps`, and `min_lr` replaces both the starting and the final lr (the shape stays this class's; add
     `pct_start=0.5, anneal_strategy='linear'` for that post's triangle).
     """
@@ -167,7 +167,7 @@ class OneCycle(Scheduler):
     @staticmethod
     def _total(total_steps, T_max, epochs, steps_per_epoch):
         if total_steps is not None and T_max is not None:
-            raise ValueError(f"give total_steps or T_max (its seed 001 name), not both: {total_steps}, {T_max}")
+            raise ValueError(f"give total_steps or T_max (galopy's name for it), not both: {total_steps}, {T_max}")
         n = T_max if total_steps is None else total_steps
         if n is None and epochs is not None and steps_per_epoch is not None: n = epochs * steps_per_epoch
         if n is None: raise ValueError("OneCycle needs total_steps (or T_max, or epochs and steps_per_epoch)")
@@ -190,7 +190,7 @@ class OneCycle(Scheduler):
 
 def sched_lrs(sched, steps: int) -> list[list[float]]:
     """The lrs `sched` gives: its first, then after each of `steps` optimizer and scheduler steps (no plot)."""
-    opt = getattr(sched, 'optimizer', None) or sched.opt  # torch's and ours say `optimizer`; seed 001's, `opt`
+    opt = getattr(sched, 'optimizer', None) or sched.opt  # torch's and ours say `optimizer`; galopy's post's, `opt`
     lrs = [sched.get_last_lr()]
     for _ in range(steps):
         opt.step()
@@ -201,7 +201,7 @@ def sched_lrs(sched, steps: int) -> list[list[float]]:
 
 def plot_lrs(sched, opt=None, n_steps: int = 100, **kwargs):
     """Plot `n_steps` lrs of `sched` (a scheduler, or a scheduler class/partial called as `sched(opt, **kwargs)`,
-    as in seed 001); returns the matplotlib figure."""
+    as in galopy's Scheduler post); returns the matplotlib figure."""
     import matplotlib.pyplot as plt
     if opt is not None: sched = sched(opt, **kwargs)
     lrs = sched_lrs(sched, n_steps - 1)

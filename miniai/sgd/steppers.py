@@ -1,8 +1,9 @@
 """fastai's stepper-callback `Optimizer` and the steppers that build every optimizer of `optimizers.py` from parts.
 
 Explained in nbs/05_sgd.ipynb. A stepper is called as `cb(p, **state, **hypers)` for each parameter with a
-grad, in the order given, and may return a dict of updates to that parameter's state (seed 002's `sgd_cb`,
-`average_grad`, ... run unchanged). Hypers use the course's names: `lr, wd, mom, sqr_mom, eps`.
+grad, in the order given, and may return a dict of updates to that parameter's state (the `sgd_cb`,
+`average_grad`, ... of the post Gradient descent with Adam run unchanged). Hypers use the course's names:
+`lr, wd, mom, sqr_mom, eps`.
 
 | class | stepper form (`partial(Optimizer, cbs=..., **hypers)`) |
 | --- | --- |

@@ -1,0 +1,26 @@
+"""`miniai train --help`: each default said once, two or more examples, and the files a run writes."""
+import re
+
+from miniai.cli import build_parser
+
+
+def train_help() -> str:
+    sub = next(a for a in build_parser()._actions if a.dest == 'command')
+    return sub.choices['train'].format_help()
+
+
+def test_each_default_is_said_at_most_once():
+    text = train_help()
+    options = re.split(r'\n  (?=--)', text.split('options:', 1)[1].split('examples:', 1)[0])
+    twice = [o.split()[0] for o in options if o.count('(default') > 1]
+    assert not twice, f"'(default: ...)' twice for {twice}:\n{text}"
+    assert '(default: None)' not in text and '(default: False)' not in text, text
+    assert '(default: 5)' in text and '(default: 1024)' in text, "the numeric defaults are still shown"
+
+
+def test_help_shows_examples_and_output_files():
+    text = train_help()
+    examples = text.split('examples:', 1)[1].split('\n\n', 1)[0]
+    assert len([ln for ln in examples.splitlines() if 'miniai train' in ln]) >= 2, text
+    for name in ('metrics.csv', 'config.json', 'last.pt', 'best.pt'):
+        assert re.search(rf'^\s+{re.escape(name)}\s', text, re.M), f"{name} missing from --help:\n{text}"

@@ -1,0 +1,84 @@
+"""No in-house words where users read: the package, README, notebooks, docs/, tools/ and benchmarks/.
+
+The documents the tutorials follow are named by title and author ("Scheduler" by galopy), not by a number
+("seed 001"); the course's CNN is "the course's CNN"; nothing says what was or was not lent, taken or targeted.
+A random seed (`--seed 42`, `set_seed(1)`, "seed 42") is a different word and stays.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Each phrase, with what to write instead (the message says it).
+BANNED = {
+    r"(?<![-\w])seeds?[ _]?0\d\d\b": 'name the document by title and author ("Accelerated SGD", fast.ai course)',
+    r"(?<![-\w=(])seeds? \d\b(?! *[,)=])": 'name the document by title and author, not "seed N"',
+    r"(?<![-\w])seeds'": '"the course\'s CNN", "the tutorials\' documents", ... (the seeds are not a user\'s word)',
+    r"\bthe seeds\b(?!=)": 'name the documents (the course, the tutorials) instead of "the seeds"',
+    r"\bthe seed's\b": 'name the document instead of "the seed\'s"',
+    r"\bseed'?s?[- ](?:recipe|model)\b": '"the default recipe" / "the course\'s CNN"',
+    r"\bH100 targets?\b": "say what was measured, not targets",
+    r"\b(?:was|were|been|be|is|are|not) lent\b": "nothing about what was (not) available to the project",
+    r"\blent to this work\b": "nothing about what was (not) available to the project",
+}
+_RE = {re.compile(p, re.I): why for p, why in BANNED.items()}
+
+
+def findings(text: str) -> list[tuple[str, str]]:
+    """(matched phrase, what to write instead) for every banned phrase in `text`."""
+    return [(m[0], why) for rx, why in _RE.items() for m in rx.finditer(text)]
+
+
+def notebook_text(path: Path) -> str:
+    """A notebook's cell sources (markdown and code) and the text of its outputs."""
+    nb, parts = json.loads(path.read_text()), []
+    for cell in nb['cells']:
+        parts.append(''.join(cell.get('source', '')))
+        for out in cell.get('outputs', []):
+            parts.append(''.join(out.get('text', '')))
+            for mime in ('text/markdown', 'text/plain', 'text/html'):
+                parts.append(''.join(out.get('data', {}).get(mime, '')))
+    return '\n'.join(parts)
+
+
+def user_facing_files() -> list[Path]:
+    files = [ROOT / 'README.md', ROOT / 'Makefile', ROOT / 'mkdocs.yml', ROOT / 'pyproject.toml']
+    files += sorted((ROOT / 'miniai').rglob('*.py')) + sorted((ROOT / 'nbs').glob('*.ipynb'))
+    files += sorted((ROOT / 'nbs').glob('*.yml')) + sorted((ROOT / 'docs').rglob('*.md'))
+    files += sorted((ROOT / 'tools').rglob('*.py'))
+    bench = ROOT / 'benchmarks'
+    files += [p for p in sorted(bench.rglob('*')) if p.suffix in ('.py', '.md', '.sh')
+              and 'results' not in p.relative_to(bench).parts]         # raw logs are kept as they were printed
+    return [f for f in files if f.is_file() and f.name != '_modidx.py']
+
+
+@pytest.mark.parametrize('text', [
+    'as in seed 001', 'Seed 000, the course notebook', "seed 002's `sgd_cb`", 'seeds 000 and 001 use',
+    "the seeds' model", 'trains the seed recipe', 'a seed-recipe fit', "the seeds' recipe",
+    'so the H100 targets are unmeasured',
+    'no GPU was lent to this work', 'no GPU has been lent to this work', "after the seed's 3 epochs",
+    'the seeds use', 'def seed000(dsd):'])
+def test_banned_phrases_are_caught(text):
+    assert findings(text), f"{text!r} should be caught"
+
+
+@pytest.mark.parametrize('text', [
+    'python train.py --seed 42', 'set_seed(1)', 'seed 42', 'with `--seed 1` and `--seed 2`', 'three seeds, 0.93',
+    'the random seed', 'seed=0', 'a seeded generator', 'set_seed(seed, deterministic)', 'the seed, 42, is saved',
+    'Generator().manual_seed(0)', 'seeds=(0, 1, 2)', "ap.add_argument('--seeds', type=int, nargs='+')"])
+def test_random_seeds_are_not_caught(text):
+    assert not findings(text), f"{text!r} is a random seed, not an in-house word: {findings(text)}"
+
+
+def test_no_in_house_words_where_users_read():
+    problems = []
+    for path in user_facing_files():
+        text = notebook_text(path) if path.suffix == '.ipynb' else path.read_text(errors='replace')
+        for i, line in enumerate(text.splitlines(), 1):
+            for phrase, why in findings(line):
+                where = path.relative_to(ROOT).as_posix() + ('' if path.suffix == '.ipynb' else f':{i}')
+                problems.append(f"{where}: {phrase!r}: {why}")
+    assert not problems, f"{len(problems)} in-house phrases:\n" + '\n'.join(problems)
