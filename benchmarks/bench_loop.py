@@ -24,13 +24,11 @@ from itertools import islice
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
-from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
 from common import PhaseTimerCB, seed_model, sync
 from miniai.callbacks import def_device, set_seed
-from miniai.datasets import (DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls, inplace,
-                             load_fashion_mnist)
+from miniai.datasets import DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls, inplace, load_fashion_mnist
 from miniai.learner import DeviceCB, MetricsCB, ProgressCB, TrainLearner
 from miniai.sgd import BatchSchedCB
 

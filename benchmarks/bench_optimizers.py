@@ -15,7 +15,6 @@ from functools import partial
 import torch
 
 from common import sync
-
 from miniai.sgd import SGD, Adagrad, Adam, Lamb, Momentum, Nesterov, RMSProp
 
 # (name, ours, torch's closest algorithm, how they relate)

@@ -21,11 +21,10 @@ import time
 from functools import partial
 
 import torch
-
-from common import sync
 import torch.nn.functional as F
 from torcheval.metrics import MulticlassAccuracy
 
+from common import sync
 from miniai.accel import ChannelsLastCB, MixedPrecisionCB
 from miniai.activations import GeneralRelu
 from miniai.augment import InputTransformCB, default_tfms, get_preds

@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import platform
-import time
 from functools import partial
 from itertools import islice
 
@@ -30,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from miniai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB
 from common import PhaseTimerCB, sync
+from miniai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB
 from miniai.activations import GeneralRelu
 from miniai.augment import InputTransformCB, default_tfms
 from miniai.callbacks import def_device, set_seed

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 
 from .callbacks import TrainCB
-from .core import CancelStepException, Callback
+from .core import Callback, CancelStepException
 
 __all__ = ['MixedPrecisionCB', 'CompileCB', 'ChannelsLastCB', 'MixedPrecision', 'AccelerateCB']
 
@@ -273,7 +273,8 @@ class AccelerateCB(TrainCB):
 
     def __init__(self, n_inp: int = 1, mixed_precision: str = "fp16"):
         super().__init__(n_inp=n_inp)
-        try: from accelerate import Accelerator
+        try:
+            from accelerate import Accelerator
         except ImportError as e:
             raise ImportError("AccelerateCB needs Hugging Face Accelerate: pip install accelerate") from e
         self.acc = Accelerator(mixed_precision=mixed_precision)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .callbacks import to_cpu
-from .core import CancelFitException, Callback, _cb_list
+from .core import Callback, CancelFitException, _cb_list
 from .init import BatchTransformCB, summary
 
 __all__ = ['summary', 'show_image_batch', 'CapturePreds', 'capture_preds', '_rand_erase1', 'rand_erase', 'RandErase',

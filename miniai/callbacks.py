@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import CancelFitException, Callback
+from .core import Callback, CancelFitException
 from .device import def_device, is_distributed, is_main_process, to_cpu, to_device
 from .distributed import reduce_metrics
 
@@ -68,7 +68,8 @@ def loss_with_context(loss_func, preds, targets):
 
 
 class TrainCB(Callback):
-    """The usual batch steps for a plain `Learner`: the first `n_inp` items of the batch are inputs, the rest targets."""
+    """The usual batch steps for a plain `Learner`: the first `n_inp` items of the batch are inputs, the rest
+    targets."""
     def __init__(self, n_inp: int = 1): self.n_inp = n_inp
     def predict(self, learn): learn.preds = learn.model(*learn.batch[:self.n_inp])
     def get_loss(self, learn): learn.loss = loss_with_context(learn.loss_func, learn.preds, learn.batch[self.n_inp:])

@@ -380,7 +380,7 @@ def train(args) -> Path:
 
 
 def _run(args, out: Path, device, world: int, saved_epochs: int | None = None) -> Path:
-    from .callbacks import MetricsCB, ProgressCB, set_seed
+    from .callbacks import MetricsCB, set_seed
     from .checkpoint import SaveModelCB, save_checkpoint
     from .datasets import get_dls
     from .distributed import distributed_dls, is_main_process

@@ -6,13 +6,21 @@ Explained in nbs/01_datasets.ipynb. `load_fashion_mnist` returns what `datasets.
 """
 from __future__ import annotations
 
-import gzip, hashlib, math, os, random, shutil, tempfile, warnings, zlib
+import gzip
+import hashlib
+import math
+import os
+import random
+import shutil
+import tempfile
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from functools import partial
 from itertools import zip_longest
 from operator import itemgetter
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

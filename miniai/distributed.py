@@ -20,8 +20,18 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
 from .core import Callback
-from .device import (all_reduce_mean, all_reduce_sum, barrier, broadcast_object, def_device,
-                     is_distributed, is_main_process, local_rank, rank, world_size)
+from .device import (
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    def_device,
+    is_distributed,
+    is_main_process,
+    local_rank,
+    rank,
+    world_size,
+)
 
 __all__ = ['is_distributed', 'rank', 'local_rank', 'world_size', 'is_main_process', 'barrier', 'all_reduce_sum',
            'all_reduce_mean', 'broadcast_object', 'init_from_env', 'destroy', 'ShardSampler', 'distributed_dls',

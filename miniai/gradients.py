@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .core import CancelStepException, Callback
+from .core import Callback, CancelStepException
 
 __all__ = ['GradientClipCB', 'GradientAccumulationCB']
 

@@ -115,7 +115,8 @@ class Preprocess:
 
 
 def _is_pil(o) -> bool:
-    try: from PIL import Image
+    try:
+        from PIL import Image
     except ImportError: return False
     return isinstance(o, Image.Image)
 

@@ -28,7 +28,8 @@ _WEIGHTED = _CONVS + (nn.Linear,)
 
 def clean_ipython_hist():
     """Forget IPython's input history and `_i*` variables, which keep old cells' objects (and GPU memory) alive."""
-    try: from IPython import get_ipython
+    try:
+        from IPython import get_ipython
     except ImportError: return
     ip = get_ipython()
     if ip is None: return

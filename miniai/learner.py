@@ -14,11 +14,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import (EVENTS, STEPS, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
-                   Callback, _cb_list, call_cb, check_callback, run_cbs)
-from .callbacks import (DeviceCB, MetricsCB, ProgressCB, SingleBatchCB, TrainCB, def_device, loss_with_context,
-                        set_seed, to_cpu, to_device)
+from .callbacks import (
+    DeviceCB,
+    MetricsCB,
+    ProgressCB,
+    SingleBatchCB,
+    TrainCB,
+    def_device,
+    loss_with_context,
+    set_seed,
+    to_cpu,
+    to_device,
+)
 from .checkpoint import _cb_keys, load_checkpoint, save_checkpoint
+from .core import (
+    EVENTS,
+    STEPS,
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CancelStepException,
+    _cb_list,
+    call_cb,
+    check_callback,
+    run_cbs,
+)
 from .lr_finder import LRFinderCB, lr_find
 from .sgd.callbacks import fit_one_cycle
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .core import CancelEpochException, CancelFitException, Callback, _cb_list
+from .core import Callback, CancelEpochException, CancelFitException, _cb_list
 from .device import all_reduce_mean, is_main_process
 
 __all__ = ['LRFinderCB', 'LRFinderResult', 'lr_find', 'valley', 'steep', 'minimum']

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from .checkpoint import unwrap_model
-from .core import CancelFitException, Callback
+from .core import Callback, CancelFitException
 
 __all__ = ['EarlyStoppingCB']
 

@@ -19,7 +19,8 @@ _INSTALL = ("TensorBoardCB needs the tensorboard package: pip install 'miniai[te
 
 
 def _summary_writer():
-    try: from torch.utils.tensorboard import SummaryWriter
+    try:
+        from torch.utils.tensorboard import SummaryWriter
     except ImportError as e: raise ImportError(_INSTALL) from e
     return SummaryWriter
 

@@ -14,7 +14,8 @@ __all__ = ['plot_training', 'save_figure']
 
 
 def plot_training(history: Sequence[dict], losses: Sequence[float] = (), lrs: Sequence[float] = (),
-                  n_batches: int = 1, first_batch: int = 0, metric: str = 'accuracy', lr_first_batch: int | None = None):
+                  n_batches: int = 1, first_batch: int = 0, metric: str = 'accuracy',
+                  lr_first_batch: int | None = None):
     """One figure, three panels: the loss (per training batch, and per epoch for train and eval), `metric` per epoch
     (train and eval), the lr per training batch.
 

@@ -7,11 +7,10 @@ from pathlib import Path
 import matplotlib
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from miniai.core import CancelFitException, Callback
+from miniai.core import Callback, CancelFitException
 
 matplotlib.use('Agg')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # tests never reach the network

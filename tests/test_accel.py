@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from conftest import linear_data, tiny_cnn, toy_images
 import miniai.accel as accel
+from conftest import linear_data, tiny_cnn, toy_images
 from miniai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB
-from miniai.core import CancelBatchException, Callback
+from miniai.core import Callback, CancelBatchException
 from miniai.learner import Learner, MetricsCB, TrainCB, TrainLearner
 from miniai.sgd import BatchSchedCB
 

@@ -1,6 +1,4 @@
 """GeneralRelu, hooks that always go away, and ActivationStats' numbers and plots."""
-import warnings
-from functools import partial
 
 import fastcore.all as fc
 import matplotlib.figure
@@ -65,8 +63,9 @@ def test_stats_match_a_direct_computation():
     model = nn.Sequential(nn.Linear(4, 3), nn.ReLU())
     astats = ActivationStats(fc.risinstance(nn.ReLU))
     x = torch.randn(16, 4)
-    from conftest import DLs
     from torch.utils.data import DataLoader, TensorDataset
+
+    from conftest import DLs
     dls = DLs(DataLoader(TensorDataset(x, torch.randn(16, 3)), batch_size=16), None)
     learn = TrainLearner(model, dls, F.mse_loss, lr=0., cbs=[astats])
     learn.fit(1, valid=False)

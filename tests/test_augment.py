@@ -8,10 +8,22 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
-from conftest import DLs, tiny_cnn, toy_images
 import miniai.augment
-from miniai.augment import (CapturePreds, InputTransformCB, RandCrop, RandErase, RandHFlip, default_tfms,
-                            get_preds, hflip, random_crop, random_erase, random_hflip, show_image_batch)
+from conftest import DLs, tiny_cnn, toy_images
+from miniai.augment import (
+    CapturePreds,
+    InputTransformCB,
+    RandCrop,
+    RandErase,
+    RandHFlip,
+    default_tfms,
+    get_preds,
+    hflip,
+    random_crop,
+    random_erase,
+    random_hflip,
+    show_image_batch,
+)
 from miniai.learner import Callback, DeviceCB, MetricsCB, ProgressCB, TrainLearner, set_seed
 
 

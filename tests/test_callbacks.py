@@ -1,5 +1,6 @@
 """The callbacks every fit uses: DeviceCB, MetricsCB, ProgressCB, SingleBatchCB, CSVLoggerCB; set_seed; learners."""
 import csv
+from functools import partial
 
 import pytest
 import torch
@@ -9,13 +10,20 @@ from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
 from conftest import DLs, tiny_cnn, toy_images
-from functools import partial
-
 from miniai.callbacks import CSVLoggerCB
 from miniai.core import Callback
+from miniai.learner import (
+    DeviceCB,
+    MetricsCB,
+    MomentumLearner,
+    ProgressCB,
+    SingleBatchCB,
+    TrainLearner,
+    set_seed,
+    to_cpu,
+    to_device,
+)
 from miniai.sgd import BatchSchedCB
-from miniai.learner import (DeviceCB, MetricsCB, MomentumLearner, ProgressCB, SingleBatchCB, TrainLearner, set_seed,
-                            to_cpu, to_device)
 
 
 def test_to_device_and_to_cpu_walk_nested_structures():

@@ -14,8 +14,15 @@ from torcheval.metrics import MulticlassAccuracy
 
 from conftest import StopAfter, tiny_cnn, toy_images
 from miniai.augment import get_preds
-from miniai.checkpoint import (CheckpointError, NonFiniteLossError, SaveModelCB, TerminateOnNaNCB, digest_path,
-                               load_checkpoint, save_checkpoint)
+from miniai.checkpoint import (
+    CheckpointError,
+    NonFiniteLossError,
+    SaveModelCB,
+    TerminateOnNaNCB,
+    digest_path,
+    load_checkpoint,
+    save_checkpoint,
+)
 from miniai.core import Callback
 from miniai.learner import MetricsCB, TrainLearner, set_seed
 from miniai.sgd import Adam

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_datasets import NAMES, write_idx
 
 from conftest import StopAfter
 from miniai.cli import main, recipe_model
-from miniai.core import CancelFitException, Callback
-from test_datasets import NAMES, write_idx
+from miniai.core import Callback, CancelFitException
 
 ROOT = Path(__file__).resolve().parents[1]
 

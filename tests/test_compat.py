@@ -113,6 +113,7 @@ def test_course_signatures_and_defaults(i):
 
 
 def test_import_miniai_stays_light():
-    code = "import sys, miniai; print(sorted(m for m in ('matplotlib', 'datasets', 'fastprogress', 'torch') if m in sys.modules))"
+    code = ("import sys, miniai; "
+            "print(sorted(m for m in ('matplotlib', 'datasets', 'fastprogress', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == '[]'

@@ -7,8 +7,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import DLs
 from miniai.core import EVENTS
-from miniai.learner import (CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
-                            Callback, Learner, MomentumLearner, TrainCB, TrainLearner)
+from miniai.learner import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    CancelStepException,
+    Learner,
+    MomentumLearner,
+    TrainCB,
+    TrainLearner,
+)
 
 
 class Recorder(Callback):

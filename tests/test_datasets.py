@@ -2,7 +2,13 @@
 
 Synthetic IDX files in tmp_path for everything but one integration test on the real data.
 """
-import gzip, os, shutil, struct, subprocess, sys, warnings
+import gzip
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import warnings
 from pathlib import Path
 
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # before `datasets` is imported: tests never reach the hub
@@ -15,10 +21,19 @@ import torch
 import torchvision.transforms.functional as TF
 
 import miniai.datasets as mds
-from miniai.datasets import (FASHION_CLASSES, DataLoaders, InMemoryLoader, collate_dict, fashion_mnist_tensors,
-                             get_dls, inplace, load_fashion_mnist, read_idx, show_images)
-
 from conftest import REAL_DATA as REAL
+from miniai.datasets import (
+    FASHION_CLASSES,
+    DataLoaders,
+    InMemoryLoader,
+    collate_dict,
+    fashion_mnist_tensors,
+    get_dls,
+    inplace,
+    load_fashion_mnist,
+    read_idx,
+    show_images,
+)
 
 NAMES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
          'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}

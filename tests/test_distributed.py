@@ -23,8 +23,18 @@ from miniai.callbacks import CSVLoggerCB, MetricsCB, ProgressCB
 from miniai.checkpoint import SaveModelCB
 from miniai.core import Callback
 from miniai.datasets import DataLoaders, InMemoryLoader
-from miniai.distributed import (DDPCB, all_reduce_mean, all_reduce_sum, barrier, broadcast_object, distributed_dls,
-                                is_distributed, is_main_process, rank, world_size)
+from miniai.distributed import (
+    DDPCB,
+    all_reduce_mean,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    distributed_dls,
+    is_distributed,
+    is_main_process,
+    rank,
+    world_size,
+)
 from miniai.gradients import GradientAccumulationCB, GradientClipCB
 from miniai.learner import TrainLearner
 from miniai.stopping import EarlyStoppingCB
@@ -101,7 +111,7 @@ def worker(out: Path, fm: Path):
         learn.fit(3)
         res['grads'] = {'rows': rows(learn), 'weights': weights(learn), 'best_epoch': es.best_epoch,
                         'sync': sync.seen}
-        from miniai.cli import main                # last: it leaves the process group when done
+        from miniai.cli import main  # last: it leaves the process group when done
         res['cli_rc'] = main(['train', '--data', str(fm), '--out', str(out / 'cli'), '--bs', '64', '--epochs', '1',
                               '--device', 'cpu'])
     res['stdout'] = buf.getvalue()
@@ -261,7 +271,9 @@ def test_device_and_rank_helpers_are_the_ground_floor():
             "import miniai.distributed; print('miniai.callbacks' in sys.modules)")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout.split('\n')
     assert out[0] == "['miniai.device']" and out[1] == 'False'   # distributed no longer imports callbacks
-    import miniai.callbacks as cbs, miniai.device as dev, miniai.distributed as d
+    import miniai.callbacks as cbs
+    import miniai.device as dev
+    import miniai.distributed as d
     assert cbs.to_device is dev.to_device and cbs.def_device == dev.def_device
     assert d.rank is dev.rank and d.is_main_process is dev.is_main_process and d.barrier is dev.barrier
 
@@ -323,6 +335,7 @@ sys.exit(rc)
 @pytest.mark.parametrize('launcher', ['torch.distributed.run', 'miniai.launch'])
 def test_ctrl_c_under_torchrun_saves_once_and_every_process_exits_130(tmp_path, launcher):
     import signal
+
     from test_datasets import make_source
     fm, run = tmp_path / 'fm', tmp_path / 'run'
     fm.mkdir()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_cnn, toy_images
+from conftest import toy_images
 from miniai.activations import GeneralRelu
 from miniai.conv import conv, get_model
 from miniai.init import init_weights, lsuv_init, summary

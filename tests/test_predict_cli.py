@@ -6,6 +6,8 @@ import shutil
 import pytest
 import torch
 from PIL import Image
+from test_cli import data, run  # noqa: F401 (data is a fixture)
+from test_datasets import NAMES
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import REAL_DATA
@@ -14,8 +16,6 @@ from miniai.cli import main, recipe_model
 from miniai.datasets import FASHION_CLASSES, _normalise, fashion_mnist_tensors, read_idx
 from miniai.inference import load_learner
 from miniai.sgd import OneCycleSchedCB
-from test_cli import data, run  # noqa: F401 (data is a fixture)
-from test_datasets import NAMES
 
 
 def rows(path): return list(csv.DictReader(open(path)))

@@ -6,6 +6,7 @@ from pathlib import Path
 import matplotlib
 import nbformat
 import pytest
+
 from conftest import load_tool
 
 matplotlib.use('Agg')

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import toy_images
 import miniai.resnet
+from conftest import toy_images
 from miniai.activations import GeneralRelu
 from miniai.learner import TrainLearner
 from miniai.resnet import ResBlock, get_resnet

@@ -9,10 +9,30 @@ from matplotlib.figure import Figure
 from torch.optim import lr_scheduler
 
 from miniai.core import check_callback, run_cbs
-from miniai.sgd import (SGD, Adam, BaseSchedCB, BatchSchedCB, CosineAnnealing, EpochSchedCB, Momentum, OneCycle,
-                        OneCycleSchedCB, Optimizer, RecorderCB, combine_scheds, fit_one_cycle, get_mom, plot_lrs,
-                        sched_cos, sched_exp, sched_lin, sched_lrs, sched_no, sgd_step, weight_decay)
-
+from miniai.sgd import (
+    SGD,
+    Adam,
+    BaseSchedCB,
+    BatchSchedCB,
+    CosineAnnealing,
+    EpochSchedCB,
+    Momentum,
+    OneCycle,
+    OneCycleSchedCB,
+    Optimizer,
+    RecorderCB,
+    combine_scheds,
+    fit_one_cycle,
+    get_mom,
+    plot_lrs,
+    sched_cos,
+    sched_exp,
+    sched_lin,
+    sched_lrs,
+    sched_no,
+    sgd_step,
+    weight_decay,
+)
 
 
 def params(n=2): return [torch.nn.Parameter(torch.ones(3)) for _ in range(n)]

@@ -4,23 +4,28 @@ the package (on a tiny synthetic Fashion-MNIST in the hub's schema instead of `l
 Each test checks what the seed's code should have done (trained, recorded, plotted), not only that it ran.
 """
 import math
-import pickle, gzip, math, os, time, shutil, torch, matplotlib as mpl, numpy as np, matplotlib.pyplot as plt  # noqa
-import fastcore.all as fc
+import os
+import pickle  # noqa
 from functools import partial
 
+import fastcore.all as fc
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
-import torchvision.transforms.functional as TF, torch.nn.functional as F
-from torch import tensor, nn, optim
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from test_datasets import NAMES, write_idx
+from torch import nn, optim, tensor
 from torch.optim import lr_scheduler
 from torcheval.metrics import MulticlassAccuracy
 
-from miniai.datasets import *
-from miniai.conv import *
-from miniai.learner import *
 from miniai.activations import *
+from miniai.conv import *
+from miniai.datasets import *
 from miniai.init import *
+from miniai.learner import *
 from miniai.sgd import *
-from test_datasets import NAMES, write_idx
 
 
 def learnable_source(folder, n_train=640, n_test=192, seed=0):
@@ -46,7 +51,7 @@ def dsd(tmp_path_factory):
 def seed000(dsd):
     """Seed 000's set-up cell, unchanged but for the data line."""
     set_seed(42)
-    xl,yl = 'image','label'
+    xl,yl = 'image','label'  # noqa: F841 (the cell as it is)
     bs = 1024
     xmean,xstd = 0.28, 0.35
 

@@ -8,9 +8,30 @@ import torch
 from torch.optim.lr_scheduler import OneCycleLR
 
 import miniai.sgd as sgd_mod
-from miniai.sgd import (SGD, Adagrad, Adam, Lamb, Momentum, Nesterov, Optimizer, RMSProp, adagrad_step, adam_step,
-                        average_grad, average_sqr_grad, get_mom, lamb_step, momentum_step, nesterov_step,
-                        rms_prop_step, rms_sqr_grad, sgd_step, step_stat, sum_sqr_grad, weight_decay)
+from miniai.sgd import (
+    SGD,
+    Adagrad,
+    Adam,
+    Lamb,
+    Momentum,
+    Nesterov,
+    Optimizer,
+    RMSProp,
+    adagrad_step,
+    adam_step,
+    average_grad,
+    average_sqr_grad,
+    get_mom,
+    lamb_step,
+    momentum_step,
+    nesterov_step,
+    rms_prop_step,
+    rms_sqr_grad,
+    sgd_step,
+    step_stat,
+    sum_sqr_grad,
+    weight_decay,
+)
 
 CLASSES = [SGD, Momentum, Nesterov, RMSProp, Adam, Adagrad, Lamb]
 HP = dict(lr=0.05, wd=0.1)

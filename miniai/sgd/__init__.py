@@ -5,14 +5,48 @@ Lamb), `steppers` (fastai's stepper-callback Optimizer and its steppers), `sched
 CosineAnnealing, OneCycle), `callbacks` (BaseSchedCB, BatchSchedCB, EpochSchedCB, HasLearnCB, RecorderCB, ParamSchedCB,
 OneCycleSchedCB, fit_one_cycle).
 """
-from .callbacks import (BaseSchedCB, BatchSchedCB, EpochSchedCB, HasLearnCB, OneCycleSchedCB, ParamSchedCB,
-                        RecorderCB, fit_one_cycle)
+from .callbacks import (
+                        BaseSchedCB,
+                        BatchSchedCB,
+                        EpochSchedCB,
+                        HasLearnCB,
+                        OneCycleSchedCB,
+                        ParamSchedCB,
+                        RecorderCB,
+                        fit_one_cycle,
+)
 from .optimizers import SGD, Adagrad, Adam, Lamb, Momentum, Nesterov, RMSProp
-from .schedules import (CosineAnnealing, OneCycle, Scheduler, combine_scheds, get_mom, plot_lrs, sched_cos,
-                        sched_exp, sched_lin, sched_lrs, sched_no, set_mom)
-from .steppers import (Optimizer, adagrad_step, adam_step, average_grad, average_sqr_grad, l2_reg, lamb_step,
-                       momentum_step, nesterov_step, rms_prop_step, rms_sqr_grad, sgd_step, step_stat, sum_sqr_grad,
-                       weight_decay)
+from .schedules import (
+                        CosineAnnealing,
+                        OneCycle,
+                        Scheduler,
+                        combine_scheds,
+                        get_mom,
+                        plot_lrs,
+                        sched_cos,
+                        sched_exp,
+                        sched_lin,
+                        sched_lrs,
+                        sched_no,
+                        set_mom,
+)
+from .steppers import (
+                        Optimizer,
+                        adagrad_step,
+                        adam_step,
+                        average_grad,
+                        average_sqr_grad,
+                        l2_reg,
+                        lamb_step,
+                        momentum_step,
+                        nesterov_step,
+                        rms_prop_step,
+                        rms_sqr_grad,
+                        sgd_step,
+                        step_stat,
+                        sum_sqr_grad,
+                        weight_decay,
+)
 
 __all__ = ['SGD', 'Momentum', 'RMSProp', 'Adam', 'Nesterov', 'Adagrad', 'Lamb',
            'Optimizer', 'weight_decay', 'l2_reg', 'sgd_step', 'step_stat', 'average_grad', 'average_sqr_grad',

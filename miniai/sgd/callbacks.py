@@ -6,8 +6,8 @@ accumulation, a float16 step with inf gradients, a cancelled batch) or `after_ep
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Callable, Sequence
 
 from ..core import Callback
 from .schedules import combine_scheds, sched_cos, set_mom

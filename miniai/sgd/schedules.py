@@ -12,7 +12,7 @@ import bisect
 import itertools
 import math
 import numbers
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ['sched_lin', 'sched_cos', 'sched_no', 'sched_exp', 'combine_scheds', 'Scheduler', 'CosineAnnealing',
            'OneCycle', 'get_mom', 'set_mom', 'sched_lrs', 'plot_lrs']
