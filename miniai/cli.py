@@ -322,14 +322,21 @@ def recipe_model():
 
 
 def _rewrite_csv(path: Path, history: list[dict]):
-    """metrics.csv rewritten from the checkpoint's rows, so that a resumed run's file holds each row once."""
+    """metrics.csv rewritten from the checkpoint's rows, so that a resumed run's file holds each row once; the lr
+    column (CSVLoggerCB's, not in the rows) is taken from the file's line of the same epoch and phase."""
     import csv
+    lrs = {}
+    if path.is_file() and not path.is_symlink():   # a planted link is replaced, never read
+        try:
+            with open(path, newline='') as f:
+                for r in csv.DictReader(f): lrs.setdefault((r.get('epoch'), r.get('phase')), r.get('lr') or '')
+        except (OSError, UnicodeDecodeError, csv.Error): pass
     buf = io.StringIO()
     if history:
         cols = ['epoch', 'phase', 'loss'] + [k for k in history[0] if k not in ('epoch', 'phase', 'loss', 'seconds')]
-        w = csv.DictWriter(buf, fieldnames=cols + ['seconds'], lineterminator='\r\n')
+        w = csv.DictWriter(buf, fieldnames=cols + ['lr', 'seconds'], lineterminator='\r\n')
         w.writeheader()
-        w.writerows(history)
+        w.writerows({**r, 'lr': lrs.get((str(r['epoch']), r['phase']), '')} for r in history)
     atomic_write(path, buf.getvalue())
 
 

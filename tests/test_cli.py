@@ -376,3 +376,17 @@ def test_ctrl_c_inside_an_epoch_saves_a_checkpoint_that_repeats_the_epoch(data, 
     learn.load(tmp_path / 'r' / 'interrupted.pt')
     assert learn.resume_epoch == 1
     assert [(r['epoch'], r['phase']) for r in learn.cbs[1].history] == [(0, 'train'), (0, 'eval')]
+
+
+def test_resumed_metrics_csv_keeps_the_lr_column(data, tmp_path, monkeypatch):
+    """Regression: the resume's rewrite of metrics.csv (from the checkpoint's rows) dropped CSVLoggerCB's lr column,
+    for the rows before the resume and, since the logger keeps an existing file's header, for every row after."""
+    assert run(data, tmp_path / 'full', '--epochs', '3', '--deterministic') == 0
+    with monkeypatch.context() as m:
+        _with_cb(m, StopAfter(1))
+        assert run(data, tmp_path / 'part', '--epochs', '3', '--deterministic') == 0
+    assert main(['train', '--resume', str(tmp_path / 'part')]) == 0
+    drop = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]  # wall-clock time differs
+    full, part = rows(tmp_path / 'full' / 'metrics.csv'), rows(tmp_path / 'part' / 'metrics.csv')
+    assert list(part[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'lr', 'seconds']
+    assert drop(part) == drop(full) and all(float(r['lr']) > 0 for r in part)
