@@ -284,6 +284,7 @@ class TerminateOnNaNCB(Callback):
     Reading the loss costs one host sync per `every` batches; on a GPU, `every=10` lets the device run ahead.
     """
     order = 1
+    lr_find_excluded = True  # an lr sweep ends at a non-finite loss by design (LRFinderCB stops there)
 
     def __init__(self, every: int = 1):
         if every < 1: raise ValueError(f"every must be >= 1, got {every}")

@@ -90,3 +90,12 @@ def test_lr_finder_result_repr_dumped_hundreds_of_floats():
     res = learn.lr_find(num_it=300, show_plot=False, stop_div=False)
     r = repr(res)
     assert len(r) < 120 and f'points={len(res.lrs)}' in r and f'{res.valley:.2e}' in r
+
+
+def test_lr_find_with_terminate_on_nan_ends_the_sweep_at_the_non_finite_loss():
+    """Regression: TerminateOnNaNCB took part in the sweep and raised NonFiniteLossError where the sweep ends."""
+    from miniai.checkpoint import TerminateOnNaNCB
+    learn = TrainLearner(nn.Linear(10, 1), linear_problem(), F.mse_loss, cbs=[TerminateOnNaNCB()])
+    res = learn.lr_find(start_lr=1e-3, end_lr=1e12, num_it=60, stop_div=False, show_plot=False)
+    assert not math.isfinite(res.losses[-1]) and len(res.losses) < 60
+    assert isinstance(learn.cbs[0], TerminateOnNaNCB)  # back in place for the real fit
