@@ -415,8 +415,10 @@ def _run(args, out: Path, device, world: int, saved_epochs: int | None = None) -
         if is_main_process():
             part = '' if done else (f" (inside epoch {learn.epoch}: loading it trains epoch {learn.epoch} again from "
                                     "its start)")
-            print(f"interrupted: state saved to {out / 'interrupted.pt'}{part}; `miniai train --resume {out}` "
-                  "continues from the last complete epoch", file=sys.stderr)
+            how = (f"`miniai train --resume {out}` continues from the last complete epoch" if (out / 'last.pt').is_file()
+                   else f"no epoch was complete, so there is nothing to resume: start a new run (delete {out} first "
+                        "to reuse its name)")
+            print(f"interrupted: state saved to {out / 'interrupted.pt'}{part}; {how}", file=sys.stderr)
         raise
     if not is_main_process(): return out
     metrics = _write_plots(learn, out, len(dls.train), lr_first_batch)

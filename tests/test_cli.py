@@ -390,3 +390,16 @@ def test_resumed_metrics_csv_keeps_the_lr_column(data, tmp_path, monkeypatch):
     full, part = rows(tmp_path / 'full' / 'metrics.csv'), rows(tmp_path / 'part' / 'metrics.csv')
     assert list(part[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'lr', 'seconds']
     assert drop(part) == drop(full) and all(float(r['lr']) > 0 for r in part)
+
+
+def test_ctrl_c_in_the_first_epoch_does_not_advise_a_resume_that_is_refused(data, tmp_path, monkeypatch, capsys):
+    """Regression: Ctrl-C before any epoch was complete said `--resume` continues, but without last.pt it is refused."""
+    class Interrupt(Callback):
+        def after_batch(self, learn):
+            if learn.training and learn.epoch == 0 and learn.iter == 2: raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        _with_cb(m, Interrupt())
+        assert run(data, tmp_path / 'r', '--epochs', '2') == 130
+    err = capsys.readouterr().err
+    assert main(['train', '--resume', str(tmp_path / 'r')]) == 1      # what the old message advised
+    assert '--resume' not in err and 'no epoch' in err
