@@ -415,9 +415,10 @@ def _run(args, out: Path, device, world: int, saved_epochs: int | None = None) -
         if is_main_process():
             part = '' if done else (f" (inside epoch {learn.epoch}: loading it trains epoch {learn.epoch} again from "
                                     "its start)")
-            how = (f"`miniai train --resume {out}` continues from the last complete epoch" if (out / 'last.pt').is_file()
-                   else f"no epoch was complete, so there is nothing to resume: start a new run (delete {out} first "
-                        "to reuse its name)")
+            resumable = (out / 'last.pt').is_file()
+            how = (f"`miniai train --resume {out}` continues from the last complete epoch" if resumable else
+                   f"no epoch was complete, so there is nothing to resume: start a new run (delete {out} first to "
+                   "reuse its name)")
             print(f"interrupted: state saved to {out / 'interrupted.pt'}{part}; {how}", file=sys.stderr)
         raise
     if not is_main_process(): return out
