@@ -41,7 +41,8 @@ class EarlyStoppingCB(Callback):
         self.stopped_epoch, self.best_state, self._value, self._resumed = None, None, None, False
 
     def log_row(self, learn, row: dict):
-        """Keep the monitored value from MetricsCB's row for the epoch phase it is read from."""
+        """Count the epoch from MetricsCB's row of the phase `monitor` is read from: done here (MetricsCB, order 10),
+        so the checkpoint SaveModelCB (20) writes at this epoch's end holds this epoch's best and wait."""
         key = 'loss' if self.monitor in ('valid_loss', 'train_loss') else self.monitor
         phase = 'train' if self.monitor == 'train_loss' or not learn.do_valid else 'eval'
         if row['phase'] != phase: return
@@ -49,7 +50,13 @@ class EarlyStoppingCB(Callback):
             names = sorted(k for k in row if k not in ('epoch', 'phase', 'seconds', 'loss'))
             raise ValueError(f"EarlyStoppingCB: monitor {self.monitor!r} is not in the metrics; use 'valid_loss', "
                              f"'train_loss' or one of {names}")
-        self._value = row[key]
+        self._value = v = row[key]
+        if self._improved(v):
+            self.best, self.best_epoch, self.wait = v, learn.epoch, 0
+            if self.restore_best:   # a copy on the CPU: the device keeps only the live weights
+                self.best_state = {k: t.detach().to('cpu', copy=True)
+                                   for k, t in unwrap_model(learn.model).state_dict().items()}
+        else: self.wait += 1
 
     def _improved(self, v) -> bool:
         if not math.isfinite(v): return False
@@ -60,14 +67,7 @@ class EarlyStoppingCB(Callback):
         if learn.training and learn.do_valid: return       # an epoch is complete after its eval phase
         if self._value is None:
             raise ValueError("EarlyStoppingCB needs a MetricsCB in the learner's callbacks: it reads MetricsCB's rows")
-        v, self._value = self._value, None
-        if self._improved(v):
-            self.best, self.best_epoch, self.wait = v, learn.epoch, 0
-            if self.restore_best:   # a copy on the CPU: the device keeps only the live weights
-                self.best_state = {k: t.detach().to('cpu', copy=True)
-                                   for k, t in unwrap_model(learn.model).state_dict().items()}
-            return
-        self.wait += 1
+        self._value = None
         if self.wait >= self.patience:
             self.stopped_epoch = learn.epoch
             self._restore(learn)

@@ -69,3 +69,23 @@ def test_bad_arguments_and_a_missing_metric_are_named():
     with pytest.raises(ValueError, match=r"'acc' is not in the metrics"): learn.fit(1)
     learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, cbs=[EarlyStoppingCB()])
     with pytest.raises(ValueError, match='needs a MetricsCB'): learn.fit(1)
+
+
+def test_a_run_resumed_from_last_pt_stops_at_the_same_epoch_as_an_uninterrupted_one(tmp_path):
+    """Regression: SaveModelCB (order 20) wrote last.pt before EarlyStoppingCB (25) counted the epoch, so the
+    checkpoint's wait/best lagged one epoch and a resumed run stopped an epoch late (or against a stale best)."""
+    from conftest import StopAfter
+    from miniai.checkpoint import SaveModelCB
+    vals = [5, 4, 3, 3.0, 3.05, 2.999, 3.1, 1, 1, 1]   # uninterrupted: best 3 at epoch 2, stops at epoch 5
+    def learner(scripted, *cbs):
+        torch.manual_seed(0)
+        es = EarlyStoppingCB('score', mode='min', patience=3, min_delta=0.01)
+        learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0.05,
+                             cbs=[MetricsCB(score=Scripted(scripted)), SaveModelCB(tmp_path), es, *cbs])
+        return learn, es
+    learn, es = learner(vals, StopAfter(3))            # killed after epoch 3 was checkpointed
+    learn.fit(10)
+    learn, es = learner(vals[4:])                      # the resumed run sees epochs 4, 5, ...
+    learn.load(tmp_path / 'last.pt')
+    learn.fit(10)
+    assert es.best_epoch == 2 and es.stopped_epoch == 5
