@@ -246,6 +246,7 @@ class MixedPrecision(TrainCB):
     def __init__(self, n_inp: int = 1, dtype: torch.dtype = torch.float16, device_type: str = 'cuda'):
         super().__init__(n_inp=n_inp)
         self.dtype, self.device_type = dtype, device_type
+        self._in_autocast = False  # cleanup_batch also runs for a batch an earlier before_batch cancelled
 
     def before_fit(self, learn): self.scaler = torch.amp.GradScaler(self.device_type)
 

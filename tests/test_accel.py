@@ -254,3 +254,25 @@ def test_channels_last_without_conv_weights_warns_once_and_does_nothing():
         learn.fit(1)
         learn.fit(1)
     assert len(ws) == 1 and not cb.active and all(rec.seen['after_predict'])
+
+
+def test_course_mixed_precision_survives_a_batch_cancelled_before_its_before_batch():
+    """Regression: a batch cancelled by an earlier callback's before_batch reached MixedPrecision.cleanup_batch
+    before `_in_autocast` existed (AttributeError)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from conftest import DLs
+    from miniai.accel import MixedPrecision
+
+    class SkipFirst(Callback):
+        order = -15  # before MixedPrecision (-10)
+        def before_batch(self, learn):
+            if learn.iter == 0: raise CancelBatchException()
+    x = torch.randn(64, 4)
+    dl = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=16)
+    learn = Learner(nn.Linear(4, 1), DLs(dl, dl), F.mse_loss, lr=0.01,
+                    cbs=[MixedPrecision(dtype=torch.bfloat16, device_type='cpu'), SkipFirst()])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')   # GradScaler('cpu') may warn where it is unavailable
+        learn.fit(1)
+    assert learn.iter == 3 and not torch.is_autocast_enabled('cpu')
