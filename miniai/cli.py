@@ -386,11 +386,28 @@ def train(args) -> Path:
         raise
 
 
+def _save_interrupted(learn, out: Path):
+    """interrupted.pt after Ctrl-C, and what the user can do with it."""
+    from .checkpoint import SaveModelCB, save_checkpoint
+    from .distributed import is_main_process
+    saver = next(cb for cb in learn.cbs if isinstance(cb, SaveModelCB))
+    done = saver.epoch_done == learn.epoch
+    save_checkpoint(learn, out / 'interrupted.pt', epoch_done=done)
+    if not is_main_process(): return
+    part = '' if done else (f" (inside epoch {learn.epoch}: loading it trains epoch {learn.epoch} again from "
+                            "its start)")
+    resumable = (out / 'last.pt').is_file()
+    how = (f"`miniai train --resume {out}` continues from the last complete epoch" if resumable else
+           f"no epoch was complete, so there is nothing to resume: start a new run (delete {out} first to "
+           "reuse its name)")
+    print(f"interrupted: state saved to {out / 'interrupted.pt'}{part}; {how}", file=sys.stderr)
+
+
 def _run(args, out: Path, device, world: int, saved_epochs: int | None = None) -> Path:
     from .callbacks import MetricsCB, set_seed
-    from .checkpoint import SaveModelCB, save_checkpoint
     from .datasets import get_dls
     from .distributed import distributed_dls, is_main_process
+    from .sgd import OneCycleSchedCB
 
     set_seed(args.seed, deterministic=args.deterministic)
     full_dls = dls = get_dls(args.bs // world, path=args.data, device=device, limit=args.limit)
@@ -407,20 +424,10 @@ def _run(args, out: Path, device, world: int, saved_epochs: int | None = None) -
         print(_banner(args, full_dls, learn.model, device, world))
         if args.resume: print(_resume_note(learn, args, saved_epochs))
         if args.resume and args.epochs != saved_epochs: _write_config(args, out, device, world)
-    try: learn.fit_one_cycle(args.epochs, args.lr)
-    except KeyboardInterrupt:
-        saver = next(cb for cb in learn.cbs if isinstance(cb, SaveModelCB))
-        done = saver.epoch_done == learn.epoch
-        save_checkpoint(learn, out / 'interrupted.pt', epoch_done=done)
-        if is_main_process():
-            part = '' if done else (f" (inside epoch {learn.epoch}: loading it trains epoch {learn.epoch} again from "
-                                    "its start)")
-            resumable = (out / 'last.pt').is_file()
-            how = (f"`miniai train --resume {out}` continues from the last complete epoch" if resumable else
-                   f"no epoch was complete, so there is nothing to resume: start a new run (delete {out} first to "
-                   "reuse its name)")
-            print(f"interrupted: state saved to {out / 'interrupted.pt'}{part}; {how}", file=sys.stderr)
-        raise
+    # what fit_one_cycle adds, held here so that interrupted.pt (saved after the fit ends) has its position too
+    with learn.added_cbs(OneCycleSchedCB(args.lr)):
+        try: learn.fit(args.epochs)
+        except KeyboardInterrupt: _save_interrupted(learn, out); raise
     if not is_main_process(): return out
     metrics = _write_plots(learn, out, len(dls.train), lr_first_batch)
     _finish(learn, full_dls.valid, out, device)

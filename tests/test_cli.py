@@ -403,3 +403,17 @@ def test_ctrl_c_in_the_first_epoch_does_not_advise_a_resume_that_is_refused(data
     err = capsys.readouterr().err
     assert main(['train', '--resume', str(tmp_path / 'r')]) == 1      # what the old message advised
     assert '--resume' not in err and 'no epoch' in err
+
+
+def test_interrupted_pt_holds_the_one_cycle_schedule(data, tmp_path, monkeypatch):
+    """Regression: interrupted.pt was saved after fit_one_cycle had removed its OneCycleSchedCB, so the checkpoint
+    lacked the schedule's position and loading it started the one-cycle schedule over."""
+    class Interrupt(Callback):
+        def before_batch(self, learn):   # batches 0-2 of epoch 1 complete, then Ctrl-C
+            if learn.training and learn.epoch == 1 and learn.iter == 3: raise KeyboardInterrupt
+    with monkeypatch.context() as m:
+        _with_cb(m, Interrupt())
+        assert run(data, tmp_path / 'r', '--epochs', '3') == 130
+    last, intr = (torch.load(tmp_path / 'r' / f, weights_only=True)['callbacks'] for f in ('last.pt', 'interrupted.pt'))
+    assert last['OneCycleSchedCB.0']['i'] == 10               # 600 images, batches of 64: epoch 0's 10 steps
+    assert intr['OneCycleSchedCB.0']['i'] == 10 + 3           # and the 3 batches of epoch 1 before the interrupt
