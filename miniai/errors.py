@@ -3,6 +3,7 @@ line `miniai: error: ...` (exit code 1), while any other exception, a bug, keeps
 
 Each also derives from the builtin a caller would have caught before (ValueError, OSError), so `except ValueError`
 around a miniai call keeps working.
+Described in docs/reliability.md.
 """
 from __future__ import annotations
 

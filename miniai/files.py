@@ -4,6 +4,7 @@ A file is written beside its destination and renamed over it, so a reader (or a 
 old file or the new one, never half of one; the rename also replaces a symlink planted at the destination instead
 of writing through it to wherever it points. Temporary names hold the writer's process id, so the next save of the
 same file can remove what a killed writer left behind without touching a live writer's file.
+Described in docs/reliability.md.
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ def _params(learn):
 class GradientClipCB(Callback):
     """Scale all gradients down so that their total `norm_type`-norm is at most `max_norm`, before each step.
 
-    Under float16 MixedPrecisionCB has unscaled the gradients by then; under DistributedDataParallel the
+    Under float16 MixedPrecisionCB has unscaled the gradients by then (the course's `MixedPrecision` callback
+    does not unscale before the step: use MixedPrecisionCB with clipping); under DistributedDataParallel the
     gradients are already averaged over the ranks in backward, so every rank clips the same way. `norms` keeps
     the total norm before clipping of each step (as CPU floats, read once per epoch).
     """

@@ -5,6 +5,7 @@ exits 1 with a `SignalException` traceback of its own. This runs torchrun's `mai
 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), with no traceback, as a one-process run does:
 
     python -m miniai.launch --nproc_per_node 2 -m miniai train --epochs 5
+Described in docs/reliability.md.
 """
 from __future__ import annotations
 

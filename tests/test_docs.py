@@ -362,7 +362,7 @@ def test_module_docstrings_name_existing_notebooks():
     for py in sorted((ROOT / 'miniai').rglob('*.py')):
         rel = py.relative_to(ROOT).as_posix()
         doc = ast.get_docstring(ast.parse(py.read_text())) or ''
-        refs = re.findall(r'nbs/[\w.-]+\.ipynb', doc)
+        refs = re.findall(r'(?:nbs/[\w.-]+\.ipynb|docs/[\w.-]+\.md)', doc)   # a notebook, or a page of docs/
         problems += [f"{rel} names {r}, which does not exist" for r in refs if not (ROOT / r).exists()]
         if not refs and rel not in _NO_NOTEBOOK:
             problems.append(f"{rel}: its docstring names no notebook (\"Explained in nbs/NN_topic.ipynb.\")")
