@@ -74,3 +74,14 @@ def test_time_to_accuracy_recipes_set_defaults_that_flags_override():
     assert (args.epochs, args.tta, args.ema, args.padding) == (3, False, 0, tta.RECIPES['best']['padding'])
     with pytest.raises(SystemExit): tta.parse_args(['--recipe', 'slowest'])
     with pytest.raises(SystemExit): tta.parse_args(['--ema', '1.5'])
+
+
+@pytest.mark.parametrize('arch, first_side, last_side', [('net', 28, 7), ('net-s2', 14, 4)])
+def test_time_to_accuracy_small_net_strides_where_its_arch_says(arch, first_side, last_side):
+    model = load_tool('time_to_accuracy', 'benchmarks').make_model(arch, [8, 16, 32])
+    sides = []
+    hooks = [m.register_forward_hook(lambda m, i, o: sides.append(o.shape[-1]))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    for h in hooks: h.remove()
+    assert (sides[0], sides[-1]) == (first_side, last_side)   # one halving per width after the first (or also at it)
