@@ -31,15 +31,15 @@ from itertools import islice
 
 import torch
 import torch.nn.functional as F
+from common import PhaseTimerCB, sync
 from torch import nn
 
-from common import PhaseTimerCB, sync
 from miniai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB
 from miniai.activations import GeneralRelu
 from miniai.augment import BatchTransformCB, default_tfms, hflip
 from miniai.callbacks import def_device, set_seed
 from miniai.conv import conv
-from miniai.core import CancelEpochException, Callback
+from miniai.core import Callback, CancelEpochException
 from miniai.datasets import DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls
 from miniai.ema import EMACB
 from miniai.init import init_weights
@@ -198,7 +198,8 @@ def report(res, args):
 
 def cpu_has_bf16() -> bool:
     """Whether this CPU has bfloat16 units (AMX or AVX512-BF16), where bf16 autocast speeds convolutions up."""
-    try: flags = open('/proc/cpuinfo').read()
+    try:
+        with open('/proc/cpuinfo') as f: flags = f.read()
     except OSError: return False
     return ' amx_bf16' in flags or ' avx512_bf16' in flags
 

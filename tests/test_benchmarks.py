@@ -5,8 +5,8 @@ import re
 
 import pytest
 import torch
-
 from conftest import REAL_DATA, load_tool
+
 from miniai.accel import ChannelsLastCB, MixedPrecisionCB
 from miniai.augment import get_preds
 

@@ -5,9 +5,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_cnn, toy_images
 from torch import nn
 
-from conftest import tiny_cnn, toy_images
 from miniai.augment import get_preds
 from miniai.core import Callback
 from miniai.ema import EMACB
@@ -79,7 +79,7 @@ def test_validation_uses_the_average_and_training_resumes_from_the_live_weights(
             if learn.training: lives.append(learn.model[0].weight.detach().clone())
     learn = _learner([ema, snap, GrabEMA(), Live()])
     learn.fit(2)
-    (t0, w_t0), (v0, w_v0), (t1, w_t1), (v1, w_v1) = snap.seen
+    (t0, _), (v0, w_v0), (t1, w_t1), (v1, w_v1) = snap.seen
     assert [t0, v0, t1, v1] == [True, False, True, False]
     assert torch.equal(w_v0, seen_ema[0]) and torch.equal(w_v1, seen_ema[1])     # validation: the average
     assert not torch.equal(w_v0, lives[0])                                          # ... which is not the live one

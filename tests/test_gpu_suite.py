@@ -13,8 +13,8 @@ pytestmark = pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash
 
 
 def _run(*args, suite=SUITE, env=None, timeout=600):
-    return subprocess.run(['bash', str(suite), *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, 'PYTHON': sys.executable, **(env or {})})
+    return subprocess.run(['bash', str(suite), *args], check=False, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, 'PYTHON': sys.executable, **(env or {})})
 
 
 def test_dry_run_finds_every_step_and_flag():
