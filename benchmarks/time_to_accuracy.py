@@ -71,8 +71,8 @@ def make_dls(bs, device, limit):
     if not limit: return get_dls(bs, device=device, drop_last=True)
     def norm(b): return (b[0].float().div(255).sub(XMEAN).div(XSTD).unsqueeze(1), b[1])
     t = {k: tuple(x[:limit].to(device) for x in v) for k, v in fashion_mnist_tensors().items()}
-    return DataLoaders(InMemoryLoader(t['train'], bs, shuffle=True, drop_last=len(t['train'][0]) > bs, batch_tfm=norm),
-                       InMemoryLoader(t['test'], bs, batch_tfm=norm))
+    train = InMemoryLoader(t['train'], bs, shuffle=True, drop_last=len(t['train'][0]) > bs, batch_tfm=norm)
+    return DataLoaders(train, InMemoryLoader(t['test'], bs, batch_tfm=norm))
 
 
 def small_net(act, nfs, norm=nn.BatchNorm2d, stem_stride=1):
@@ -108,7 +108,8 @@ def accel_cbs(args):
 
 class EvalCB(Callback):
     """Test accuracy (with `tta`: of the softmax averaged over each image and its mirror image) after the
-    epochs in `when` ('end': only the last; 'epoch': every one); other evaluations are skipped before they start."""
+    epochs in `when` ('end': only the last; 'epoch': every one); other evaluations are skipped before they
+    start."""
     order = -30   # first, so a skipped evaluation runs no other callback's before_epoch
 
     def __init__(self, when='end', tta=False): self.when, self.tta, self.accs = when, tta, {}
@@ -145,7 +146,8 @@ class ProgressLine(Callback):
 
 
 def warm_up(learn, dls, device, seed):
-    """Untimed: 3 train batches and the eval set on `learn.model`; then its weights, optimizer and RNG as before."""
+    """3 train batches and the eval set on `learn.model`, then its weights, optimizer and RNG as before; returns
+    the seconds it took."""
     state = copy.deepcopy(learn.model.state_dict())
     learn.dls = DataLoaders(Limited(dls.train, 3), dls.valid)   # all of valid: its short last batch too
     t0 = time.perf_counter()
@@ -184,7 +186,8 @@ def run(args, seed, device, dls):
 
 def report(res, args):
     warm = 'counted' if args.compile else 'not counted'
-    print(f"\nseed {res['seed']} ({res['n_params'] / 1e6:.2f}M parameters; warm-up {res['warm_up_s']:.1f} s, {warm})")
+    print(f"\nseed {res['seed']} ({res['n_params'] / 1e6:.2f}M parameters; "
+          f"warm-up {res['warm_up_s']:.1f} s, {warm})")
     print(f"{'epoch':>5}{'train s':>9}{'eval s':>8}{'cum s':>8}{'accuracy':>10}")
     for r in res['epochs']:
         acc = '-' if r['accuracy'] is None else f"{r['accuracy']:.4f}"
@@ -208,7 +211,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--recipe', choices=sorted(RECIPES), default='fast', help='the defaults of the flags below')
     ap.add_argument('--arch', choices=['resnet', 'net', 'net-s2'],
-                    help="'resnet': get_resnet; 'net': the cheaper small net; 'net-s2': the same, strided from the start")
+                    help="'resnet': get_resnet; 'net': the cheaper small net; 'net-s2': the same, strided "
+                         "from the start")
     ap.add_argument('--nfs', type=int, nargs='+', help='widths of the stages')
     ap.add_argument('--epochs', type=int)
     ap.add_argument('--bs', type=int)
@@ -229,7 +233,7 @@ def parse_args(argv=None):
     ap.add_argument('--limit', type=int, default=0, help='use only the first N train and test items (quick check)')
     ap.add_argument('--targets', type=float, nargs='+', default=list(BARS), help='accuracy bars')
     ap.add_argument('--seed', type=int, default=0)
-    ap.add_argument('--seeds', type=int, nargs='+', help='several runs, one per seed (overrides --seed)')
+    ap.add_argument("--seeds", type=int, nargs='+', help='several runs, one per random seed (overrides --seed)')
     ap.add_argument('--json', help='write the config and every run to this file')
     args = ap.parse_args(argv)
     for k, v in RECIPES[args.recipe].items():
@@ -250,8 +254,9 @@ def main(argv=None):
         torch.backends.cudnn.benchmark = True                 # fixed shapes: autotune each conv once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     dls = make_dls(args.bs, device, args.limit)
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()
-    cfg = {k: v for k, v in vars(args).items() if k not in ('seeds', 'json')}
+    cpu_name = platform.processor() or platform.machine()
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name
+    cfg = {k: v for k, v in vars(args).items() if k not in ("seeds", 'json')}
     print(f"torch {torch.__version__}, {device} ({name}), {torch.get_num_threads()} threads; {len(dls.train)} "
           f"batches a epoch; {cfg}", flush=True)
     runs = []

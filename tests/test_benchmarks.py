@@ -84,4 +84,4 @@ def test_time_to_accuracy_small_net_strides_where_its_arch_says(arch, first_side
              for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     for h in hooks: h.remove()
-    assert (sides[0], sides[-1]) == (first_side, last_side)   # one halving per width after the first (or also at it)
+    assert (sides[0], sides[-1]) == (first_side, last_side)   # a halving per further width (net-s2: at the first too)

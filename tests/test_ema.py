@@ -71,7 +71,7 @@ def test_validation_uses_the_average_and_training_resumes_from_the_live_weights(
         def before_epoch(self, learn):
             if not learn.training: seen_ema.append(ema.ema['0.weight'].clone())
         def after_epoch(self, learn):
-            if not learn.training: assert torch.equal(learn.model[0].weight, seen_ema[-1])  # the average throughout
+            if not learn.training: assert torch.equal(learn.model[0].weight, seen_ema[-1])  # all along
     lives = []
     class Live(Callback):
         order = 7

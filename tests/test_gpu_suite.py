@@ -1,4 +1,4 @@
-"""benchmarks/gpu_suite.sh on a CPU: its dry run finds every step and flag, and its real run refuses without a GPU."""
+"""benchmarks/gpu_suite.sh on a CPU: its dry run finds every step and flag; its real run refuses without a GPU."""
 import os
 import shutil
 import subprocess
