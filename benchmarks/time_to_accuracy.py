@@ -258,7 +258,7 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name
     cfg = {k: v for k, v in vars(args).items() if k not in ("seeds", 'json')}
     print(f"torch {torch.__version__}, {device} ({name}), {torch.get_num_threads()} threads; {len(dls.train)} "
-          f"batches a epoch; {cfg}", flush=True)
+          f"batches an epoch; {cfg}", flush=True)
     runs = []
     for seed in args.seeds or [args.seed]:
         runs.append(run(args, seed, device, dls))
