@@ -2,7 +2,7 @@
 
 `get_resnet(partial(GeneralRelu, leak=0.1, sub=0.4))` with kaiming init, AdamW (wd 0.01),
 `learn.fit_one_cycle(epochs, lr)`, batch size 256, `default_tfms(padding)` (random 1-pixel crop + flip; `--padding 0`
-flips only, `--erase` adds random erasing) applied on the device by `BatchTransformCB`; prints a metrics row per
+flips only, `--erase` adds random erasing) applied on the device by `InputTransformCB`; prints a metrics row per
 epoch and phase, the final test accuracy and, with `--tta`, the accuracy of the averaged probabilities on the test
 images and their mirror images. `--bf16` and
 `--channels-last` speed it up where the hardware has bfloat16 units (GPUs; CPUs with AMX or AVX512-BF16).
@@ -28,7 +28,7 @@ from torcheval.metrics import MulticlassAccuracy
 
 from miniai.accel import ChannelsLastCB, MixedPrecisionCB
 from miniai.activations import GeneralRelu
-from miniai.augment import BatchTransformCB, default_tfms, get_preds
+from miniai.augment import InputTransformCB, default_tfms, get_preds
 from miniai.datasets import DataLoaders, InMemoryLoader, get_dls
 from miniai.init import init_weights
 from miniai.learner import DeviceCB, MetricsCB, ProgressCB, TrainLearner, def_device, set_seed
@@ -75,10 +75,10 @@ def main(argv=None):
     print(f"{len(dls.train.dataset)} training, {len(dls.valid.dataset)} test images", flush=True)
 
     act = partial(GeneralRelu, leak=0.1, sub=0.4)
-    model = get_resnet(act, nfs=args.nfs, zero_bn=args.zero_bn).apply(partial(init_weights, leaky=0.1))
+    model = get_resnet(act, nfs=args.nfs, zero_bn=args.zero_bn).apply(partial(init_weights, leaky=0.1, linear=True))
     tfms = default_tfms(padding=args.padding, flip=not args.no_flip, erase=args.erase)
     print(f"augmentation: {tfms}")
-    cbs = [DeviceCB(args.device), BatchTransformCB(tfms), MetricsCB(accuracy=MulticlassAccuracy()),
+    cbs = [DeviceCB(args.device), InputTransformCB(tfms), MetricsCB(accuracy=MulticlassAccuracy()),
            ProgressCB(interactive=False)]
     if args.bf16: cbs.append(MixedPrecisionCB(torch.bfloat16))
     if args.channels_last: cbs.append(ChannelsLastCB())

@@ -33,7 +33,7 @@ from torcheval.metrics import MulticlassAccuracy
 from miniai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB
 from common import PhaseTimerCB, sync
 from miniai.activations import GeneralRelu
-from miniai.augment import BatchTransformCB, default_tfms
+from miniai.augment import InputTransformCB, default_tfms
 from miniai.callbacks import def_device, set_seed
 from miniai.datasets import DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls
 from miniai.init import init_weights
@@ -60,7 +60,7 @@ def make_dls(bs, device, limit):
 
 def make_model(nfs=(16, 32, 64, 128, 256, 512)):
     act = partial(GeneralRelu, leak=0.1, sub=0.4)
-    return get_resnet(act, nfs=nfs, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))
+    return get_resnet(act, nfs=nfs, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1, linear=True))
 
 
 def accel_cbs(args, device):
@@ -113,7 +113,7 @@ def main(argv=None):
     dls = make_dls(args.bs, device, args.limit)
     set_seed(args.seed)
     metrics, timer = MetricsCB(accuracy=MulticlassAccuracy()), PhaseTimerCB(device)
-    aug = [BatchTransformCB(default_tfms(padding=args.padding))] if args.aug else []
+    aug = [InputTransformCB(default_tfms(padding=args.padding))] if args.aug else []
     cbs = [DeviceCB(device)] + aug + accel_cbs(args, device)
     learn = TrainLearner(make_model(args.nfs), dls, F.cross_entropy, lr=args.lr, cbs=cbs,
                          opt_func=partial(torch.optim.AdamW, weight_decay=args.wd))

@@ -11,9 +11,10 @@ from functools import partial
 
 import torch
 
+from .callbacks import TrainCB
 from .core import CancelBatchException, Callback
 
-__all__ = ['MixedPrecisionCB', 'CompileCB', 'ChannelsLastCB']
+__all__ = ['MixedPrecisionCB', 'CompileCB', 'ChannelsLastCB', 'MixedPrecision', 'AccelerateCB']
 
 # After DeviceCB (-20) and BatchTransformCB (-10), so the batch is on its device and augmented in float32;
 # before TrainCB (0), schedulers (0) and MetricsCB (10).
@@ -249,3 +250,53 @@ class ChannelsLastCB(Callback):
 
     def before_batch(self, learn):
         if self.active: learn.batch = _channels_last(learn.batch)
+
+
+# ---------------------------------------------------------------- the course's accelerated TrainCBs
+class MixedPrecision(TrainCB):
+    """The course's mixed precision: a `TrainCB` (use it instead of one) whose predict and loss run under
+    `torch.autocast(device_type, dtype)` with a `GradScaler` for float16. Off CUDA, torch turns both off with a
+    warning and it trains in float32. `MixedPrecisionCB` is the one that works beside any learner and checks the
+    device first."""
+    order = -10  # after DeviceCB (-20)
+
+    def __init__(self, n_inp: int = 1, dtype: torch.dtype = torch.float16, device_type: str = 'cuda'):
+        super().__init__(n_inp=n_inp)
+        self.dtype, self.device_type = dtype, device_type
+
+    def before_fit(self, learn): self.scaler = torch.amp.GradScaler(self.device_type)
+
+    def before_batch(self, learn):
+        self.autocast = torch.autocast(self.device_type, dtype=self.dtype)
+        self.autocast.__enter__()
+        self._in_autocast = True
+
+    def after_loss(self, learn):
+        if self._in_autocast: self._in_autocast = False; self.autocast.__exit__(None, None, None)
+
+    def cleanup_batch(self, learn): self.after_loss(learn)  # a batch cancelled before its loss leaves autocast too
+
+    def backward(self, learn): self.scaler.scale(learn.loss).backward()
+
+    def step(self, learn):
+        self.scaler.step(learn.opt)
+        self.scaler.update()
+
+
+class AccelerateCB(TrainCB):
+    """The course's Hugging Face Accelerate `TrainCB`: `Accelerator(mixed_precision=...)` prepares the model, the
+    optimizer and both loaders at `before_fit` and does the backward pass. Needs `pip install accelerate`."""
+    order = -10
+
+    def __init__(self, n_inp: int = 1, mixed_precision: str = "fp16"):
+        super().__init__(n_inp=n_inp)
+        try: from accelerate import Accelerator
+        except ImportError as e:
+            raise ImportError("AccelerateCB needs Hugging Face Accelerate: pip install accelerate") from e
+        self.acc = Accelerator(mixed_precision=mixed_precision)
+
+    def before_fit(self, learn):
+        learn.model, learn.opt, learn.dls.train, learn.dls.valid = self.acc.prepare(
+            learn.model, learn.opt, learn.dls.train, learn.dls.valid)
+
+    def backward(self, learn): self.acc.backward(learn.loss)

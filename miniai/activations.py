@@ -12,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .callbacks import set_seed
 from .core import Callback
 
-__all__ = ['GeneralRelu', 'Hook', 'Hooks', 'HooksCallback', 'ActivationStats', 'append_stats', 'get_hist', 'get_min']
+__all__ = ['set_seed', 'GeneralRelu', 'Hook', 'Hooks', 'HooksCallback', 'ActivationStats', 'append_stats',
+           'get_hist', 'get_min']
 
 
 class GeneralRelu(nn.Module):
@@ -61,31 +63,49 @@ class Hooks(list):
 N_BINS, HIST_MAX = 40, 10.
 
 
+def _init_stats(hook):
+    # `stats` is the course's view (means, stds, histograms) of the same three lists
+    hook.means, hook.stds, hook.hists, hook.pending = [], [], [], []
+    hook.stats = (hook.means, hook.stds, hook.hists)
+
+
 def append_stats(hook, mod, inp, outp):
-    """Keep the mean, std and a 40-bin histogram of |activation| over [0, 10] for this batch, all detached."""
+    """Record the mean, std and a 40-bin histogram of |activation| over [0, 10] of this batch in `hook.stats`
+    (the lists `hook.means`, `hook.stds`, `hook.hists`), created on the first call; use with `Hook`/`Hooks`/
+    `HooksCallback`.
+
+    Under `ActivationStats` the numbers stay on the device until the epoch ends (copying 42 numbers to the host
+    per layer per batch would sync); elsewhere they are copied at once, so `hook.stats` is always up to date.
+    """
+    if not hasattr(hook, 'pending'): _init_stats(hook)
     acts = outp.detach().float()
-    summary = torch.cat([torch.stack([acts.mean(), acts.std()]), acts.abs().histc(N_BINS, 0, HIST_MAX)])
-    # stay on the device until the epoch ends: copying 42 numbers to the host per layer per batch would sync
-    hook.pending.append(summary)
+    hook.pending.append(torch.cat([torch.stack([acts.mean(), acts.std()]), acts.abs().histc(N_BINS, 0, HIST_MAX)]))
+    if not getattr(hook, 'deferred', False): _flush(hook)
 
 
 def _flush(hook):
-    if hook.pending:
+    if getattr(hook, 'pending', None):
         rows = torch.stack(hook.pending).cpu()
-        hook.means += rows[:, 0].tolist()
+        hook.means += rows[:, 0].tolist()   # `+=` extends in place: `hook.stats` sees the new numbers
         hook.stds += rows[:, 1].tolist()
         hook.hists += list(rows[:, 2:])
         hook.pending = []
 
 
+def _hists(h):
+    if not getattr(h, 'stats', None) or not len(h.stats[2]):
+        raise ValueError("this hook has no histograms yet: record some with append_stats during a forward pass")
+    return torch.stack(list(h.stats[2])).t().float()
+
+
 def get_hist(h) -> torch.Tensor:
-    """Bins × batches, log(1 + count): the picture `color_dim` draws."""
-    return torch.stack(h.hists).t().float().log1p()
+    """Bins × batches, log(1 + count) of the histograms in `h.stats[2]`: the picture `color_dim` draws."""
+    return _hists(h).log1p()
 
 
 def get_min(h) -> torch.Tensor:
     """Per batch, the share of activations in the lowest bin (|a| < 0.25): how much of the layer is dead."""
-    hist = torch.stack(h.hists).t().float()
+    hist = _hists(h)
     return hist[0] / hist.sum(0).clamp_min(1)
 
 
@@ -124,7 +144,9 @@ class ActivationStats(HooksCallback):
         super().__init__(append_stats, mod_filter)
         self.with_hist = with_hist
 
-    def init_hook(self, h): h.means, h.stds, h.hists, h.pending = [], [], [], []
+    def init_hook(self, h):
+        _init_stats(h)
+        h.deferred = True  # flushed once per epoch, not per batch
 
     def after_epoch(self, learn):
         for h in self.hooks: _flush(h)

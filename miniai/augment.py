@@ -1,15 +1,19 @@
 """Batch augmentation on the device, and predictions with test-time augmentation.
 
-`BatchTransformCB` applies a transform to each batch's inputs. The transforms (`RandCrop`, `RandHFlip`,
+`InputTransformCB` applies a transform to each training batch's inputs (`BatchTransformCB`, re-exported from
+`miniai.init`, to the whole batch). The transforms (`RandCrop`, `RandHFlip`,
 `RandErase`, and the functions under them) draw their randomness per image from torch's global RNG on the batch's
 device: vectorised, with no host sync, and repeatable with `set_seed`. torchvision's v2 transforms draw one set of
-parameters per call, i.e. one crop for a whole batch, which is why these are hand-written. `CapturePreds` and
-`get_preds` collect a loader's predictions (with `tta=True`, averaged with those on flipped images).
+parameters per call, i.e. one crop for a whole batch, which is why these are hand-written. The course's
+`rand_erase`/`rand_copy` (one set of rectangles for the whole batch, in place) are here too. `CapturePreds`,
+`capture_preds` and `get_preds` collect a loader's predictions (with `tta=True`, averaged with those on flipped
+images); `summary` and `show_image_batch` also work on a learner, as the course's `Learner` methods do.
 Explained in nbs/07_augment.ipynb.
 """
 from __future__ import annotations
 
 import copy
+import random
 from collections.abc import Callable
 from types import SimpleNamespace
 
@@ -17,16 +21,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callbacks import to_cpu
-from .core import Callback
+from .callbacks import SingleBatchCB, to_cpu
+from .core import CancelFitException, Callback, _cb_list
+from .init import BatchTransformCB, summary
 
-__all__ = ['BatchTransformCB', 'random_crop', 'hflip', 'random_hflip', 'random_erase', 'RandCrop', 'RandHFlip',
-           'RandErase', 'default_tfms', 'show_image_batch', 'CapturePreds', 'get_preds']
+__all__ = ['summary', 'show_image_batch', 'CapturePreds', 'capture_preds', '_rand_erase1', 'rand_erase', 'RandErase',
+           '_rand_copy1', 'rand_copy', 'RandCopy', 'BatchTransformCB', 'InputTransformCB', 'random_crop', 'hflip',
+           'random_hflip', 'random_erase', 'RandCrop', 'RandHFlip', 'default_tfms', 'get_preds']
 
 
-class BatchTransformCB(Callback):
+class InputTransformCB(Callback):
     """Replace the batch's inputs `learn.batch[0]` by `tfm(inputs)` on training (`on_train`) and/or validation
-    (`on_val`) batches, after `DeviceCB` has moved them."""
+    (`on_val`) batches, after `DeviceCB` has moved them: the usual way to augment (targets are left alone)."""
     order = -10  # after DeviceCB (-20): the transform runs on the batch's device
 
     def __init__(self, tfm: Callable, on_train: bool = True, on_val: bool = False):
@@ -124,20 +130,77 @@ class RandHFlip(nn.Module):
     def extra_repr(self): return f'p={self.p}'
 
 
+def _check_pct_num(pct, max_num):
+    if not 0 < pct <= 1: raise ValueError(f"pct must be in (0, 1], got {pct}")
+    if max_num < 0: raise ValueError(f"max_num must be >= 0, got {max_num}")
+
+
 class RandErase(nn.Module):
-    """`random_erase(x, pct, max_num)` as a module: up to `max_num` noise rectangles of side `pct` per image."""
+    """Up to `max_num` noise rectangles of side `pct`: `rand_erase` (the course's: the same rectangles in every
+    image of the batch, in place), or with `per_image=True` `random_erase` (drawn per image, on the device)."""
+    def __init__(self, pct: float = 0.2, max_num: int = 4, per_image: bool = False):
+        super().__init__()
+        _check_pct_num(pct, max_num)
+        self.pct, self.max_num, self.per_image = pct, max_num, per_image
+
+    def forward(self, x):
+        return (random_erase if self.per_image else rand_erase)(x, self.pct, self.max_num)
+
+    def extra_repr(self): return f'pct={self.pct}, max_num={self.max_num}, per_image={self.per_image}'
+
+
+# ---------------------------------------------------------------- the course's whole-batch erase and copy
+def _patch(x: torch.Tensor, pct: float) -> tuple[slice, slice]:
+    """A random window of `pct` of the height and width of the images in `x` (the last two axes)."""
+    h, w = x.shape[-2:]
+    sh, sw = int(pct * h), int(pct * w)
+    top, left = int(random.random() * (1 - pct) * h), int(random.random() * (1 - pct) * w)
+    return slice(top, top + sh), slice(left, left + sw)
+
+
+def _rand_erase1(x: torch.Tensor, pct: float, xm, xs, mn, mx):
+    """Fill one random `pct` window of every image of `x` with noise of mean `xm` and std `xs`, then clamp `x` to
+    [`mn`, `mx`]; in place."""
+    rows, cols = _patch(x, pct)
+    x[..., rows, cols] = torch.randn_like(x[..., rows, cols]) * xs + xm
+    x.clamp_(mn, mx)
+
+
+def rand_erase(x: torch.Tensor, pct: float = 0.2, max_num: int = 4) -> torch.Tensor:
+    """Erase 0 to `max_num` random `pct` windows (the same ones in every image of the batch `x`) with noise of the
+    batch's mean and std, kept in the batch's range; `x` is changed in place and returned."""
+    if not x.is_floating_point(): raise TypeError(f"rand_erase needs float images, got {x.dtype}")
+    xm, xs, mn, mx = x.mean(), x.std(), x.min(), x.max()
+    for _ in range(random.randint(0, max_num)): _rand_erase1(x, pct, xm, xs, mn, mx)
+    return x
+
+
+def _rand_copy1(x: torch.Tensor, pct: float):
+    """Copy one random `pct` window of every image of `x` onto another random window of the same size; in place."""
+    dst, src = _patch(x, pct), _patch(x, pct)
+    x[..., dst[0], dst[1]] = x[..., src[0], src[1]].clone()  # the windows may overlap
+
+
+def rand_copy(x: torch.Tensor, pct: float = 0.2, max_num: int = 4) -> torch.Tensor:
+    """Copy 0 to `max_num` random `pct` windows of the batch `x` elsewhere in the images (the same in every image),
+    so the images keep their own texture instead of noise; `x` is changed in place and returned."""
+    for _ in range(random.randint(0, max_num)): _rand_copy1(x, pct)
+    return x
+
+
+class RandCopy(nn.Module):
+    """`rand_copy(x, pct, max_num)` as a module."""
     def __init__(self, pct: float = 0.2, max_num: int = 4):
         super().__init__()
-        if not 0 < pct <= 1: raise ValueError(f"pct must be in (0, 1], got {pct}")
-        if max_num < 0: raise ValueError(f"max_num must be >= 0, got {max_num}")
+        _check_pct_num(pct, max_num)
         self.pct, self.max_num = pct, max_num
 
-    def forward(self, x): return random_erase(x, self.pct, self.max_num)
+    def forward(self, x): return rand_copy(x, self.pct, self.max_num)
     def extra_repr(self): return f'pct={self.pct}, max_num={self.max_num}'
 
 
 def default_tfms(padding: int = 1, flip: bool = True, erase: bool = False) -> nn.Sequential:
-    """Fashion-MNIST training augmentation: `RandCrop(padding=padding)`, `RandHFlip()` if `flip`, `RandErase()`
+    """Fashion-MNIST training augmentation: `RandCrop(padding=padding)`, `RandHFlip()` if `flip`, `RandErase(per_image=True)`
     if `erase`.
 
     The course's choice (14_augment: a 1-pixel crop and flips reach 0.943 in 20 epochs; 0.947 here). Its items
@@ -147,13 +210,18 @@ def default_tfms(padding: int = 1, flip: bool = True, erase: bool = False) -> nn
     """
     tfms = [RandCrop(padding=padding)] if padding else []
     if flip: tfms.append(RandHFlip())
-    if erase: tfms.append(RandErase())
+    if erase: tfms.append(RandErase(per_image=True))
     return nn.Sequential(*tfms)
 
 
-def show_image_batch(x: torch.Tensor, n: int = 16, nrows: int | None = None, titles=None, imsize: float = 1.5,
-                     cmap: str = 'gray'):
-    """The first `n` images of the batch `x` (`(N, C, H, W)` or `(N, H, W)`) in a grid; returns the figure."""
+def _flops(x: torch.Tensor, h: int, w: int) -> int:
+    """Multiply-adds per item of the parameter `x` in a layer whose output is `h`×`w`: a conv kernel (4-d) is used
+    at every output position, a weight matrix or bias once."""
+    return x.numel() * h * w if x.dim() == 4 else x.numel()
+
+
+def _show_tensors(x: torch.Tensor, n: int = 16, nrows: int | None = None, titles=None, imsize: float = 1.5,
+                  cmap: str = 'gray'):
     import matplotlib.pyplot as plt
     x = to_cpu(_images(x[:n])).float()
     n = len(x)
@@ -169,14 +237,50 @@ def show_image_batch(x: torch.Tensor, n: int = 16, nrows: int | None = None, tit
     return fig
 
 
+class _GrabBatch(Callback):
+    """Keep the first training batch as the model would get it (after every `before_batch`), then stop the fit
+    before anything is computed: showing a batch never trains."""
+    order = 1000
+
+    def before_batch(self, learn):
+        self.batch = learn.batch
+        raise CancelFitException()
+
+
+def show_image_batch(x, max_n: int | None = None, cbs=None, **kwargs):
+    """Show the first images of a batch in a grid; returns the figure.
+
+    `x` is a learner (the course's `learn.show_image_batch(max_n=9, cbs=None, **kwargs)`): its first training
+    batch, after the learner's callbacks and `cbs` have transformed it, `max_n` images, `kwargs` to
+    `miniai.datasets.show_images` (`nrows`, `ncols`, `titles`, `imsize`, ...). No step is taken.
+    Or `x` is a batch of images `(N, C, H, W)` or `(N, H, W)`: `kwargs` are `n` (default 16), `nrows`, `titles`,
+    `imsize` (1.5), `cmap` ('gray').
+    """
+    if isinstance(x, torch.Tensor):
+        if max_n is not None: kwargs.setdefault('n', max_n)
+        if cbs is not None: raise TypeError("cbs only apply when showing a learner's batch, not a tensor")
+        return _show_tensors(x, **kwargs)
+    if not hasattr(x, 'fit'):
+        raise TypeError(f"show_image_batch needs a Learner or a tensor of images, got {type(x).__name__}")
+    import matplotlib.pyplot as plt
+
+    from .datasets import show_images
+    grab = _GrabBatch()
+    x.fit(1, valid=False, cbs=[grab] + _cb_list(cbs), start_epoch=0)
+    if not hasattr(grab, 'batch'): raise ValueError("the learner's training loader gave no batch")
+    show_images(to_cpu(grab.batch[0][:9 if max_n is None else max_n]), **kwargs)
+    return plt.gcf()
+
+
 # ---------------------------------------------------------------- predictions
 class CapturePreds(Callback):
-    """Keep the validation phase's predictions `preds`, targets `targs` (and inputs `inputs` with `with_input`).
+    """Keep the validation phase's predictions `preds`, targets `targs` and inputs `inputs` (unless
+    `with_input=False`); `all_preds`, `all_targs`, `all_inps` are the course's names for them.
 
     Batches stay on the device until the epoch ends, then are concatenated and copied to the CPU once. With
     `tta_tfm`, `preds` holds softmax probabilities averaged over the inputs and `tta_tfm(inputs)`.
     """
-    def __init__(self, with_input: bool = False, tta_tfm: Callable | None = None):
+    def __init__(self, with_input: bool = True, tta_tfm: Callable | None = None):
         self.with_input, self.tta_tfm = with_input, tta_tfm
         self.preds = self.targs = self.inputs = None
 
@@ -198,6 +302,10 @@ class CapturePreds(Callback):
         self.inputs = to_cpu(torch.cat(self._inputs)) if self.with_input else None
 
     def cleanup_fit(self, learn): self._preds, self._targs, self._inputs = [], [], []
+
+    all_preds = property(lambda self: self.preds)
+    all_targs = property(lambda self: self.targs)
+    all_inps = property(lambda self: self.inputs)
 
 
 # what `fit` leaves on the learner; get_preds puts it back as it was
@@ -236,3 +344,15 @@ def get_preds(learn, dl=None, with_input: bool = False, tta: bool = False,
             else: vars(learn).pop(k, None)
     if cb.preds is None: raise ValueError("get_preds saw no complete validation epoch: is the loader empty?")
     return (cb.inputs, cb.preds, cb.targs) if with_input else (cb.preds, cb.targs)
+
+
+def capture_preds(learn, cbs=None, inps: bool = False) -> tuple[torch.Tensor, ...]:
+    """The course's `learn.capture_preds()`: `(preds, targs)` over the validation set, or `(preds, targs, inputs)`
+    with `inps`, as CPU tensors; `cbs` (one callback or a list) join the learner's for this pass, e.g. a
+    `BatchTransformCB` that flips the validation images for test-time augmentation. See `get_preds`.
+    """
+    extra = _cb_list(cbs)
+    learn.add_cbs(extra)
+    try: res = get_preds(learn, with_input=inps)
+    finally: learn.remove_cbs(extra)
+    return (*res[1:], res[0]) if inps else res

@@ -164,7 +164,7 @@ class MetricsCB(Callback):
             self._loss_sum, self._count = self.reducer(self.metrics, self._loss_sum, self._count)
         row = {k: float(m.compute()) for k, m in self.metrics.items()}
         row['loss'] = float(self._loss_sum) / self._count if self._count else float('nan')
-        row.update(epoch=learn.epoch, phase='train' if learn.training else 'eval',
+        row.update(epoch=learn.epoch, phase='train' if learn.model.training else 'eval',
                    seconds=time.perf_counter() - self._start)
         self.history.append(row)
         self._log(row)

@@ -74,3 +74,8 @@ def run_cbs(cbs, method_nm: str, learn=None):
     for cb in _sorted(cbs):
         method = getattr(cb, method_nm, None)
         if method is not None: call_cb(cb, method, method_nm, learn)
+
+
+def _cb_list(cbs) -> list:
+    """`cbs` as a list: `None` gives `[]` and a single callback `[cb]`, as the course accepts wherever it takes cbs."""
+    return [] if cbs is None else [cbs] if isinstance(cbs, Callback) else list(cbs)

@@ -12,15 +12,38 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import (EVENTS, STEPS, CancelBatchException, CancelEpochException, CancelFitException, Callback,
-                   call_cb, check_callback, run_cbs)
+                   _cb_list, call_cb, check_callback, run_cbs)
 from .callbacks import (DeviceCB, MetricsCB, ProgressCB, SingleBatchCB, TrainCB, def_device, loss_with_context,
                         set_seed, to_cpu, to_device)
-from .lr_finder import LRFinderCB
+from .lr_finder import LRFinderCB, lr_find
 
 __all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException', 'Callback', 'run_cbs',
            'Learner', 'TrainLearner', 'MomentumLearner',
            'TrainCB', 'DeviceCB', 'SingleBatchCB', 'MetricsCB', 'ProgressCB', 'def_device', 'to_device', 'to_cpu',
-           'set_seed', 'LRFinderCB']
+           'set_seed', 'LRFinderCB', 'lr_find', 'with_cbs']
+
+_CANCELS = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException}
+
+
+class with_cbs:
+    """Decorator for a method of a learner-like object `o`: run `o.callback('before_<nm>')`, the method, then
+    `after_<nm>`; `Cancel<Nm>Exception` skips the rest, `cleanup_<nm>` always runs (the course's loop builder)."""
+    def __init__(self, nm: str):
+        if nm not in _CANCELS: raise ValueError(f"with_cbs stage must be one of {', '.join(_CANCELS)}; got {nm!r}")
+        self.nm = nm
+
+    def __call__(self, f):
+        nm, cancel = self.nm, _CANCELS[self.nm]
+
+        def _f(o, *args, **kwargs):
+            try:
+                o.callback(f'before_{nm}')
+                f(o, *args, **kwargs)
+                o.callback(f'after_{nm}')
+            except cancel: pass
+            finally: o.callback(f'cleanup_{nm}')
+        _f.__name__, _f.__qualname__, _f.__doc__ = f.__name__, f.__qualname__, f.__doc__
+        return _f
 
 
 def _check_dls(dls):
@@ -42,17 +65,18 @@ class Learner:
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, _check_dls(dls), loss_func, lr, opt_func
         self.cbs, self.opt, self.training, self.epoch, self.iter_count = [], None, False, 0, 0
         self.pending_cb_states, self.resume_epoch = {}, None  # set by `load`, used by the next fit
-        self.add_cbs(cbs or [])
+        self.add_cbs(cbs)
 
     # --- callbacks -----------------------------------------------------------------------------------------
     def add_cbs(self, cbs):
-        """Add callbacks after checking each is a `Callback` with only real event names."""
-        for cb in cbs: self.cbs.append(check_callback(cb))
+        """Add callbacks (a list, or one) after checking each is a `Callback` with only real event names."""
+        for cb in _cb_list(cbs): self.cbs.append(check_callback(cb))
         self._table = None
         return self
 
     def remove_cbs(self, cbs):
-        for cb in cbs:
+        """Remove callbacks (a list, or one) that the learner holds."""
+        for cb in _cb_list(cbs):
             if cb in self.cbs: self.cbs.remove(cb)
         self._table = None
         return self
@@ -137,7 +161,7 @@ class Learner:
         if start_epoch >= n_epochs:
             raise ValueError(f"nothing to train: starting at epoch {start_epoch} of a {n_epochs}-epoch fit (a loaded "
                              "checkpoint continues after its epoch; pass start_epoch=0 to train from the start)")
-        cbs = list(cbs or [])
+        cbs = _cb_list(cbs)
         self.add_cbs(cbs)
         self.apply_pending_cb_states()
         try:
@@ -184,11 +208,29 @@ class Learner:
     def zero_grad(self): self.callback('zero_grad')
 
     # --- conveniences built on fit -------------------------------------------------------------------------
-    def lr_find(self, start_lr=1e-7, end_lr=10, num_it=100, stop_div=True, show_plot=True, **kwargs):
-        """Sweep the lr exponentially over training batches; see `miniai.lr_finder.lr_find`."""
-        from .lr_finder import lr_find
-        return lr_find(self, start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div,
-                       show_plot=show_plot, **kwargs)
+    def lr_find(self, gamma=None, max_mult=3, start_lr=None, max_epochs=None, **kwargs):
+        """Sweep the lr exponentially over training batches and restore everything: the course's
+        `(gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10)` or `(start_lr=1e-7, end_lr=10, num_it=100)`;
+        see `miniai.lr_finder.lr_find`."""
+        return lr_find(self, gamma, max_mult, start_lr, max_epochs, **kwargs)
+
+    def summary(self, xb=None, mods=None):
+        """Input and output shapes, parameters and MFLOPS of each of the model's layers on a training batch (a
+        markdown table in a notebook); see `miniai.init.summary`."""
+        from .init import summary
+        return summary(self, xb, mods)
+
+    def show_image_batch(self, max_n: int = 9, cbs=None, **kwargs):
+        """Show `max_n` images of the first training batch as the model gets it (after the callbacks and `cbs`
+        have transformed it), without training; see `miniai.augment.show_image_batch`."""
+        from .augment import show_image_batch
+        return show_image_batch(self, max_n, cbs, **kwargs)
+
+    def capture_preds(self, cbs=None, inps: bool = False):
+        """`(preds, targs)` (and the inputs with `inps`) over the validation set; `cbs` join for this pass; see
+        `miniai.augment.capture_preds`."""
+        from .augment import capture_preds
+        return capture_preds(self, cbs, inps)
 
     def fit_one_cycle(self, n_epochs: int, lr_max: float | None = None, pct_start: float = 0.25,
                       moms=(0.95, 0.85, 0.95), wd: float | None = None, cbs=None, **kwargs):

@@ -13,22 +13,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .core import CancelEpochException, CancelFitException, Callback
+from .core import CancelEpochException, CancelFitException, Callback, _cb_list
 from .distributed import all_reduce_mean, is_main_process
 
 __all__ = ['LRFinderCB', 'LRFinderResult', 'lr_find', 'valley', 'steep', 'minimum']
 
 
 class LRFinderCB(Callback):
-    """Multiply the lr by `gamma` after each training batch; stop once the smoothed loss passes `max_mult` × its
-    minimum (with `stop_div`), turns non-finite, or after `num_it` batches. Skips validation. Under torch.distributed
-    it sees the mean loss over the ranks, so every rank stops at the same batch."""
+    """Multiply the lr by `gamma` after each training batch; stop once the loss passes `max_mult` × its minimum
+    (with `stop_div`), turns non-finite, or after `num_it` batches. Skips validation; `show_plot` draws loss against
+    lr when the fit ends (as the course's does). The loss compared is smoothed with `beta` (0: the raw loss, as
+    in the course; `lr_find` uses 0.98). Under torch.distributed it sees the mean loss over the ranks, so every
+    rank stops at the same batch."""
     order = 5  # after TrainCB has computed the loss
 
     def __init__(self, gamma: float = 1.3, max_mult: float = 3, num_it: int | None = None, stop_div: bool = True,
-                 beta: float = 0.98):
+                 beta: float = 0., show_plot: bool = True):
         if gamma <= 1: raise ValueError(f"gamma must be > 1 for a rising sweep, got {gamma}")
+        if not 0 <= beta < 1: raise ValueError(f"beta must be in [0, 1), got {beta}")
         self.gamma, self.max_mult, self.num_it, self.stop_div, self.beta = gamma, max_mult, num_it, stop_div, beta
+        self.show_plot = show_plot
 
     def before_fit(self, learn):
         self.lrs, self.losses, self.smoothed, self._avg, self.min = [], [], [], 0., math.inf
@@ -49,6 +53,12 @@ class LRFinderCB(Callback):
         if self.stop_div and smooth > self.max_mult * self.min: raise CancelFitException()
         if self.num_it is not None and len(self.losses) >= self.num_it: raise CancelFitException()
         for g in learn.opt.param_groups: g['lr'] *= self.gamma
+
+    def cleanup_fit(self, learn):
+        if not (self.show_plot and self.lrs and is_main_process()): return
+        import matplotlib.pyplot as plt
+        plt.plot(self.lrs, self.losses)
+        plt.xscale('log')
 
 
 def _finite(lrs, losses):
@@ -136,23 +146,43 @@ def _opt_restore(opt, snap):
     elif snap.get('lr') is not None: opt.lr = snap['lr']
 
 
-def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10, num_it: int = 100, stop_div: bool = True,
-            show_plot: bool = True, max_mult: float = 3) -> LRFinderResult:
-    """Sweep the lr from `start_lr` to `end_lr` over `num_it` training batches; put everything back afterwards."""
-    if not 0 < start_lr < end_lr: raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
-    if num_it < 2: raise ValueError(f"num_it must be >= 2, got {num_it}")
+def lr_find(learn, gamma: float | None = None, max_mult: float = 3, start_lr: float | None = None,
+            max_epochs: int | None = None, *, end_lr: float | None = None, num_it: int | None = None,
+            stop_div: bool = True, show_plot: bool = True, cbs=None) -> LRFinderResult:
+    """Sweep the lr exponentially over training batches, then put everything back; returns what it saw.
+
+    Two ways to call it:
+    - the course's `lr_find(gamma=1.3, max_mult=3, start_lr=1e-5, max_epochs=10)`: from `start_lr`, multiply the
+      lr by `gamma` after each batch until the loss passes `max_mult` × its minimum (or `max_epochs` end);
+    - `lr_find(start_lr=1e-7, end_lr=10, num_it=100)`: from `start_lr` to `end_lr` in `num_it` batches.
+    Giving `end_lr` or `num_it` picks the second. `cbs` (one callback or a list) join the learner's for the sweep.
+    The loss is smoothed before it is compared (and the suggestions read); the model, the optimizer, the lr and
+    torch's RNG are restored exactly, so finding an lr never changes the training that follows.
+    """
+    if end_lr is not None or num_it is not None:
+        if gamma is not None or max_epochs is not None:
+            raise ValueError("give either gamma/max_epochs (the course's sweep) or end_lr/num_it, not both")
+        start_lr = 1e-7 if start_lr is None else start_lr
+        end_lr, num_it = (10 if end_lr is None else end_lr), (100 if num_it is None else num_it)
+        if not 0 < start_lr < end_lr: raise ValueError(f"need 0 < start_lr < end_lr, got {start_lr} and {end_lr}")
+        if num_it < 2: raise ValueError(f"num_it must be >= 2, got {num_it}")
+        gamma, n_epochs = (end_lr / start_lr) ** (1 / (num_it - 1)), num_it
+    else:
+        gamma, start_lr = (1.3 if gamma is None else gamma), (1e-5 if start_lr is None else start_lr)
+        n_epochs = 10 if max_epochs is None else max_epochs
+        if not start_lr > 0: raise ValueError(f"start_lr must be > 0, got {start_lr}")
+    cb = LRFinderCB(gamma=gamma, max_mult=max_mult, num_it=num_it, stop_div=stop_div, beta=0.98, show_plot=False)
     learn._check_train_loader()
     model_state = copy.deepcopy(learn.model.state_dict())
     had_opt, opt_state = learn.opt is not None, _opt_snapshot(learn.opt)
     rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
     all_cbs = list(learn.cbs)
-    cb = LRFinderCB(gamma=(end_lr / start_lr) ** (1 / (num_it - 1)), max_mult=max_mult, num_it=num_it,
-                    stop_div=stop_div)
     # callbacks that keep records (metrics, checkpoints) sit the sweep out
     learn.cbs[:] = [c for c in all_cbs if not getattr(c, 'lr_find_excluded', False)]
     try:
-        # num_it epochs: a bound however short DDPCB's shards make them; LRFinderCB stops after num_it batches
-        learn.fit(num_it, valid=False, lr=start_lr, cbs=[cb], start_epoch=0)  # a loaded checkpoint stays pending
+        # with num_it, num_it epochs: a bound however short DDPCB's shards make them (LRFinderCB stops after num_it
+        # batches); start_epoch=0 leaves a loaded checkpoint's resume epoch pending for the real fit
+        learn.fit(n_epochs, valid=False, lr=start_lr, cbs=[cb] + _cb_list(cbs), start_epoch=0)
     finally:
         learn.cbs[:] = all_cbs
         learn.model.load_state_dict(model_state)

@@ -1,4 +1,4 @@
-"""Residual networks for 28×28 single-channel images: `ResBlock` and `get_resnet`.
+"""Residual networks for 28×28 single-channel images: `ResBlock`, `get_resnet` and the course's `act_gr`.
 
 Explained in nbs/06_resnet.ipynb (the course's Fashion-MNIST ResNet, with a global
 average pooling head so any input size and any `nfs` work).
@@ -6,30 +6,42 @@ average pooling head so any input size and any `nfs` work).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 from torch import nn
 
+from .activations import GeneralRelu
 from .conv import conv
 
-__all__ = ['ResBlock', 'get_resnet']
+__all__ = ['act_gr', '_conv_block', 'ResBlock', 'get_resnet']
+
+act_gr = partial(GeneralRelu, leak=0.1, sub=0.4)
+act_gr.__doc__ = "The course's activation: `GeneralRelu(leak=0.1, sub=0.4)`, a leaky ReLU shifted down by 0.4."
+
+
+def _conv_block(ni: int, nf: int, stride: int, act=act_gr, norm=None, ks: int = 3) -> nn.Sequential:
+    """A `ks` conv `ni`→`nf` with `act`, then a `ks` conv `nf`→`nf` with `stride` and no activation: the
+    residual branch of a `ResBlock` (the first conv keeps the resolution, the second one strides)."""
+    return nn.Sequential(conv(ni, nf, ks=ks, stride=1, act=act, norm=norm),
+                         conv(nf, nf, ks=ks, stride=stride, act=None, norm=norm))
 
 
 class ResBlock(nn.Module):
     """`act(convs(x) + idconv(pool(x)))`: two `ks` convs (`ni`→`nf`, the second with `stride`) beside a shortcut.
 
+    The defaults are the course's: `act=act_gr` and no norm (`get_resnet` passes `nn.ReLU` and `nn.BatchNorm2d`).
     The shortcut is the identity, or a 1×1 conv when `ni != nf`, after a 2×2 average pool when `stride == 2`.
     `zero_bn=True` starts the second conv's norm at weight 0, so a new block computes `act(shortcut(x))` (Goyal
     et al. 2017, fastai's `NormType.BatchZero`): it steadies very deep stacks, but it is off by default, as in the
     course, because on this six-block network it slows short runs (5 epochs on Fashion-MNIST: 0.920 with it,
     0.931 without; README, "ResNet results").
     """
-    def __init__(self, ni: int, nf: int, stride: int = 1, ks: int = 3, act=nn.ReLU, norm=nn.BatchNorm2d,
+    def __init__(self, ni: int, nf: int, stride: int = 1, ks: int = 3, act=act_gr, norm=None,
                  zero_bn: bool = False):
         super().__init__()
         if stride not in (1, 2): raise ValueError(f"stride must be 1 or 2, got {stride}")
-        # course order: the first conv keeps the resolution, the second one strides
-        self.convs = nn.Sequential(conv(ni, nf, ks=ks, stride=1, act=act, norm=norm),
-                                   conv(nf, nf, ks=ks, stride=stride, act=None, norm=norm))
+        if zero_bn and not norm: raise ValueError("zero_bn=True needs a norm layer, e.g. norm=nn.BatchNorm2d")
+        self.convs = _conv_block(ni, nf, stride, act=act, norm=norm, ks=ks)
         last_norm = self.convs[-1][-1] if norm else None
         if zero_bn and getattr(last_norm, 'weight', None) is not None: nn.init.zeros_(last_norm.weight)
         self.idconv = nn.Identity() if ni == nf else conv(ni, nf, ks=1, stride=1, act=None)

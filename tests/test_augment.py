@@ -1,4 +1,4 @@
-"""Batch augmentation (per-image, on the device, seeded), BatchTransformCB, CapturePreds and get_preds with TTA."""
+"""Batch augmentation (per-image, on the device, seeded), InputTransformCB, CapturePreds and get_preds with TTA."""
 import copy
 
 import pytest
@@ -10,7 +10,7 @@ from torcheval.metrics import MulticlassAccuracy
 
 from conftest import DLs, tiny_cnn, toy_images
 import miniai.augment
-from miniai.augment import (BatchTransformCB, CapturePreds, RandCrop, RandErase, RandHFlip, default_tfms,
+from miniai.augment import (CapturePreds, InputTransformCB, RandCrop, RandErase, RandHFlip, default_tfms,
                             get_preds, hflip, random_crop, random_erase, random_hflip, show_image_batch)
 from miniai.learner import Callback, DeviceCB, MetricsCB, ProgressCB, TrainLearner, set_seed
 
@@ -18,7 +18,7 @@ from miniai.learner import Callback, DeviceCB, MetricsCB, ProgressCB, TrainLearn
 def test_all_names_resolve():
     ns = {}
     exec('from miniai.augment import *', ns)
-    assert set(miniai.augment.__all__) <= set(ns) and not [n for n in miniai.augment.__all__ if n.startswith('_')]
+    assert set(miniai.augment.__all__) <= set(ns)
 
 
 # ---------------------------------------------------------------- the transforms
@@ -80,11 +80,12 @@ def test_random_erase_fills_rectangles_with_in_range_noise():
 
 def test_transforms_compose_keep_shape_dtype_and_change_inputs():
     x = torch.randn(16, 1, 28, 28)
-    tfm = nn.Sequential(RandCrop(padding=2), RandHFlip(), RandErase())
+    tfm = nn.Sequential(RandCrop(padding=2), RandHFlip(), RandErase(per_image=True))
     out = tfm(x)
     assert out.shape == x.shape and out.dtype == x.dtype and not torch.equal(out, x)
     assert [type(m) for m in default_tfms()] == [RandCrop, RandHFlip]
-    assert [type(m) for m in default_tfms(padding=0, flip=False, erase=True)] == [RandErase]
+    erase, = default_tfms(padding=0, flip=False, erase=True)
+    assert type(erase) is RandErase and erase.per_image
 
 
 def test_transforms_repeat_under_set_seed_and_differ_across_seeds():
@@ -106,9 +107,9 @@ def test_show_image_batch_draws_n_images():
     plt.close(fig2)
 
 
-# ---------------------------------------------------------------- BatchTransformCB
+# ---------------------------------------------------------------- InputTransformCB
 class RecordInputs(Callback):
-    order = -5  # after BatchTransformCB: sees what the model sees
+    order = -5  # after InputTransformCB: sees what the model sees
 
     def __init__(self): self.train, self.valid = [], []
     def before_batch(self, learn): (self.train if learn.training else self.valid).append(learn.batch[0].clone())
@@ -121,30 +122,38 @@ def _ordered_dls(n=100, bs=32):
 
 
 @pytest.mark.parametrize('on_train,on_val', [(True, False), (False, True), (True, True)])
-def test_batch_transform_cb_phases(on_train, on_val):
+def test_input_transform_cb_phases(on_train, on_val):
     dls, x = _ordered_dls()
     rec = RecordInputs()
     learn = TrainLearner(tiny_cnn(), dls, F.cross_entropy, lr=0.01,
-                         cbs=[rec, BatchTransformCB(RandCrop(padding=2), on_train, on_val)])
+                         cbs=[rec, InputTransformCB(RandCrop(padding=2), on_train, on_val)])
     learn.fit(1)
-    assert DeviceCB.order < BatchTransformCB.order < RecordInputs.order
+    assert DeviceCB.order < InputTransformCB.order < RecordInputs.order
     assert torch.equal(torch.cat(rec.train), x) != on_train
     assert torch.equal(torch.cat(rec.valid), x) != on_val
     assert all(b.shape[1:] == x.shape[1:] and b.dtype == x.dtype for b in rec.train + rec.valid)
 
 
-def test_batch_transform_cb_is_seeded_and_rejects_non_callables():
+def test_input_transform_cb_defaults_to_training_batches_only():
+    dls, x = _ordered_dls()
+    rec = RecordInputs()
+    learn = TrainLearner(tiny_cnn(), dls, F.cross_entropy, lr=0.01, cbs=[rec, InputTransformCB(lambda b: b + 1)])
+    learn.fit(1)
+    assert torch.equal(torch.cat(rec.train), x + 1) and torch.equal(torch.cat(rec.valid), x)
+
+
+def test_input_transform_cb_is_seeded_and_rejects_non_callables():
     def run(seed):
         torch.manual_seed(0)
         dls, _ = _ordered_dls()
         rec = RecordInputs()
-        learn = TrainLearner(tiny_cnn(), dls, F.cross_entropy, lr=0.01, cbs=[rec, BatchTransformCB(default_tfms())])
+        learn = TrainLearner(tiny_cnn(), dls, F.cross_entropy, lr=0.01, cbs=[rec, InputTransformCB(default_tfms())])
         set_seed(seed)
         learn.fit(1, valid=False)
         return torch.cat(rec.train)
     a, b, c = run(0), run(0), run(1)
     assert torch.equal(a, b) and not torch.equal(a, c)
-    with pytest.raises(TypeError, match='callable'): BatchTransformCB(3)
+    with pytest.raises(TypeError, match='callable'): InputTransformCB(3)
 
 
 # ---------------------------------------------------------------- predictions
@@ -220,7 +229,7 @@ def test_augment_and_get_preds_on_cuda():
     x = torch.randn(8, 1, 28, 28, device='cuda')
     out = default_tfms(erase=True)(x)
     assert out.device == x.device and out.shape == x.shape
-    learn, dls = _learner(cbs=[DeviceCB('cuda'), BatchTransformCB(default_tfms())])
+    learn, dls = _learner(cbs=[DeviceCB('cuda'), InputTransformCB(default_tfms())])
     probs, targs = get_preds(learn, tta=True)
     assert probs.device.type == 'cpu' and probs.shape == (230, 10) and next(learn.model.parameters()).is_cuda
     x = dls.valid.dataset.tensors[0].cuda()

@@ -1,32 +1,87 @@
 """The course's star-import surface: each module's `__all__` is exactly what `import *` gives, and it resolves."""
 import importlib
+import inspect
 import pkgutil
 import subprocess
 import sys
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 import miniai
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(miniai.__path__, 'miniai.') if m.name != 'miniai.__main__')
 
-# What the course's notebooks and the seeds import by name from each module.
+# What the course's `from miniai.<module> import *` gives (fastai/course22p2), plus the names its notebooks and the
+# seeds import by name from each module.
 COURSE = {
-    'miniai.datasets': ['inplace', 'collate_dict', 'DataLoaders', 'show_image', 'show_images', 'get_grid', 'get_dls',
-                        'load_fashion_mnist'],
-    'miniai.learner': ['Learner', 'TrainLearner', 'MomentumLearner', 'Callback', 'run_cbs', 'CancelFitException',
-                       'CancelEpochException', 'CancelBatchException', 'TrainCB', 'DeviceCB', 'SingleBatchCB',
-                       'MetricsCB', 'ProgressCB', 'LRFinderCB', 'set_seed', 'to_device', 'to_cpu', 'def_device'],
-    'miniai.conv': ['conv', 'get_model'],
-    'miniai.activations': ['GeneralRelu', 'Hook', 'Hooks', 'HooksCallback', 'ActivationStats', 'append_stats',
-                           'get_hist', 'get_min'],
-    'miniai.init': ['init_weights', 'lsuv_init', 'summary'],
-    'miniai.sgd': ['SGD', 'Momentum', 'RMSProp', 'Adam', 'Nesterov', 'Adagrad', 'Lamb', 'Optimizer', 'BaseSchedCB',
-                   'BatchSchedCB', 'EpochSchedCB', 'RecorderCB', 'CosineAnnealing', 'OneCycle', 'sched_lrs',
-                   'plot_lrs'],
-    'miniai.resnet': ['ResBlock', 'get_resnet'],
-    'miniai.augment': ['BatchTransformCB', 'show_image_batch', 'CapturePreds', 'get_preds'],
+    'miniai.datasets': ['inplace', 'collate_dict', 'show_image', 'subplots', 'get_grid', 'show_images', 'DataLoaders',
+                        'get_dls', 'load_fashion_mnist'],
+    'miniai.conv': ['def_device', 'conv', 'to_device', 'collate_device', 'get_model'],
+    'miniai.learner': ['CancelFitException', 'CancelBatchException', 'CancelEpochException', 'Callback', 'run_cbs',
+                       'SingleBatchCB', 'to_cpu', 'MetricsCB', 'DeviceCB', 'TrainCB', 'ProgressCB', 'with_cbs',
+                       'Learner', 'TrainLearner', 'MomentumLearner', 'LRFinderCB', 'lr_find',
+                       'set_seed', 'to_device', 'def_device'],
+    'miniai.activations': ['set_seed', 'Hook', 'Hooks', 'HooksCallback', 'append_stats', 'get_hist', 'get_min',
+                           'ActivationStats', 'GeneralRelu'],
+    'miniai.init': ['clean_ipython_hist', 'clean_tb', 'clean_mem', 'BatchTransformCB', 'GeneralRelu', 'plot_func',
+                    'init_weights', 'lsuv_init', 'conv', 'get_model', 'summary'],
+    'miniai.sgd': ['BaseSchedCB', 'BatchSchedCB', 'HasLearnCB', 'RecorderCB', 'EpochSchedCB',
+                   'SGD', 'Momentum', 'RMSProp', 'Adam', 'Nesterov', 'Adagrad', 'Lamb', 'Optimizer',
+                   'CosineAnnealing', 'OneCycle', 'sched_lrs', 'plot_lrs'],
+    'miniai.resnet': ['act_gr', '_conv_block', 'ResBlock', 'get_resnet'],
+    'miniai.augment': ['summary', 'show_image_batch', 'CapturePreds', 'capture_preds', '_rand_erase1', 'rand_erase',
+                       'RandErase', '_rand_copy1', 'rand_copy', 'RandCopy', 'BatchTransformCB', 'get_preds'],
+    'miniai.accel': ['MixedPrecision', 'AccelerateCB'],
 }
+
+# Private names that the course's notebooks define in exported cells and later use; the only `_` names a module may
+# list in `__all__`.
+COURSE_PRIVATE = {'miniai.resnet': {'_conv_block'}, 'miniai.augment': {'_rand_erase1', '_rand_copy1'}}
+
+# The course's signatures: every parameter with its default (inspect.Parameter.empty when it has none).
+E = inspect.Parameter.empty
+
+
+def _course_signatures():
+    from miniai import accel, activations, augment, conv, init, learner, resnet, sgd
+    return [
+        (conv.conv, dict(ni=E, nf=E, ks=3, stride=2)),
+        (learner.Learner, dict(model=E, dls=(0,), loss_func=F.mse_loss, lr=0.1, cbs=None, opt_func=torch.optim.SGD)),
+        (learner.Learner.fit, dict(self=E, n_epochs=1, train=True, valid=True, cbs=None, lr=None)),
+        (learner.MomentumLearner, dict(model=E, dls=E, loss_func=E, lr=None, cbs=None, opt_func=torch.optim.SGD,
+                                       mom=0.85)),
+        (learner.LRFinderCB, dict(gamma=1.3, max_mult=3)),
+        (learner.lr_find, dict(learn=E, gamma=None, max_mult=3, start_lr=None, max_epochs=None)),
+        (learner.Learner.lr_find, dict(self=E, gamma=None, max_mult=3, start_lr=None, max_epochs=None)),
+        (learner.TrainCB, dict(n_inp=1)),
+        (learner.ProgressCB, dict(plot=False)),
+        (activations.set_seed, dict(seed=E, deterministic=False)),
+        (activations.HooksCallback, dict(hookfunc=E, mod_filter=activations.fc.noop, on_train=True, on_valid=False,
+                                         mods=None)),
+        (init.BatchTransformCB, dict(tfm=E, on_train=True, on_val=True)),
+        (init.GeneralRelu, dict(leak=None, sub=None, maxv=None)),
+        (init.plot_func, dict(f=E, start=-5., end=5., steps=100)),
+        (init.init_weights, dict(m=E, leaky=0.)),
+        (init.get_model, dict(act=torch.nn.ReLU, nfs=None, norm=None)),
+        (resnet.ResBlock, dict(ni=E, nf=E, stride=1, ks=3, act=resnet.act_gr, norm=None)),
+        (resnet._conv_block, dict(ni=E, nf=E, stride=E, act=resnet.act_gr, norm=None, ks=3)),
+        (augment.show_image_batch, dict(max_n=None, cbs=None)),
+        (learner.Learner.show_image_batch, dict(self=E, max_n=9, cbs=None)),
+        (learner.Learner.capture_preds, dict(self=E, cbs=None, inps=False)),
+        (augment.capture_preds, dict(learn=E, cbs=None, inps=False)),
+        (augment.rand_erase, dict(x=E, pct=0.2, max_num=4)),
+        (augment.RandErase, dict(pct=0.2, max_num=4)),
+        (augment.rand_copy, dict(x=E, pct=0.2, max_num=4)),
+        (augment.RandCopy, dict(pct=0.2, max_num=4)),
+        (augment._rand_erase1, dict(x=E, pct=E, xm=E, xs=E, mn=E, mx=E)),
+        (augment._rand_copy1, dict(x=E, pct=E)),
+        (accel.MixedPrecision, dict()),
+        (accel.AccelerateCB, dict(n_inp=1, mixed_precision='fp16')),
+        (sgd.RecorderCB, dict()),
+        (sgd.BatchSchedCB, dict(sched=E)),
+    ]
 
 
 @pytest.mark.parametrize('name', MODULES)
@@ -37,13 +92,24 @@ def test_star_import_gives_exactly_all(name):
     exec(f'from {name} import *', ns)
     got = {k for k in ns if k != '__builtins__'}
     assert got == set(mod.__all__)
-    assert not [k for k in got if k.startswith('_') and k != '__version__']
+    assert not [k for k in got if k.startswith('_') and k != '__version__' and k not in COURSE_PRIVATE.get(name, ())]
 
 
 @pytest.mark.parametrize('name,names', COURSE.items())
 def test_course_names_are_where_course_users_look(name, names):
     mod = importlib.import_module(name)
     assert set(names) <= set(mod.__all__)
+
+
+@pytest.mark.parametrize('i', range(len(_course_signatures())))
+def test_course_signatures_and_defaults(i):
+    f, want = _course_signatures()[i]
+    params = inspect.signature(f).parameters
+    for name, default in want.items():
+        assert name in params, f"{f.__qualname__} lacks the course's parameter {name!r}"
+        assert params[name].default == default, f"{f.__qualname__}({name}=...) default differs from the course's"
+    names = [n for n in params if n in want]
+    assert names == list(want), f"{f.__qualname__}: the course's parameters come in another order"
 
 
 def test_import_miniai_stays_light():

@@ -19,9 +19,20 @@ def test_conv_bias_only_without_batchnorm():
 
 def test_init_weights_gives_kaiming_std():
     lin = nn.Linear(1000, 500)
-    init_weights(lin, leaky=0.1)
+    init_weights(lin, leaky=0.1, linear=True)
     want = (2 / (1 + 0.1 ** 2) / 1000) ** 0.5
     assert lin.weight.std().item() == pytest.approx(want, rel=0.02)
+    cv = nn.Conv2d(100, 50, 3)
+    init_weights(cv, leaky=0.1)
+    assert cv.weight.std().item() == pytest.approx((2 / (1 + 0.1 ** 2) / 900) ** 0.5, rel=0.02)
+
+
+def test_init_weights_leaves_linear_layers_alone_by_default():
+    # the course initialises only convolutions; a linear layer keeps torch's own init
+    lin = nn.Linear(1000, 500)
+    before = lin.weight.clone()
+    init_weights(lin, leaky=0.1)
+    assert torch.equal(lin.weight, before)
 
 
 def test_lsuv_gives_unit_variance_at_each_layer():

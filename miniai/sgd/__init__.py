@@ -2,11 +2,11 @@
 
 Explained in nbs/05_sgd.ipynb. Parts: `optimizers` (SGD, Momentum, RMSProp, Adam, Nesterov, Adagrad,
 Lamb), `steppers` (fastai's stepper-callback Optimizer and its steppers), `schedules` (pure schedule functions,
-CosineAnnealing, OneCycle), `callbacks` (BaseSchedCB, BatchSchedCB, EpochSchedCB, RecorderCB, ParamSchedCB,
+CosineAnnealing, OneCycle), `callbacks` (BaseSchedCB, BatchSchedCB, EpochSchedCB, HasLearnCB, RecorderCB, ParamSchedCB,
 OneCycleSchedCB, fit_one_cycle).
 """
-from .callbacks import (BaseSchedCB, BatchSchedCB, EpochSchedCB, OneCycleSchedCB, ParamSchedCB, RecorderCB,
-                        fit_one_cycle)
+from .callbacks import (BaseSchedCB, BatchSchedCB, EpochSchedCB, HasLearnCB, OneCycleSchedCB, ParamSchedCB,
+                        RecorderCB, fit_one_cycle)
 from .optimizers import SGD, Adagrad, Adam, Lamb, Momentum, Nesterov, RMSProp
 from .schedules import (CosineAnnealing, OneCycle, Scheduler, combine_scheds, get_mom, plot_lrs, sched_cos,
                         sched_exp, sched_lin, sched_lrs, sched_no, set_mom)
@@ -20,5 +20,5 @@ __all__ = ['SGD', 'Momentum', 'RMSProp', 'Adam', 'Nesterov', 'Adagrad', 'Lamb',
            'adagrad_step', 'lamb_step',
            'sched_lin', 'sched_cos', 'sched_no', 'sched_exp', 'combine_scheds', 'Scheduler', 'CosineAnnealing',
            'OneCycle', 'get_mom', 'set_mom', 'sched_lrs', 'plot_lrs',
-           'BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'RecorderCB', 'ParamSchedCB', 'OneCycleSchedCB',
+           'BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'HasLearnCB', 'RecorderCB', 'ParamSchedCB', 'OneCycleSchedCB',
            'fit_one_cycle']

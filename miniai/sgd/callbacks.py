@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 from ..core import Callback
 from .schedules import combine_scheds, sched_cos, set_mom
 
-__all__ = ['BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'RecorderCB', 'ParamSchedCB', 'OneCycleSchedCB',
-           'fit_one_cycle']
+__all__ = ['BaseSchedCB', 'BatchSchedCB', 'EpochSchedCB', 'HasLearnCB', 'RecorderCB', 'ParamSchedCB',
+           'OneCycleSchedCB', 'fit_one_cycle']
 
 _HYPER_KEYS = ('lr', 'momentum', 'betas', 'mom', 'weight_decay', 'wd')
 
@@ -59,6 +59,14 @@ class BatchSchedCB(BaseSchedCB):
 class EpochSchedCB(BaseSchedCB):
     """Steps the scheduler after each training epoch."""
     def after_epoch(self, learn): self._step(learn)
+
+
+class HasLearnCB(Callback):
+    """Keeps the learner in `self.learn` during a fit (for code that reads it outside the event methods, such as a
+    `RecorderCB` getter); `None` again once the fit ends, however it ends."""
+    learn = None
+    def before_fit(self, learn): self.learn = learn
+    def cleanup_fit(self, learn): self.learn = None
 
 
 class RecorderCB(Callback):
