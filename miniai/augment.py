@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callbacks import SingleBatchCB, to_cpu
+from .callbacks import to_cpu
 from .core import CancelFitException, Callback, _cb_list
 from .init import BatchTransformCB, summary
 
@@ -200,8 +200,8 @@ class RandCopy(nn.Module):
 
 
 def default_tfms(padding: int = 1, flip: bool = True, erase: bool = False) -> nn.Sequential:
-    """Fashion-MNIST training augmentation: `RandCrop(padding=padding)`, `RandHFlip()` if `flip`, `RandErase(per_image=True)`
-    if `erase`.
+    """Fashion-MNIST training augmentation: `RandCrop(padding=padding)`, `RandHFlip()` if `flip`,
+    `RandErase(per_image=True)` if `erase`.
 
     The course's choice (14_augment: a 1-pixel crop and flips reach 0.943 in 20 epochs; 0.947 here). Its items
     sit near the centre, so 1 pixel of shift is already a real change. In a 5-epoch run, where the ResNet trained

@@ -45,7 +45,7 @@ def fit(model, dls, cbs, n=1, lr=0.1, loss=F.cross_entropy, cls=TrainLearner, op
 
 
 def test_all_names_resolve():
-    assert set(accel.__all__) == {'MixedPrecisionCB', 'CompileCB', 'ChannelsLastCB'}
+    assert set(accel.__all__) == {'MixedPrecisionCB', 'CompileCB', 'ChannelsLastCB', 'MixedPrecision', 'AccelerateCB'}
     assert all(hasattr(accel, n) for n in accel.__all__)
 
 

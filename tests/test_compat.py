@@ -13,8 +13,8 @@ import miniai
 
 MODULES = sorted(m.name for m in pkgutil.walk_packages(miniai.__path__, 'miniai.') if m.name != 'miniai.__main__')
 
-# What the course's `from miniai.<module> import *` gives (fastai/course22p2), plus the names its notebooks and the
-# seeds import by name from each module.
+# What the course's `from miniai.<module> import *` gives (fastai/course22p2), plus the names its notebooks import
+# by name from each module.
 COURSE = {
     'miniai.datasets': ['inplace', 'collate_dict', 'show_image', 'subplots', 'get_grid', 'show_images', 'DataLoaders',
                         'get_dls', 'load_fashion_mnist'],
