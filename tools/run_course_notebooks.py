@@ -213,36 +213,40 @@ def run_notebook(path: Path, args, kernel_dir: Path, workdir: Path) -> dict:
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(prelude)] +
                                   [nbformat.v4.new_code_cell(c['code']) for c in run])
     nb.metadata['kernelspec'] = {'name': KERNEL_NAME, 'display_name': KERNEL_NAME, 'language': 'python'}
-    km = KernelManager(kernel_name=KERNEL_NAME,
+    km = KernelManager(kernel_name=KERNEL_NAME, transport='ipc', ip=str(workdir / 'kernel'),
                        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)], ensure_native_kernel=False))
     client = NotebookClient(nb, km=km, timeout=args.timeout, interrupt_on_timeout=True, allow_errors=True,
                             startup_timeout=120, resources={'metadata': {'path': str(workdir)}})
     rec = dict(notebook=path.name, module=module, miniai=None, cells=cells)
     dead = None
-    with client.setup_kernel():
-        for j, cell in enumerate(nb.cells):
-            c = run[j - 1] if j else None
-            if dead:
-                c.update(status='failed', error=dead, seconds=0.0); continue
-            t0 = time.perf_counter()
-            try: client.execute_cell(cell, j)
-            except CellTimeoutError: pass                    # interrupted: the KeyboardInterrupt output says so
-            except DeadKernelError as e: dead = f"DeadKernelError: the kernel died ({e})"
-            secs = round(time.perf_counter() - t0, 1)
-            errs = [o for o in cell.outputs if o.output_type == 'error']
-            if j == 0:
-                text = ''.join(o.get('text', '') for o in cell.outputs if o.output_type == 'stream')
-                rec['miniai'] = text.strip() or None
-                if errs or dead: raise RuntimeError(f"the kernel could not import miniai: {errs or dead}")
-                continue
-            if errs or dead:
-                e = errs[0] if errs else {}
-                msg = f"{e.get('ename', '')}: {e.get('evalue', '')}" if errs else dead
-                if e.get('ename') == 'KeyboardInterrupt': msg = f"timed out after {args.timeout}s"
-                c.update(status='failed', error=msg.strip().splitlines()[0][:400] if msg.strip() else msg,
-                         traceback=plain('\n'.join(e.get('traceback', [])))[-3000:], seconds=secs)
-                print(f"  FAIL {path.stem} cell {c['cell']}: {c['error']}", flush=True)
-            else: c.update(status='passed', seconds=secs)
+    try:
+        with client.setup_kernel():
+            for j, cell in enumerate(nb.cells):
+                c = run[j - 1] if j else None
+                if dead:
+                    c.update(status='failed', error=dead, seconds=0.0); continue
+                t0 = time.perf_counter()
+                try: client.execute_cell(cell, j)
+                except CellTimeoutError: pass                    # interrupted: the KeyboardInterrupt output says so
+                except DeadKernelError as e: dead = f"DeadKernelError: the kernel died ({e})"
+                secs = round(time.perf_counter() - t0, 1)
+                errs = [o for o in cell.outputs if o.output_type == 'error']
+                if j == 0:
+                    text = ''.join(o.get('text', '') for o in cell.outputs if o.output_type == 'stream')
+                    rec['miniai'] = text.strip() or None
+                    if errs or dead: raise RuntimeError(f"the kernel could not import miniai: {errs or dead}")
+                    continue
+                if errs or dead:
+                    e = errs[0] if errs else {}
+                    msg = f"{e.get('ename', '')}: {e.get('evalue', '')}" if errs else dead
+                    if e.get('ename') == 'KeyboardInterrupt': msg = f"timed out after {args.timeout}s"
+                    c.update(status='failed', error=msg.strip().splitlines()[0][:400] if msg.strip() else msg,
+                             traceback=plain('\n'.join(e.get('traceback', [])))[-3000:], seconds=secs)
+                    print(f"  FAIL {path.stem} cell {c['cell']}: {c['error']}", flush=True)
+                else: c.update(status='passed', seconds=secs)
+    finally:                                # the kernel manager is ours, so nbclient leaves the kernel running
+        if client.kc is not None: client.kc.stop_channels()
+        if km.has_kernel: km.shutdown_kernel(now=True)
     for c in cells:
         if c['skip']: c['status'] = 'skipped'
     rec['counts'] = counts(cells)
