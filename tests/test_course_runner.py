@@ -14,10 +14,10 @@ rc = load_tool('run_course_notebooks')
 
 def nb_of(*sources):
     """A notebook dict (as nbformat reads it) with one code cell per source; a markdown cell first."""
-    cells = [dict(id='c0', cell_type='markdown', source='# A course notebook', metadata={})]
-    cells += [dict(id=f'c{i}', cell_type='code', source=s, metadata={}, outputs=[], execution_count=None)
+    cells = [{'id': 'c0', 'cell_type': 'markdown', 'source': '# A course notebook', 'metadata': {}}]
+    cells += [{'id': f'c{i}', 'cell_type': 'code', 'source': s, 'metadata': {}, 'outputs': [], 'execution_count': None}
               for i, s in enumerate(sources, 1)]
-    return dict(cells=cells, metadata={}, nbformat=4, nbformat_minor=5)
+    return {'cells': cells, 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5}
 
 
 def by_cell(cells): return {c['cell']: c for c in cells}
@@ -121,7 +121,7 @@ def test_a_tiny_course_notebook_runs_cell_by_cell(tmp_path, capsys):
     out = tmp_path / 'res.json'
     assert rc.main(['--course', str(tmp_path), '--notebooks', '09', '--json', str(out), '--timeout', '120']) == 1
     res = json.loads(out.read_text())
-    assert res['total'] == dict(run=6, passed=4, failed=2, skipped=1)
+    assert res['total'] == {'run': 6, 'passed': 4, 'failed': 2, 'skipped': 1}
     cells = by_cell(res['notebooks'][0]['cells'])
     assert cells[5]['error'] == 'ImportError: miniai.core has no not_in_miniai'
     assert cells[6]['error'].startswith('ZeroDivisionError') and cells[7]['status'] == 'passed'

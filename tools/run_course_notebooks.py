@@ -27,8 +27,9 @@ they run (`--show-rewrites` prints every rewritten cell):
    (not counted). Nothing else is skipped.
 
 Outputs: one line per failing cell as it happens, a summary per notebook and overall ("N cells run, N passed,
-N failed"), and with `--json OUT` the details of every code cell (its 1-based position among all the notebook's cells, status, seconds, the error's last line, the traceback's
-tail, the code that ran). The exit status is 1 when any cell failed.
+N failed"), and with `--json OUT` the details of every code cell: `cell` (its 1-based position among all the
+notebook's cells, as the failures are reported), status, seconds, the error's last line, the traceback's tail, the
+code that ran. The exit status is 1 when any cell failed.
 
 Needs the `dev` extra (nbclient, ipykernel, nbformat); the course's 13_resnet also imports `timm`.
 """
@@ -44,8 +45,8 @@ import tempfile
 import time
 from pathlib import Path
 
-EXPORT = re.compile(r'^\s*#\s*\|\s*export[si]?\b', re.M)       # nbdev: `#| export`, `#|exports`, `#| exporti`
-DEFAULT_EXP = re.compile(r'^\s*#\s*\|\s*default_exp\s+([\w.]+)', re.M)
+EXPORT = re.compile(r'^\s*#\s*\|\s*export[si]?\b', re.MULTILINE)       # nbdev: `#| export`, `#|exports`, `#| exporti`
+DEFAULT_EXP = re.compile(r'^\s*#\s*\|\s*default_exp\s+([\w.]+)', re.MULTILINE)
 BUILD_ONLY = re.compile(r'\bnbdev_export\s*\(|\bnotebook2script\s*\(')
 HARNESS = '_course_harness'                                     # the kernel-side helper object (see PRELUDE)
 KERNEL_NAME = 'miniai-course-harness'
@@ -128,7 +129,7 @@ def plan(nb: dict, max_epochs: int = 1) -> tuple[str | None, list[dict]]:
     module = next((m.group(1) for _, s in cells if (m := DEFAULT_EXP.search(s))), None)
     out = []
     for k, (i, src) in enumerate(cells):
-        item = dict(cell=i + 1, source=src, code=src, skip=None)
+        item = {'cell': i + 1, 'source': src, 'code': src, 'skip': None}
         if BUILD_ONLY.search(src): item['skip'] = 'builds the course library (nbdev_export)'
         else:
             code = src
@@ -146,16 +147,18 @@ import miniai
 
 class _CourseHarness:
     """Helpers the rewritten course cells call (see tools/run_course_notebooks.py)."""
-    def __init__(self, n_train, n_valid, max_epochs): self.n_train, self.n_valid, self.max_epochs = n_train, n_valid, max_epochs
+    def __init__(self, n_train, n_valid, max_epochs):
+        self.n_train, self.n_valid, self.max_epochs = n_train, n_valid, max_epochs
 
     def take(self, module, names, ns):
         mod = importlib.import_module(module)
         public = getattr(mod, '__all__', None)
         missing = [n for n in names if not hasattr(mod, n)]
         ns.update({n: getattr(mod, n) for n in names if hasattr(mod, n)})
-        unlisted = [n for n in names if hasattr(mod, n) and not n.startswith('_') and public is not None and n not in public]
-        errs = ([f"{module} has no {', '.join(missing)}"] if missing else []) + (
-            [f"{module}.__all__ leaves out {', '.join(unlisted)} (`from {module} import *` does not give it)"] if unlisted else [])
+        listed = names if public is None else public
+        unlisted = [n for n in names if hasattr(mod, n) and not n.startswith('_') and n not in listed]
+        errs = [f"{module} has no {', '.join(missing)}"] if missing else []
+        if unlisted: errs.append(f"{module}.__all__ leaves out {', '.join(unlisted)} (so `import *` does not give it)")
         if errs: raise ImportError('; '.join(errs))
 
     def _fashion(self, path):
@@ -199,60 +202,64 @@ def plain(text: str) -> str:
     return re.sub(r'\x1b\[[0-9;]*[A-Za-z]', '', text)
 
 
-def run_notebook(path: Path, args, kernel_dir: Path, workdir: Path) -> dict:
-    """Execute `path` cell by cell (errors allowed); returns its record: module, cells, counts, miniai path."""
-    import nbformat
+def _kernel_client(nb, kernel_dir: Path, workdir: Path, timeout: int):
+    """An nbclient for `nb` on our kernelspec, run in `workdir`, a timed-out cell interrupted (not fatal)."""
     from jupyter_client import KernelManager
     from jupyter_client.kernelspec import KernelSpecManager
     from nbclient import NotebookClient
+    km = KernelManager(kernel_name=KERNEL_NAME, transport='ipc', ip=str(workdir / 'kernel'),
+                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)], ensure_native_kernel=False))
+    return NotebookClient(nb, km=km, timeout=timeout, interrupt_on_timeout=True, allow_errors=True,
+                          startup_timeout=120, resources={'metadata': {'path': str(workdir)}})
+
+
+def _error(cell, timeout: int) -> tuple[str, str] | None:
+    """(the error's line, the traceback's tail) when the executed `cell` raised, else None."""
+    errs = [o for o in cell.outputs if o.output_type == 'error']
+    if not errs: return None
+    e = errs[0]
+    msg = f"timed out after {timeout}s" if e.ename == 'KeyboardInterrupt' else f"{e.ename}: {e.evalue}".strip()
+    return (msg.splitlines() or [''])[0][:400], plain('\n'.join(e.get('traceback', [])))[-3000:]
+
+
+def run_notebook(path: Path, args, kernel_dir: Path, workdir: Path) -> dict:
+    """Execute `path` cell by cell (errors allowed); returns its record: module, cells, counts, miniai path."""
+    import nbformat
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     module, cells = plan(nbformat.read(path, as_version=4), args.max_epochs)
     prelude = PRELUDE + (f"{HARNESS} = _CourseHarness({args.n_train}, {args.n_valid}, {args.max_epochs})\n"
                          "print('miniai from', os.path.dirname(miniai.__file__), '| python', sys.executable)")
     run = [c for c in cells if c['skip'] is None]
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(prelude)] +
-                                  [nbformat.v4.new_code_cell(c['code']) for c in run])
-    nb.metadata['kernelspec'] = {'name': KERNEL_NAME, 'display_name': KERNEL_NAME, 'language': 'python'}
-    km = KernelManager(kernel_name=KERNEL_NAME, transport='ipc', ip=str(workdir / 'kernel'),
-                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)], ensure_native_kernel=False))
-    client = NotebookClient(nb, km=km, timeout=args.timeout, interrupt_on_timeout=True, allow_errors=True,
-                            startup_timeout=120, resources={'metadata': {'path': str(workdir)}})
-    rec = dict(notebook=path.name, module=module, miniai=None, cells=cells)
-    dead = None
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [prelude] + [c['code'] for c in run]])
+    client = _kernel_client(nb, kernel_dir, workdir, args.timeout)
+    rec, dead = {'notebook': path.name, 'module': module, 'miniai': None, 'cells': cells}, None
     try:
         with client.setup_kernel():
             for j, cell in enumerate(nb.cells):
-                c = run[j - 1] if j else None
-                if dead:
-                    c.update(status='failed', error=dead, seconds=0.0); continue
                 t0 = time.perf_counter()
-                try: client.execute_cell(cell, j)
-                except CellTimeoutError: pass                    # interrupted: the KeyboardInterrupt output says so
-                except DeadKernelError as e: dead = f"DeadKernelError: the kernel died ({e})"
-                secs = round(time.perf_counter() - t0, 1)
-                errs = [o for o in cell.outputs if o.output_type == 'error']
-                if j == 0:
-                    text = ''.join(o.get('text', '') for o in cell.outputs if o.output_type == 'stream')
-                    rec['miniai'] = text.strip() or None
-                    if errs or dead: raise RuntimeError(f"the kernel could not import miniai: {errs or dead}")
+                if not dead:
+                    try: client.execute_cell(cell, j)
+                    except CellTimeoutError: pass            # interrupted: its KeyboardInterrupt output says so
+                    except DeadKernelError as e: dead = f"DeadKernelError: the kernel died ({e})"
+                err = (dead, '') if dead else _error(cell, args.timeout)
+                if j == 0:                                   # the prelude: which miniai, or nothing can run
+                    if err: raise RuntimeError(f"the kernel could not start the run: {err[0]}\n{err[1]}")
+                    rec['miniai'] = ''.join(o.get('text', '') for o in cell.outputs).strip() or None
                     continue
-                if errs or dead:
-                    e = errs[0] if errs else {}
-                    msg = f"{e.get('ename', '')}: {e.get('evalue', '')}" if errs else dead
-                    if e.get('ename') == 'KeyboardInterrupt': msg = f"timed out after {args.timeout}s"
-                    c.update(status='failed', error=msg.strip().splitlines()[0][:400] if msg.strip() else msg,
-                             traceback=plain('\n'.join(e.get('traceback', [])))[-3000:], seconds=secs)
+                c = run[j - 1]
+                c.update(status='failed' if err else 'passed', seconds=round(time.perf_counter() - t0, 1))
+                if err:
+                    c['error'], c['traceback'] = err
                     print(f"  FAIL {path.stem} cell {c['cell']}: {c['error']}", flush=True)
-                else: c.update(status='passed', seconds=secs)
     finally:                                # the kernel manager is ours, so nbclient leaves the kernel running
         if client.kc is not None: client.kc.stop_channels()
-        if km.has_kernel: km.shutdown_kernel(now=True)
+        if client.km.has_kernel: client.km.shutdown_kernel(now=True)
     for c in cells:
         if c['skip']: c['status'] = 'skipped'
     rec['counts'] = counts(cells)
     if args.save_executed:
-        out = Path(args.save_executed); out.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, out / path.name)
+        Path(args.save_executed).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, Path(args.save_executed) / path.name)
     return rec
 
 
@@ -314,8 +321,8 @@ def main(argv=None) -> int:
     print(f"miniai: {results[0]['miniai'] if results else '?'}")
     print(summary('overall', total) + f" in {time.perf_counter() - t0:.0f}s")
     if args.json:
-        args.json.write_text(json.dumps(dict(args=sys.argv[1:] if argv is None else list(argv), total=total,
-                                             notebooks=results), indent=1, default=str))
+        args.json.write_text(json.dumps({'args': sys.argv[1:] if argv is None else list(argv), 'total': total,
+                                             'notebooks': results}, indent=1, default=str))
     return 1 if total['failed'] else 0
 
 
