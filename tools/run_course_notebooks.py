@@ -1,0 +1,336 @@
+#!/usr/bin/env python
+"""Run the fast.ai course's own notebooks against miniai, cell by cell, and count what runs.
+
+    python tools/run_course_notebooks.py --course path/to/course22p2 --notebooks 09 10 11 12 13 14
+    python tools/run_course_notebooks.py --course ... --notebooks 14 --json results.json --save-executed out/
+
+`--course` is a checkout of the course repository ("Practical Deep Learning for Coders, part 2", fastai/course22p2)
+or any folder holding its notebooks (`09_learner.ipynb`, ...), directly or under `nbs/`. Each notebook runs top to
+bottom in a fresh Jupyter kernel of this Python, with errors allowed: a failing cell is recorded and the next one
+runs, as "Run all" with errors allowed would. The kernel inherits this process's environment (PYTHONPATH included),
+so it imports whichever miniai this Python would; the run prints that module's path.
+
+The course builds its library inside these notebooks. To test miniai instead, a few rules rewrite the cells before
+they run (`--show-rewrites` prints every rewritten cell):
+
+1. Definitions come from miniai. In a `#| export` cell, each top-level definition (`def`, `class`, or assignment
+   to a name) is replaced by taking that name from `miniai.<module>`, the module that the notebook's
+   `#| default_exp` names. The cell fails if miniai lacks the name, or leaves a public name out of the module's
+   `__all__` (so that `from miniai.<module> import *` would not give it). Private helpers (`_name`) are taken only
+   when a later cell uses them by name. Everything else in the cell (its imports) runs unchanged.
+2. Data: `load_dataset("fashion_mnist")` becomes `miniai.datasets.load_fashion_mnist()` (the same splits and
+   features, read from local files), and `load_dataset_builder("fashion_mnist")` gives that dataset's `info`.
+   Each split is then cut to its first `--n-train` / `--n-valid` rows (`.select(range(n))`). Other dataset names
+   go to the Hugging Face `datasets` functions unchanged.
+3. Time: `<anything>.fit(n, ...)` trains at most `--max-epochs` epochs (`n` becomes `min(n, max_epochs)`), and
+   `num_workers=<anything>` becomes `num_workers=0` (worker processes only cost time on a few batches). A cell
+   that runs longer than `--timeout` seconds is interrupted and counted as failed.
+A rewritten cell runs as Python regenerated from its syntax tree (same code, comments dropped); a cell that no rule
+touches runs exactly as written.
+4. Skipped, counted and listed: cells that only serve the course's own build (`nbdev_export()`), and empty cells
+   (not counted). Nothing else is skipped.
+
+Outputs: one line per failing cell as it happens, a summary per notebook and overall ("N cells run, N passed,
+N failed"), and with `--json OUT` the details of every code cell: `cell` (its 1-based position among all the
+notebook's cells, as the failures are reported), status, seconds, the error's last line, the traceback's tail, the
+code that ran. The exit status is 1 when any cell failed.
+
+Needs the `dev` extra (nbclient, ipykernel, nbformat) and, for the course's 13_resnet, `timm` (the `course` extra):
+`pip install -e '.[dev,course]'`. With the defaults (512 training images, one epoch per fit) notebooks 09 to 14
+take about six minutes on one CPU core (`OMP_NUM_THREADS=1`).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+EXPORT = re.compile(r'^\s*#\s*\|\s*export[si]?\b', re.MULTILINE)       # nbdev: `#| export`, `#|exports`, `#| exporti`
+DEFAULT_EXP = re.compile(r'^\s*#\s*\|\s*default_exp\s+([\w.]+)', re.MULTILINE)
+BUILD_ONLY = re.compile(r'\bnbdev_export\s*\(|\bnotebook2script\s*\(')
+HARNESS = '_course_harness'                                     # the kernel-side helper object (see PRELUDE)
+KERNEL_NAME = 'miniai-course-harness'
+
+
+# ------------------------------------------------------------------------------------------- rewriting the cells
+def python_source(src: str) -> str:
+    """`src` with IPython syntax (`%time`, `!ls`) turned into plain Python, as the kernel would run it."""
+    from IPython.core.inputtransformer2 import TransformerManager
+    return TransformerManager().transform_cell(src)
+
+
+def defined_names(stmt: ast.stmt) -> list[str]:
+    """The names a top-level statement defines: a def/class name, or the names an assignment binds."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)): return [stmt.name]
+    targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target] if isinstance(
+        stmt, (ast.AnnAssign, ast.AugAssign)) else []
+    return [n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)]
+
+
+def rewrite_export(src: str, module: str, used_later: str) -> str:
+    """An export cell with its definitions taken from `module` (rule 1); `used_later` is the later cells' code."""
+    tree = ast.parse(python_source(src))
+    body, names = [], []
+    for stmt in tree.body:
+        found = defined_names(stmt)
+        if not found:
+            body.append(ast.unparse(stmt)); continue
+        names += [n for n in found if n not in names and (not n.startswith('_') or re.search(rf'\b{n}\b', used_later))]
+        if 'TAKE' not in body: body.append('TAKE')
+    if not names and len(body) == len(tree.body): return src      # nothing defined: the cell runs as it is
+    take = f"{HARNESS}.take({module!r}, {names!r}, globals())  # the definitions, from miniai"
+    return '\n'.join(take if line == 'TAKE' else line for line in body if line != 'TAKE' or names)
+
+
+class _Rewriter(ast.NodeTransformer):
+    """Rules 2 and 3 on one cell's syntax tree; `changed` says whether anything was rewritten."""
+
+    def __init__(self, max_epochs: int): self.max_epochs, self.changed = max_epochs, False
+
+    def cap(self, v):
+        """`v` limited to `max_epochs`: a literal is replaced by the limit, an expression is wrapped."""
+        if isinstance(v, ast.Constant) and isinstance(v.value, int):
+            if v.value <= self.max_epochs: return v
+            self.changed = True
+            return ast.Constant(self.max_epochs)
+        self.changed = True
+        return ast.Call(ast.Attribute(ast.Name(HARNESS, ast.Load()), 'epochs', ast.Load()), [v], [])
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        f = node.func
+        if isinstance(f, ast.Name) and f.id in ('load_dataset', 'load_dataset_builder'):
+            node.func = ast.Attribute(ast.Name(HARNESS, ast.Load()), f.id, ast.Load()); self.changed = True
+        if isinstance(f, ast.Attribute) and f.attr == 'fit':
+            if node.args: node.args[0] = self.cap(node.args[0])
+            for kw in node.keywords:
+                if kw.arg == 'n_epochs': kw.value = self.cap(kw.value)
+        for kw in node.keywords:
+            if kw.arg == 'num_workers' and not (isinstance(kw.value, ast.Constant) and kw.value.value == 0):
+                kw.value = ast.Constant(0); self.changed = True
+        return node
+
+
+def rewrite_code(src: str, max_epochs: int = 1) -> str:
+    """`src` with rules 2 and 3 applied; unchanged (comments and all) when neither applies."""
+    try: tree = ast.parse(python_source(src))
+    except SyntaxError: return src            # the kernel reports it, as it would in the course
+    rw = _Rewriter(max_epochs)
+    tree = rw.visit(tree)
+    return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed else src
+
+
+def plan(nb: dict, max_epochs: int = 1) -> tuple[str | None, list[dict]]:
+    """The notebook's `default_exp` module and, for each non-empty code cell, what runs: a dict with `cell` (its 1-based
+    position among the notebook's cells), `source`, `code` (what the kernel runs) and `skip` (a reason, or None)."""
+    cells = [(i, ''.join(c['source']) if isinstance(c['source'], list) else c['source'])
+             for i, c in enumerate(nb['cells']) if c['cell_type'] == 'code']
+    cells = [(i, s) for i, s in cells if s.strip()]
+    module = next((m.group(1) for _, s in cells if (m := DEFAULT_EXP.search(s))), None)
+    out = []
+    for k, (i, src) in enumerate(cells):
+        item = {'cell': i + 1, 'source': src, 'code': src, 'skip': None}
+        if BUILD_ONLY.search(src): item['skip'] = 'builds the course library (nbdev_export)'
+        else:
+            code = src
+            if EXPORT.search(src) and module:
+                code = rewrite_export(src, f'miniai.{module}', '\n'.join(s for _, s in cells[k + 1:]))
+            item['code'] = rewrite_code(code, max_epochs)
+        out.append(item)
+    return module, out
+
+
+# ---------------------------------------------------------------------------------------- what the kernel holds
+PRELUDE = r'''
+import importlib, os, sys, types
+import miniai
+
+class _CourseHarness:
+    """Helpers the rewritten course cells call (see tools/run_course_notebooks.py)."""
+    def __init__(self, n_train, n_valid, max_epochs):
+        self.n_train, self.n_valid, self.max_epochs = n_train, n_valid, max_epochs
+
+    def take(self, module, names, ns):
+        mod = importlib.import_module(module)
+        public = getattr(mod, '__all__', None)
+        missing = [n for n in names if not hasattr(mod, n)]
+        ns.update({n: getattr(mod, n) for n in names if hasattr(mod, n)})
+        listed = names if public is None else public
+        unlisted = [n for n in names if hasattr(mod, n) and not n.startswith('_') and n not in listed]
+        errs = [f"{module} has no {', '.join(missing)}"] if missing else []
+        if unlisted: errs.append(f"{module}.__all__ leaves out {', '.join(unlisted)} (so `import *` does not give it)")
+        if errs: raise ImportError('; '.join(errs))
+
+    def _fashion(self, path):
+        return isinstance(path, str) and path.rsplit('/', 1)[-1].lower().replace('-', '_') == 'fashion_mnist'
+
+    def load_dataset(self, path, *args, **kwargs):
+        if not self._fashion(path):
+            import datasets
+            return datasets.load_dataset(path, *args, **kwargs)
+        from miniai.datasets import load_fashion_mnist
+        dd = load_fashion_mnist()
+        sizes = {'train': self.n_train}
+        for k in dd: dd[k] = dd[k].select(range(min(len(dd[k]), sizes.get(k, self.n_valid))))
+        return dd
+
+    def load_dataset_builder(self, path, *args, **kwargs):
+        if not self._fashion(path):
+            import datasets
+            return datasets.load_dataset_builder(path, *args, **kwargs)
+        from miniai.datasets import load_fashion_mnist
+        return types.SimpleNamespace(info=load_fashion_mnist()['train'].info)
+
+    def epochs(self, n):
+        return min(n, self.max_epochs) if isinstance(n, int) and not isinstance(n, bool) else n
+
+'''
+
+
+def write_kernelspec(folder: Path) -> Path:
+    """A kernelspec for this Python with this process's environment (so PYTHONPATH picks the miniai)."""
+    env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # an inherited Agg backend hides the plots
+    spec = folder / KERNEL_NAME
+    spec.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, '-Xfrozen_modules=off', '-m', 'ipykernel_launcher', '-f', '{connection_file}']
+    (spec / 'kernel.json').write_text(json.dumps(
+        {'argv': argv, 'display_name': 'course notebooks on miniai', 'language': 'python', 'env': env}))
+    return folder
+
+
+def plain(text: str) -> str:
+    return re.sub(r'\x1b\[[0-9;]*[A-Za-z]', '', text)
+
+
+def _kernel_client(nb, kernel_dir: Path, workdir: Path, timeout: int):
+    """An nbclient for `nb` on our kernelspec, run in `workdir`, a timed-out cell interrupted (not fatal)."""
+    from jupyter_client import KernelManager
+    from jupyter_client.kernelspec import KernelSpecManager
+    from nbclient import NotebookClient
+    km = KernelManager(kernel_name=KERNEL_NAME, transport='ipc', ip=str(workdir / 'kernel'),
+                       kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)], ensure_native_kernel=False))
+    return NotebookClient(nb, km=km, timeout=timeout, interrupt_on_timeout=True, allow_errors=True,
+                          startup_timeout=120, resources={'metadata': {'path': str(workdir)}})
+
+
+def _error(cell, timeout: int) -> tuple[str, str] | None:
+    """(the error's line, the traceback's tail) when the executed `cell` raised, else None."""
+    errs = [o for o in cell.outputs if o.output_type == 'error']
+    if not errs: return None
+    e = errs[0]
+    msg = f"timed out after {timeout}s" if e.ename == 'KeyboardInterrupt' else f"{e.ename}: {e.evalue}".strip()
+    return (msg.splitlines() or [''])[0][:400], plain('\n'.join(e.get('traceback', [])))[-3000:]
+
+
+def run_notebook(path: Path, args, kernel_dir: Path, workdir: Path) -> dict:
+    """Execute `path` cell by cell (errors allowed); returns its record: module, cells, counts, miniai path."""
+    import nbformat
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    module, cells = plan(nbformat.read(path, as_version=4), args.max_epochs)
+    prelude = PRELUDE + (f"{HARNESS} = _CourseHarness({args.n_train}, {args.n_valid}, {args.max_epochs})\n"
+                         "print('miniai from', os.path.dirname(miniai.__file__), '| python', sys.executable)")
+    run = [c for c in cells if c['skip'] is None]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [prelude] + [c['code'] for c in run]])
+    client = _kernel_client(nb, kernel_dir, workdir, args.timeout)
+    rec, dead = {'notebook': path.name, 'module': module, 'miniai': None, 'cells': cells}, None
+    try:
+        with client.setup_kernel():
+            for j, cell in enumerate(nb.cells):
+                t0 = time.perf_counter()
+                if not dead:
+                    try: client.execute_cell(cell, j)
+                    except CellTimeoutError: pass            # interrupted: its KeyboardInterrupt output says so
+                    except DeadKernelError as e: dead = f"DeadKernelError: the kernel died ({e})"
+                err = (dead, '') if dead else _error(cell, args.timeout)
+                if j == 0:                                   # the prelude: which miniai, or nothing can run
+                    if err: raise RuntimeError(f"the kernel could not start the run: {err[0]}\n{err[1]}")
+                    rec['miniai'] = ''.join(o.get('text', '') for o in cell.outputs).strip() or None
+                    continue
+                c = run[j - 1]
+                c.update(status='failed' if err else 'passed', seconds=round(time.perf_counter() - t0, 1))
+                if err:
+                    c['error'], c['traceback'] = err
+                    print(f"  FAIL {path.stem} cell {c['cell']}: {c['error']}", flush=True)
+    finally:                                # the kernel manager is ours, so nbclient leaves the kernel running
+        if client.kc is not None: client.kc.stop_channels()
+        if client.km.has_kernel: client.km.shutdown_kernel(now=True)
+    for c in cells:
+        if c['skip']: c['status'] = 'skipped'
+    rec['counts'] = counts(cells)
+    if args.save_executed:
+        Path(args.save_executed).mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, Path(args.save_executed) / path.name)
+    return rec
+
+
+def counts(cells) -> dict:
+    n = {s: sum(c.get('status') == s for c in cells) for s in ('passed', 'failed', 'skipped')}
+    return dict(run=n['passed'] + n['failed'], **n)
+
+
+def summary(name: str, n: dict) -> str:
+    return f"{name}: {n['run']} cells run, {n['passed']} passed, {n['failed']} failed" + (
+        f", {n['skipped']} skipped" if n['skipped'] else '')
+
+
+def find_notebook(course: Path, key: str) -> Path:
+    """`course`'s notebook named `key` (`09`, `09_learner` or a file name), in the folder or its nbs/."""
+    for folder in (course, course / 'nbs'):
+        hits = sorted(folder.glob(f'{key}*.ipynb'))
+        if hits: return hits[0]
+    raise SystemExit(f"no notebook matching {key!r} in {course} or {course / 'nbs'}: "
+                     "pass --course a checkout of fastai/course22p2 (or the folder of its notebooks)")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n', 1)[1])
+    p.add_argument('--course', type=Path, required=True, help="course22p2 checkout or folder of its notebooks")
+    p.add_argument('--notebooks', nargs='+', default=['09', '10', '11', '12', '13', '14'],
+                   help="notebook numbers or names (default: 09 to 14)")
+    p.add_argument('--n-train', type=int, default=512, help="training rows kept (default 512)")
+    p.add_argument('--n-valid', type=int, default=256, help="rows kept in every other split (default 256)")
+    p.add_argument('--max-epochs', type=int, default=1, help="cap on every fit's epochs (default 1)")
+    p.add_argument('--timeout', type=int, default=600, help="seconds allowed per cell (default 600)")
+    p.add_argument('--json', type=Path, help="write every cell's record here")
+    p.add_argument('--save-executed', help="write the executed (rewritten) notebooks to this folder")
+    p.add_argument('--show-rewrites', action='store_true', help="print each rewritten or skipped cell, run nothing")
+    args = p.parse_args(argv)
+    paths = [find_notebook(args.course, k) for k in args.notebooks]
+    if args.show_rewrites:
+        import nbformat
+        for path in paths:
+            for c in plan(nbformat.read(path, as_version=4), args.max_epochs)[1]:
+                if c['skip'] or c['code'] != c['source']:
+                    print(f"--- {path.stem} cell {c['cell']}: " + (f"skipped: {c['skip']}" if c['skip'] else
+                          f"\n{c['source']}\n--- becomes:\n{c['code']}"))
+        return 0
+    results, t0 = [], time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix='course-nbs-') as d:
+        kernel_dir = write_kernelspec(Path(d) / 'kernels')
+        for path in paths:
+            workdir = Path(d) / path.stem; workdir.mkdir()       # models/ and other files a notebook writes
+            t1 = time.perf_counter()
+            rec = run_notebook(path, args, kernel_dir, workdir)
+            rec['seconds'] = round(time.perf_counter() - t1, 1)
+            results.append(rec)
+            skipped = '; '.join(f"cell {c['cell']}: {c['skip']}" for c in rec['cells'] if c['skip'])
+            print(summary(path.stem, rec['counts']) + f" in {rec['seconds']:.0f}s"
+                  + (f" (skipped {skipped})" if skipped else ''), flush=True)
+    total = counts([c for r in results for c in r['cells']])
+    print(f"miniai: {results[0]['miniai'] if results else '?'}")
+    print(summary('overall', total) + f" in {time.perf_counter() - t0:.0f}s")
+    if args.json:
+        args.json.write_text(json.dumps({'args': sys.argv[1:] if argv is None else list(argv), 'total': total,
+                                             'notebooks': results}, indent=1, default=str))
+    return 1 if total['failed'] else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
