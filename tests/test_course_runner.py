@@ -7,6 +7,7 @@ import sys
 import types
 
 import pytest
+
 from conftest import load_tool
 
 rc = load_tool('run_course_notebooks')
