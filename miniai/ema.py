@@ -3,6 +3,7 @@
 The average of the weights over the last few hundred steps usually generalises better than the last weights,
 most of all in short runs that end at a high lr or with noisy steps (Polyak averaging; timm's `ModelEmaV3`,
 fastai's `EMACallback`). The average costs one `lerp` over the parameters per step and one copy of the weights.
+Used by the time-to-accuracy recipes described in docs/benchmarks.md.
 """
 from __future__ import annotations
 
