@@ -95,11 +95,13 @@ def learner_state(learn, epoch_done: bool = True) -> dict:
             'epoch': learn.epoch, 'epoch_done': epoch_done, 'iter_count': learn.iter_count, 'rng': _rng_state()}
 
 
-def save_checkpoint(learn, path, epoch_done: bool = True) -> Path | None:
+def save_checkpoint(learn, path, epoch_done: bool = True, wait: bool = True) -> Path | None:
     """Write `learn`'s state to `path` atomically (temporary file, then rename) with its digest in `path.sha256`;
     only the main process writes. `epoch_done=False`: saved inside an epoch, which a resume then repeats.
 
     Under torch.distributed call it on every rank: the others wait at a barrier until rank 0 has written the file.
+    `wait=False` skips that barrier, for a save after Ctrl-C: the ranks were interrupted at different points of
+    the loop, and a collective there could wait for one that never comes.
 
     Raises:
         OutputError: the file could not be written (e.g. no space left on device); the old checkpoint is intact.
@@ -107,7 +109,8 @@ def save_checkpoint(learn, path, epoch_done: bool = True) -> Path | None:
     path = Path(path)
     try:
         if is_main_process(): _write(learn, path, epoch_done)
-    finally: barrier()
+    finally:
+        if wait: barrier()
     return path if is_main_process() else None
 
 

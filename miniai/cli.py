@@ -392,7 +392,7 @@ def _save_interrupted(learn, out: Path):
     from .distributed import is_main_process
     saver = next(cb for cb in learn.cbs if isinstance(cb, SaveModelCB))
     done = saver.epoch_done == learn.epoch
-    save_checkpoint(learn, out / 'interrupted.pt', epoch_done=done)
+    save_checkpoint(learn, out / 'interrupted.pt', epoch_done=done, wait=False)   # no collective after Ctrl-C
     if not is_main_process(): return
     part = '' if done else (f" (inside epoch {learn.epoch}: loading it trains epoch {learn.epoch} again from "
                             "its start)")
