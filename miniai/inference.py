@@ -12,7 +12,6 @@ Explained in nbs/12_inference.ipynb.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import unwrap_model
 from .errors import DataError
+from .files import atomic_write
 
 __all__ = ['Preprocess', 'Prediction', 'classify', 'export', 'load_learner', 'fashion_preprocess']
 
@@ -190,11 +191,6 @@ def _prediction(probs: torch.Tensor, classes: Sequence[str]) -> Prediction:
     return Prediction(classes[i] if classes else str(i), i, float(probs[i]), probs)
 
 
-def _unwrap(model):
-    while hasattr(model, 'module') and isinstance(model.module, nn.Module): model = model.module
-    return getattr(model, '_orig_mod', model)
-
-
 def export(learn, path) -> Path:
     """Write `learn`'s model weights and preprocessing (with class names) to the one file `path`, atomically.
 
@@ -202,17 +198,10 @@ def export(learn, path) -> Path:
     rebuilds a learner from it given the model.
     """
     path = Path(path)
-    state = {'format': _FORMAT, 'model': {k: v.detach().cpu() for k, v in _unwrap(learn.model).state_dict().items()},
-             'preprocess': _preprocess_of(learn).to_dict()}
+    weights = {k: v.detach().cpu() for k, v in unwrap_model(learn.model).state_dict().items()}
+    state = {'format': _FORMAT, 'model': weights, 'preprocess': _preprocess_of(learn).to_dict()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f: torch.save(state, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def _read_export(path: Path) -> dict:

@@ -5,8 +5,6 @@ Shown in nbs/12_inference.ipynb.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -52,13 +50,7 @@ def save_figure(fig, path) -> Path:
     """Save `fig` as a PNG at `path` through a temporary file and a rename (never a half-written image), then close
     it."""
     import matplotlib.pyplot as plt
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.png')
-    try:
-        with os.fdopen(fd, 'wb') as f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight')
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
+
+    from .files import atomic_write
+    try: return atomic_write(path, lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight'))
     finally: plt.close(fig)
-    return path

@@ -297,14 +297,20 @@ sys.exit(cli.main(['train', '--data', sys.argv[2], '--out', sys.argv[1] + '/run'
 TIMEOUT = 3
 
 
-def test_a_stalled_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_path):
+def _torchrun_setup(tmp_path, name, script):
+    """Tiny Fashion-MNIST files in tmp_path/fm, `script` saved as tmp_path/name, and the workers' environment."""
     from test_datasets import make_source
     fm = tmp_path / 'fm'
     fm.mkdir()
     make_source(fm, n_train=256, n_test=64)
-    (tmp_path / 'stall.py').write_text(STALL)
+    (tmp_path / name).write_text(script)
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', 'HF_DATASETS_OFFLINE': '1',
            'HF_HUB_OFFLINE': '1'}
+    return fm, env
+
+
+def test_a_stalled_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_path):
+    fm, env = _torchrun_setup(tmp_path, 'stall.py', STALL)
     log = tmp_path / 'log.txt'
     with open(log, 'w') as f:
         p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
@@ -336,13 +342,8 @@ sys.exit(rc)
 def test_ctrl_c_under_torchrun_saves_once_and_every_process_exits_130(tmp_path, launcher):
     import signal
 
-    from test_datasets import make_source
-    fm, run = tmp_path / 'fm', tmp_path / 'run'
-    fm.mkdir()
-    make_source(fm, n_train=256, n_test=64)
-    (tmp_path / 'rc.py').write_text(RECORD_RC)
-    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', 'HF_DATASETS_OFFLINE': '1',
-           'HF_HUB_OFFLINE': '1'}
+    fm, env = _torchrun_setup(tmp_path, 'rc.py', RECORD_RC)
+    run = tmp_path / 'run'
     log = tmp_path / 'log.txt'
     with open(log, 'w') as f:
         p = subprocess.Popen([sys.executable, '-m', launcher, '--standalone', '--nproc_per_node', '2',
