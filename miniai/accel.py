@@ -11,14 +11,14 @@ from collections.abc import Mapping
 import torch
 
 from .callbacks import TrainCB
-from .core import Callback, CancelStepException
+from .core import Callback, CancelStepException, Order
 
 __all__ = ['MixedPrecisionCB', 'CompileCB', 'ChannelsLastCB', 'MixedPrecision', 'AccelerateCB']
 
 # After DeviceCB (-20), BatchTransformCB (-10) and GradientAccumulationCB (-6), so the batch is on its device
 # and augmented in float32 and a cancelled accumulation step never unscales; before GradientClipCB (-4), TrainCB (0),
 # schedulers (0) and MetricsCB (10).
-_ORDER = -5
+_ORDER = Order.PRECISION
 _DTYPES = {'bfloat16': torch.bfloat16, 'bf16': torch.bfloat16, 'float16': torch.float16, 'fp16': torch.float16,
            'half': torch.float16}
 
@@ -241,7 +241,7 @@ class MixedPrecision(TrainCB):
     `torch.autocast(device_type, dtype)` with a `GradScaler` for float16. Off CUDA, torch turns both off with a
     warning and it trains in float32. `MixedPrecisionCB` is the one that works beside any learner and checks the
     device first."""
-    order = -10  # after DeviceCB (-20)
+    order = Order.TRANSFORM  # after DeviceCB
 
     def __init__(self, n_inp: int = 1, dtype: torch.dtype = torch.float16, device_type: str = 'cuda'):
         super().__init__(n_inp=n_inp)
@@ -270,7 +270,7 @@ class MixedPrecision(TrainCB):
 class AccelerateCB(TrainCB):
     """The course's Hugging Face Accelerate `TrainCB`: `Accelerator(mixed_precision=...)` prepares the model, the
     optimizer and both loaders at `before_fit` and does the backward pass. Needs `pip install accelerate`."""
-    order = -10
+    order = Order.TRANSFORM
 
     def __init__(self, n_inp: int = 1, mixed_precision: str = "fp16"):
         super().__init__(n_inp=n_inp)

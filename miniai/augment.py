@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .callbacks import to_cpu
-from .core import Callback, CancelFitException, _cb_list
+from .core import Callback, CancelFitException, Order, _cb_list
 from .init import BatchTransformCB, summary
 
 __all__ = ['summary', 'show_image_batch', 'CapturePreds', 'capture_preds', '_rand_erase1', 'rand_erase', 'RandErase',
@@ -33,7 +33,7 @@ __all__ = ['summary', 'show_image_batch', 'CapturePreds', 'capture_preds', '_ran
 class InputTransformCB(Callback):
     """Replace the batch's inputs `learn.batch[0]` by `tfm(inputs)` on training (`on_train`) and/or validation
     (`on_val`) batches, after `DeviceCB` has moved them: the usual way to augment (targets are left alone)."""
-    order = -10  # after DeviceCB (-20): the transform runs on the batch's device
+    order = Order.TRANSFORM  # after DeviceCB: the transform runs on the batch's device
 
     def __init__(self, tfm: Callable, on_train: bool = True, on_val: bool = False):
         if not callable(tfm): raise TypeError(f"tfm must be callable on a batch of inputs, got {tfm!r}")
@@ -239,7 +239,7 @@ def _show_tensors(x: torch.Tensor, n: int = 16, nrows: int | None = None, titles
 class _GrabBatch(Callback):
     """Keep the first training batch as the model would get it (after every `before_batch`), then stop the fit
     before anything is computed: showing a batch never trains."""
-    order = 1000
+    order = Order.LAST
 
     def before_batch(self, learn):
         self.batch = learn.batch
@@ -308,9 +308,6 @@ class CapturePreds(Callback):
 
 
 # what `fit` leaves on the learner; get_preds puts it back as it was
-_FIT_STATE = ('epoch', 'epochs', 'n_epochs', 'dl', 'iter', 'n_iter', 'batch', 'preds', 'loss', 'training')
-
-
 def _with_valid(dls, dl):
     """A shallow copy of `dls` whose `valid` is `dl`: the learner's own `dls` object is never modified."""
     res = copy.copy(dls) if hasattr(dls, '__dict__') else SimpleNamespace(train=getattr(dls, 'train', None))
@@ -325,22 +322,14 @@ def get_preds(learn, dl=None, with_input: bool = False, tta: bool = False,
 
     `preds` are the model's outputs; with `tta`, the mean of the softmax probabilities on the images and on
     `tfm(images)` (default: flipped). The learner's callbacks run (DeviceCB, a `BatchTransformCB` with `on_val`),
-    except those marked `lr_find_excluded` (MetricsCB, ProgressCB): no history row is added. The model's weights,
-    mode, the optimizer, `learn.cbs`, `learn.dls` and the batch state are as before.
+    except those with `run_in_isolated_fits = False` (MetricsCB, ProgressCB): no history row is added. It runs in
+    `learn.isolated()`: the model's weights and mode, the optimizer, `learn.cbs`, `learn.dls`, the counters and the
+    batch state are as before.
     """
     cb = CapturePreds(with_input=with_input, tta_tfm=tfm if tta else None)
-    dls, was_training = learn.dls, learn.model.training
-    state = {k: vars(learn)[k] for k in _FIT_STATE if k in vars(learn)}
-    if dl is not None: learn.dls = _with_valid(dls, dl)
-    excluded = [c for c in learn.cbs if getattr(c, 'lr_find_excluded', False)]
-    try:
-        with learn.removed_cbs(excluded): learn.fit(1, train=False, cbs=[cb])
-    finally:
-        learn.dls = dls
-        learn.model.train(was_training)
-        for k in _FIT_STATE:
-            if k in state: setattr(learn, k, state[k])
-            else: vars(learn).pop(k, None)
+    with learn.isolated():
+        if dl is not None: learn.dls = _with_valid(learn.dls, dl)
+        learn.fit(1, train=False, cbs=[cb])
     if cb.preds is None: raise ValueError("get_preds saw no complete validation epoch: is the loader empty?")
     return (cb.inputs, cb.preds, cb.targs) if with_input else (cb.preds, cb.targs)
 

@@ -7,6 +7,7 @@ Re-exported by `miniai.learner`; explained in nbs/02_learner.ipynb.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import random
 import sys
@@ -17,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import Callback, CancelFitException
+from .core import Callback, CancelFitException, Order
 from .device import def_device, is_distributed, is_main_process, to_cpu, to_device
 from .distributed import reduce_metrics
 
 __all__ = ['def_device', 'to_device', 'to_cpu', 'set_seed', 'loss_with_context', 'TrainCB', 'DeviceCB',
-           'SingleBatchCB', 'MetricsCB', 'CSVLoggerCB', 'ProgressCB', 'in_notebook', 'row_header', 'format_row']
+           'SingleBatchCB', 'MetricsCB', 'CSVLoggerCB', 'ProgressCB', 'in_notebook', 'row_header', 'format_row',
+           'resolve_monitor', 'monitor_mode', 'improved', 'PHASES']
 
 
 def set_seed(seed: int, deterministic: bool = False):
@@ -80,7 +82,7 @@ class TrainCB(Callback):
 
 class DeviceCB(Callback):
     """Put the model on `device` (default: cuda, then mps, then cpu) before fit and every batch on it."""
-    order = -20  # before anything that looks at the batch
+    order = Order.DEVICE  # before anything that looks at the batch
     def __init__(self, device=None): self.device = torch.device(device or def_device)
 
     def before_fit(self, learn):
@@ -93,7 +95,7 @@ class DeviceCB(Callback):
 
 class SingleBatchCB(Callback):
     """Stop the fit after one batch: a quick check that every part of the loop runs."""
-    order = 1
+    order = Order.GUARD
     def after_batch(self, learn): raise CancelFitException()
 
 
@@ -101,42 +103,67 @@ def _fmt_time(secs): return f"{int(secs // 60):02d}:{int(secs % 60):02d}"
 
 
 def row_header(row: dict) -> list[str]:
-    """The column names a metrics `row` is shown under: its keys, with `time` for `seconds`."""
-    return [k for k in row if k != 'seconds'] + ['time']
+    """The column names a metrics `row` is shown under: its keys, as they are named everywhere."""
+    return list(row)
 
 
 def format_row(row: dict) -> list[str]:
-    """A metrics `row` as display strings: metrics and loss to 3 decimals, then epoch, phase, mm:ss."""
-    vals = [f'{v:.3f}' if isinstance(v, float) else str(v) for k, v in row.items() if k != 'seconds']
-    return vals + [_fmt_time(row['seconds'])]
+    """A metrics `row` as display strings: losses and metrics to 3 decimals, the lr to 3 significant digits, the
+    epoch as it is and `time` as mm:ss."""
+    def fmt(k, v):
+        if k == 'time': return _fmt_time(v)
+        if k == 'lr': return f'{v:.3g}'
+        return f'{v:.3f}' if isinstance(v, float) else str(v)
+    return [fmt(k, v) for k, v in row.items()]
+
+
+PHASES = ('train', 'valid')
 
 
 class MetricsCB(Callback):
-    """torcheval metrics and the loss, weighted by batch size, one row per epoch and phase, handed to consumers.
+    """torcheval metrics and the loss, weighted by batch size, as one row per epoch for every logger.
 
-    Metrics and the loss accumulate on the batch's device; the host reads them once per epoch phase, never per
-    batch. Under torch.distributed the row merges every rank's sums first (`reduce_metrics`), so every rank holds
-    the global numbers. `history` keeps every row: `{metric: value, ..., 'loss', 'epoch', 'phase', 'seconds'}`.
-
-    Each row goes to every callback of the learner that defines `log_row(learn, row)`, in callback order (this is
-    how ProgressCB, CSVLoggerCB, SaveModelCB, EarlyStoppingCB and TensorBoardCB get it). A consumer that shows the
-    row returns True; if none does, MetricsCB prints it as a plain table line (rank 0 only), unless its `show` is
-    set to False (`metrics.show = False`: rows are kept and handed on, nothing is printed).
+    The row (see `miniai.core`): `epoch`, `train_loss`, `valid_loss`, `train_<name>` and `valid_<name>` for each
+    metric, `lr` and `time`; it is appended to `history`, put in `learn.metrics_row`, and handed to every callback
+    through the `after_log` event. `epoch` counts on across fits of one learner. Metrics and the loss accumulate on
+    the batch's device; the host reads them once per epoch phase, never per batch. Under torch.distributed each
+    phase merges every rank's sums first (`reduce_metrics`), so every rank holds the global numbers. Unless a
+    callback that shows rows (`shows_metrics`, e.g. ProgressCB) is there, MetricsCB prints each row (rank 0 only;
+    `metrics.show = False` turns that off).
     """
-    order = 10
-    lr_find_excluded = True  # an lr sweep is not training worth a row in the history
+    order = Order.METRICS
+    run_in_isolated_fits = False  # an lr sweep or a prediction pass is not training worth a row in the history
 
     def __init__(self, *ms, **metrics):
         for m in ms: metrics[type(m).__name__] = m
         self.metrics, self.history, self.show = metrics, [], True
+        self._row, self._lr = None, None
+
+    def columns(self, train: bool = True, valid: bool = True) -> list[str]:
+        """The keys of the rows a fit with these phases makes, in their order."""
+        phases = [ph for ph, on in zip(PHASES, (train, valid)) if on]
+        cols = ['epoch'] + [f'{ph}_loss' for ph in phases]
+        cols += [f'{ph}_{name}' for name in self.metrics for ph in phases]
+        return cols + (['lr'] if train else []) + ['time']
 
     def format_row(self, row): return format_row(row)
 
-    def before_fit(self, learn): self._printed_header = False
+    def before_fit(self, learn):
+        self._printed_header, self._row = False, None
+        # the rows of epochs this fit (re)runs go: a checkpoint taken inside an epoch repeats that epoch
+        start = getattr(learn, 'run_epoch', getattr(learn, 'epoch', 0))
+        self.history = [r for r in self.history if r.get('epoch', -1) < start]
 
     def before_epoch(self, learn):
         for m in self.metrics.values(): m.reset()
-        self._loss_sum, self._count, self._start = None, 0, time.perf_counter()
+        self._loss_sum, self._count = None, 0
+        epoch = getattr(learn, 'run_epoch', learn.epoch)
+        if self._row is None or self._row['epoch'] != epoch:
+            self._row, self._lr, self._start = {'epoch': epoch}, None, time.perf_counter()
+
+    def before_step(self, learn):  # the lr this step uses (schedulers change it in after_step)
+        groups = getattr(learn.opt, 'param_groups', None)
+        self._lr = groups[0]['lr'] if groups else getattr(learn.opt, 'lr', None)
 
     def after_batch(self, learn):
         y = learn.batch[-1]
@@ -149,21 +176,29 @@ class MetricsCB(Callback):
         self._count += n
 
     def compute_row(self, learn) -> dict:
-        """This epoch phase's row, over all ranks under torch.distributed (every rank must call it)."""
+        """This epoch phase's values, named `<phase>_loss` and `<phase>_<metric>`, over all ranks under
+        torch.distributed (every rank must call it)."""
         if is_distributed(): self._loss_sum, self._count = reduce_metrics(self.metrics, self._loss_sum, self._count)
-        row = {k: float(m.compute()) for k, m in self.metrics.items()}
-        row['loss'] = float(self._loss_sum) / self._count if self._count else float('nan')
-        row.update(epoch=learn.epoch, phase='train' if learn.model.training else 'eval',
-                   seconds=time.perf_counter() - self._start)
-        return row
+        phase = 'train' if learn.model.training else 'valid'
+        vals = {f'{phase}_loss': float(self._loss_sum) / self._count if self._count else float('nan')}
+        vals.update({f'{phase}_{k}': float(m.compute()) for k, m in self.metrics.items()})
+        return vals
 
     def after_epoch(self, learn):
-        row = self.compute_row(learn)
+        if self._row is None: return
+        self._row.update(self.compute_row(learn))
+        # the row is complete after the epoch's last phase: validation, or training in a fit without it
+        if learn.model.training and getattr(learn, 'do_valid', True): return
+        row, self._row = self._row, None
+        order = self.columns()
+        row = {k: row[k] for k in sorted(row, key=lambda k: order.index(k) if k in order else len(order))}
+        if self._lr is not None: row['lr'] = float(self._lr)
+        row['time'] = time.perf_counter() - self._start
         self.history.append(row)
-        # a learner written in a notebook may keep its callbacks elsewhere: then there are no consumers
-        shown = [cb.log_row(learn, row) for cb in sorted(getattr(learn, 'cbs', ()), key=lambda c: c.order)
-                 if cb is not self and callable(getattr(cb, 'log_row', None))]
-        if self.show and not any(shown): self._print(row)
+        learn.metrics_row = row
+        if hasattr(learn, 'callback'): learn.callback('after_log')
+        shown = any(getattr(cb, 'shows_metrics', False) for cb in getattr(learn, 'cbs', ()))
+        if self.show and not shown: self._print(row)
 
     def _print(self, row):
         if not is_main_process(): return
@@ -174,29 +209,75 @@ class MetricsCB(Callback):
     def load_state_dict(self, sd): self.history = list(sd['history'])
 
 
-class CSVLoggerCB(Callback):
-    """Append each metrics row (from a `MetricsCB`, see `log_row`) to the CSV file `path` as it comes.
+def resolve_monitor(learn, monitor: str, who: str) -> str:
+    """The metrics-row key `monitor` names for a callback `who`, checked before the fit trains.
 
-    Columns: epoch, phase, loss, the metrics, lr (the first param group's lr at the epoch's last optimizer step),
-    seconds. Rows are flushed at once, so a crash keeps them. Only rank 0 writes.
+    Any row key (`valid_loss`, `valid_accuracy`, `train_loss`, ...) is taken as it is; the older names still work:
+    a bare metric or `loss` means its `valid_` value (its `train_` value in a fit without validation), and
+    `eval_<name>` means `valid_<name>`. Raises ValueError when the learner has no MetricsCB, or the name is not
+    one of the columns its rows will have, listing them.
     """
-    order = MetricsCB.order + 2
-    lr_find_excluded = True
+    metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
+    if metrics is None:
+        raise ValueError(f"{who} reads the metrics rows that MetricsCB makes, but the learner has no MetricsCB: add "
+                         "one, e.g. cbs=[MetricsCB(accuracy=MulticlassAccuracy()), ...]")
+    valid = getattr(learn, 'do_valid', True)
+    cols = [c for c in metrics.columns(valid=valid) if c not in ('epoch', 'time')]
+    if monitor.startswith('eval_'): monitor = 'valid_' + monitor[len('eval_'):]
+    key = monitor if monitor.startswith(PHASES) else f"{'valid' if valid else 'train'}_{monitor}"
+    if key in cols: return key
+    why = (f" (this fit has no validation, valid=False: use 'train_{key[len('valid_'):]}')"
+           if key.startswith('valid_') and not valid else '')
+    raise ValueError(f"{who}: monitor {key!r} is not a column of the metrics rows{why}; the columns are "
+                     f"{', '.join(cols)}")
 
-    def __init__(self, path): self.path, self.lr = path, float('nan')
 
-    def before_step(self, learn):  # the lr this step uses (schedulers change it in after_step)
-        groups = getattr(learn.opt, 'param_groups', None)
-        self.lr = groups[0]['lr'] if groups else getattr(learn.opt, 'lr', float('nan'))
+def monitor_mode(mode: str, monitor: str) -> str:
+    """'min' or 'max' for a monitor's `mode`: 'auto' gives min for names with 'loss', else max."""
+    modes = ('auto', 'min', 'max')
+    if mode not in modes: raise ValueError(f"mode must be one of {modes}, got {mode!r}")
+    return ('min' if 'loss' in monitor else 'max') if mode == 'auto' else mode
 
-    def log_row(self, learn, row: dict):
-        """Write `row` (with the lr of the last step) as one line of the CSV file."""
+
+def improved(value: float, best: float | None, mode: str, min_delta: float = 0.) -> bool:
+    """Whether `value` beats `best` by more than `min_delta` (`mode` 'min': lower is better, 'max': higher).
+    A NaN or infinite value never does, so it is never taken as the best."""
+    if not math.isfinite(value): return False
+    if best is None: return True
+    return value < best - min_delta if mode == 'min' else value > best + min_delta
+
+
+class CSVLoggerCB(Callback):
+    """Append each metrics row (see `MetricsCB`: epoch, train_loss, valid_loss, the metrics, lr, time in seconds)
+    to the CSV file `path` as it comes.
+
+    Rows are flushed at once, so a crash keeps them. A second fit of the same learner appends, its epochs going on
+    from the first's; a file that has a header already keeps its columns. Only rank 0 writes.
+    """
+    order = Order.LOGGER
+    run_in_isolated_fits = False
+
+    def __init__(self, path): self.path = path
+
+    def before_fit(self, learn):
+        """Refuse, before training, a file whose header lacks columns this fit's rows have (an older layout)."""
+        if not is_main_process() or not os.path.isfile(self.path) or os.path.getsize(self.path) == 0: return
+        metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
+        with open(self.path, newline='') as f: header = next(csv.reader(f), None) or []
+        want = metrics.columns(valid=getattr(learn, 'do_valid', True)) if metrics is not None else []
+        missing = [c for c in want if c not in header]
+        if missing:
+            raise ValueError(f"CSVLoggerCB: {self.path} has the columns {', '.join(header)}, which lack this fit's "
+                             f"{', '.join(missing)} (a file of another learner, or of an older miniai): give "
+                             "CSVLoggerCB a new path; the file is left as it is")
+
+    def after_log(self, learn):
+        """Write `learn.metrics_row` as one line of the CSV file."""
         if not is_main_process(): return
-        row = {**row, 'lr': self.lr}
-        cols = ['epoch', 'phase', 'loss'] + [k for k in row if k not in ('epoch', 'phase', 'loss', 'lr', 'seconds')]
-        cols += ['lr', 'seconds']
+        row = learn.metrics_row
+        cols = list(row)
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        if not new:  # appending to a file that has a header already (a resumed run): keep its columns
+        if not new:  # appending to a file that has a header already (a resumed run, a second fit): keep its columns
             with open(self.path, newline='') as f: cols = next(csv.reader(f), None) or cols
         with open(self.path, 'a', newline='') as f:
             w = csv.DictWriter(f, fieldnames=cols, restval='', extrasaction='ignore')
@@ -213,30 +294,39 @@ def in_notebook() -> bool:
 
 
 class ProgressCB(Callback):
-    """fastprogress bars in a notebook or terminal (`plot=True`: live loss curve in a notebook).
+    """fastprogress bars in a notebook or terminal, the metrics rows as a table, and (`plot=True`) the loss curve.
 
     When output is not a terminal (CI, a log file) it draws no bars: the log gets the metrics table, one line per
-    epoch phase, and nothing per batch. Losses are read from the device at most every `min_interval` seconds.
-    Under torch.distributed only rank 0 draws and prints; every rank keeps its own `losses`.
+    epoch, and nothing per batch. Losses are read from the device at most every `min_interval` seconds. With
+    `plot=True` the curve of `train_loss` per step and `valid_loss` per epoch is drawn live in a notebook; where
+    no notebook can show it (a script, a terminal) it is saved at the end of the fit to `plot_path` (default
+    `progress.png`) and a line says where. Under torch.distributed only rank 0 draws and prints.
     """
-    order = MetricsCB.order + 1
-    lr_find_excluded = True
+    order = Order.PROGRESS
+    run_in_isolated_fits = False
+    shows_metrics = True
 
-    def __init__(self, plot: bool = False, min_interval: float = 0.25, interactive: bool | None = None):
-        self.plot, self.min_interval, self.interactive = plot, min_interval, interactive
-        self.losses, self.val_losses, self.main = [], [], True
+    def __init__(self, plot: bool = False, min_interval: float = 0.25, interactive: bool | None = None,
+                 plot_path='progress.png'):
+        self.plot, self.min_interval, self.interactive, self.plot_path = plot, min_interval, interactive, plot_path
+        self.losses, self.val_losses, self.main, self.first_step = [], [], True, 0
         # what cleanup_fit reads, so it also runs when an earlier callback's before_fit raised
-        self._pending, self.live, self.metrics, self._resumed = [], False, None, None
+        self._pending, self.live, self.notebook, self._resumed = [], False, False, None
 
     def before_fit(self, learn):
         from fastprogress import master_bar
         self.main = is_main_process()  # the other ranks draw and print nothing
-        self.live = self.main and (self.interactive if self.interactive is not None else
-                                   (in_notebook() or sys.stdout.isatty()))
         self.notebook = in_notebook()
-        r, self._resumed = self._resumed, None        # a loaded checkpoint's curve continues; a new fit starts anew
-        self.losses, self.val_losses = (list(r['losses']), list(r['val_losses'])) if r else ([], [])
+        self.live = self.main and (self.interactive if self.interactive is not None else
+                                   (self.notebook or sys.stdout.isatty()))
+        r, self._resumed = self._resumed, None   # a loaded checkpoint's curve continues; a new fit starts anew
+        if r:   # the losses of the steps done before the checkpoint, no more (an interrupted epoch runs again)
+            self.first_step = r.get('first_step', 0)
+            self.losses = list(r['losses'])[:max(learn.iter_count - self.first_step, 0)]
+            self.val_losses = list(r['val_losses'])
+        else: self.losses, self.val_losses, self.first_step = [], [], learn.iter_count
         self._pending, self._last, self._first = [], 0., True
+        self._has_rows = any(isinstance(cb, MetricsCB) for cb in learn.cbs)
         if self.live: learn.epochs = self.mbar = master_bar(learn.epochs)
 
     def _write(self, vals, table=True):
@@ -244,19 +334,18 @@ class ProgressCB(Callback):
         if self.live: self.mbar.write(vals, table=table)
         else: print(*vals, flush=True)
 
-    def log_row(self, learn, row: dict) -> bool:
-        """Show a MetricsCB row in the bar's table (or as a printed line); True: MetricsCB need not print it."""
+    def after_log(self, learn):
+        """Show the epoch's metrics row (`learn.metrics_row`) in the bar's table, or as a printed line."""
+        row = learn.metrics_row
         if self._first: self._write(row_header(row)); self._first = False
         self._write(format_row(row))
-        if row['phase'] == 'eval': self.val_losses.append(row['loss'])
-        self._got_row = True
-        return True
+        if 'valid_loss' in row: self.val_losses.append(row['valid_loss'])
 
     def before_epoch(self, learn):
         if self.live:
             from fastprogress import progress_bar
             learn.dl = progress_bar(learn.dl, leave=False, parent=self.mbar)
-        self._t0, self._got_row = time.perf_counter(), False
+        self._t0 = time.perf_counter()
 
     def _flush(self):
         if self._pending: self.losses += torch.stack(self._pending).float().cpu().tolist()  # one sync for many
@@ -272,27 +361,46 @@ class ProgressCB(Callback):
         if self.live: self.mbar.child.comment = f'{self.losses[-1]:.3f}'
         if self.live and self.plot and self.notebook: self._draw()
 
-    def _draw(self):
-        graphs = [[list(range(len(self.losses))), self.losses]]
+    def _curves(self):
+        graphs = [[list(range(self.first_step + 1, self.first_step + len(self.losses) + 1)), self.losses]]
         if self.val_losses:
             n = max(len(self.losses) // max(len(self.val_losses), 1), 1)
-            graphs.append([[n * (i + 1) for i in range(len(self.val_losses))], self.val_losses])
-        self.mbar.update_graph(graphs)
+            graphs.append([[self.first_step + n * (i + 1) for i in range(len(self.val_losses))], self.val_losses])
+        return graphs
+
+    def _draw(self): self.mbar.update_graph(self._curves())
 
     def after_epoch(self, learn):
-        if not self._got_row and not self.live and self.main:  # no MetricsCB: a line of our own
+        if not self._has_rows and not self.live and self.main:  # no MetricsCB: a line of our own
             self._flush()
-            phase = 'train' if learn.training else 'eval'
-            last = f", last loss {self.losses[-1]:.3f}" if learn.training and self.losses else ''
-            print(f"epoch {learn.epoch} {phase}: {_fmt_time(time.perf_counter() - self._t0)}{last}", flush=True)
+            phase = 'train' if learn.training else 'valid'
+            last = f", last train_loss {self.losses[-1]:.3f}" if learn.training and self.losses else ''
+            epoch = getattr(learn, 'run_epoch', learn.epoch)
+            print(f"epoch {epoch} {phase}: {_fmt_time(time.perf_counter() - self._t0)}{last}", flush=True)
 
     def cleanup_fit(self, learn):
         self._flush()
-        if self.live and self.plot and self.notebook and self.losses: self._draw()
+        if not (self.plot and self.main and self.losses): return
+        if self.live and self.notebook: self._draw()
+        elif not self.notebook: self._save_plot()
+
+    def _save_plot(self):
+        """No notebook to draw in: the curve goes to `plot_path`, and a line says so."""
+        from matplotlib.figure import Figure
+
+        from .files import atomic_write
+        fig = Figure(figsize=(6, 4))
+        ax = fig.subplots()
+        for (xs, ys), label in zip(self._curves(), ('train_loss', 'valid_loss')):
+            ax.plot(xs, ys, 'o-' if label == 'valid_loss' else '-', label=label)
+        ax.set(xlabel='step', ylabel='loss')
+        ax.legend()
+        path = atomic_write(self.plot_path, lambda f: fig.savefig(f, format='png', dpi=100, bbox_inches='tight'))
+        print(f"ProgressCB(plot=True): no notebook to draw in, so the loss curve is saved to {path}", flush=True)
 
     def state_dict(self):
         """The losses so far, so that a resumed run's curve (e.g. `miniai train`'s training.png) shows the whole run."""
         self._flush()
-        return {'losses': list(self.losses), 'val_losses': list(self.val_losses)}
+        return {'losses': list(self.losses), 'val_losses': list(self.val_losses), 'first_step': self.first_step}
 
     def load_state_dict(self, sd): self._resumed = sd

@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import Callback
-from .distributed import barrier, broadcast_object, is_main_process
+from .callbacks import improved, monitor_mode, resolve_monitor
+from .core import Callback, Order
+from .device import barrier, broadcast_object, is_main_process, unwrap_model
 from .errors import MiniaiError
 from .files import atomic_write, sha256_file
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'SaveModelCB', 'TerminateOnNaNCB', 'NonFiniteLossError',
-           'CheckpointError', 'digest_path', 'is_main_process', 'unwrap_model']
+           'CheckpointError', 'digest_path', 'is_main_process', 'unwrap_model', 'callback_keys']
 
 _FORMAT = 'miniai-checkpoint-1'
 
@@ -45,20 +46,21 @@ class NonFiniteLossError(MiniaiError, FloatingPointError):
     """The loss became NaN or infinite; raised by `TerminateOnNaNCB` before the step could spoil the weights."""
 
 
-def unwrap_model(model):
-    """The module inside a DistributedDataParallel (or compiled) wrapper, so state_dict keys never change."""
-    while hasattr(model, 'module') and isinstance(model.module, torch.nn.Module): model = model.module
-    return getattr(model, '_orig_mod', model)
-
-
-def _cb_keys(cbs):
-    """A stable name per callback with state: its class name, numbered when several share it."""
+def callback_keys(cbs) -> list[str]:
+    """The name each callback's state is kept under in a checkpoint: its `state_key` (the class name unless the
+    callback sets one), with `.1`, `.2`, ... for the second and later callbacks of one name."""
     seen, keys = {}, []
     for cb in cbs:
-        name = type(cb).__name__
-        keys.append(f'{name}.{seen.get(name, 0)}')
-        seen[name] = seen.get(name, 0) + 1
+        name = getattr(cb, 'state_key', type(cb).__name__)
+        n = seen.get(name, 0)
+        keys.append(name if n == 0 else f'{name}.{n}')
+        seen[name] = n + 1
     return keys
+
+
+def _new_key(key: str) -> str:
+    """A callback key as `callback_keys` makes it, from one that miniai 0.1 wrote (`Name.0` for the first)."""
+    return key[:-2] if key.endswith('.0') else key
 
 
 def _rng_state():
@@ -90,9 +92,10 @@ def learner_state(learn, epoch_done: bool = True) -> dict:
             'model': unwrap_model(learn.model).state_dict(),
             'opt': opt.state_dict() if opt is not None and hasattr(opt, 'state_dict') else None,
             'opt_class': _class_name(opt) if opt is not None else None,
-            'callbacks': {k: cb.state_dict() for k, cb in zip(_cb_keys(learn.cbs), learn.cbs)
+            'callbacks': {k: cb.state_dict() for k, cb in zip(callback_keys(learn.cbs), learn.cbs)
                           if hasattr(cb, 'state_dict')},
-            'epoch': learn.epoch, 'epoch_done': epoch_done, 'iter_count': learn.iter_count, 'rng': _rng_state()}
+            'epoch': learn.epoch, 'epoch_offset': getattr(learn, 'epoch_offset', 0), 'epoch_done': epoch_done,
+            'iter_count': learn.iter_count, 'rng': _rng_state()}
 
 
 def save_checkpoint(learn, path, epoch_done: bool = True, wait: bool = True) -> Path | None:
@@ -205,9 +208,11 @@ def load_checkpoint(learn, path, weights_only: bool = False) -> dict:
     if weights_only: return ckpt
     if ckpt['opt'] is not None: _load_opt(learn, ckpt, path)
     done = ckpt.get('epoch_done', True)
-    learn.pending_cb_states = {k: v if done else _before_epoch(v, ckpt['epoch']) for k, v in ckpt['callbacks'].items()}
+    # each callback gets its own state back, and decides itself what of it a repeated epoch drops
+    learn.pending_cb_states = {_new_key(k): v for k, v in ckpt['callbacks'].items()}
     learn.apply_pending_cb_states()
     learn.epoch, learn.iter_count = ckpt['epoch'], ckpt['iter_count']
+    learn.epoch_offset = ckpt.get('epoch_offset', 0)
     learn.resume_epoch = ckpt['epoch'] + 1 if done else ckpt['epoch']  # an interrupted epoch runs again from its start
     _set_rng_state(ckpt['rng'])
     return ckpt
@@ -228,55 +233,38 @@ def _load_opt(learn, ckpt, path):
                               "same optimizer and param groups as the run that saved it") from e
 
 
-def _before_epoch(state, epoch: int):
-    """A callback state without the rows (`history` items with an `epoch`) of `epoch` and later: an interrupted
-    epoch's partial rows are written again when it runs again."""
-    if not isinstance(state, dict) or not isinstance(state.get('history'), list): return state
-    keep = [r for r in state['history'] if not (isinstance(r, dict) and r.get('epoch', -1) >= epoch)]
-    return {**state, 'history': keep}
-
-
 class SaveModelCB(Callback):
-    """Save `dir/last.pt` after every epoch (with `every_epoch`), and `dir/best.pt` whenever the eval value of
-    `monitor` (a MetricsCB column such as 'loss' or 'accuracy') improves: lower for names with 'loss', else higher.
-    `epoch_done` is the last epoch this fit completed (None before the first): a checkpoint saved after an interrupt
-    is a mid-epoch one (`save_checkpoint(..., epoch_done=False)`) unless `epoch_done == learn.epoch`.
+    """Save `dir/last.pt` after every epoch (with `every_epoch`), and `dir/best.pt` whenever `monitor` improves.
+
+    `monitor` is a column of the metrics rows (`valid_loss`, `valid_accuracy`, ...; checked when the fit starts,
+    see `resolve_monitor`); `mode` 'auto' means lower is better for names with 'loss'. A NaN value is never the
+    best. The checkpoints are written when the epoch's row comes (`after_log`), so they hold that row in the
+    metrics history. `epoch_done` is the last epoch this fit completed (None before the first): a checkpoint saved
+    after an interrupt is a mid-epoch one (`save_checkpoint(..., epoch_done=False)`) unless
+    `epoch_done == learn.epoch`.
     """
-    order = 20  # after MetricsCB has its row for the epoch
-    lr_find_excluded = True
+    order = Order.CHECKPOINT  # after the loggers have the epoch's row
+    run_in_isolated_fits = False
 
     def __init__(self, dir='.', every_epoch: bool = True, monitor: str | None = None, mode: str = 'auto'):
-        if mode not in ('auto', 'min', 'max'): raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.dir, self.every_epoch, self.monitor = Path(dir), every_epoch, monitor
-        self.mode = ('min' if monitor and 'loss' in monitor else 'max') if mode == 'auto' else mode
-        self.best, self.row, self.epoch_done = None, None, None   # `epoch_done`: the last epoch this fit completed
+        self.mode = monitor_mode(mode, monitor or '')
+        self.best, self.key, self.epoch_done = None, monitor, None   # `epoch_done`: the last epoch this fit completed
 
-    def before_fit(self, learn): self.epoch_done = None
-    def before_epoch(self, learn): self.row = None
+    def before_fit(self, learn):
+        self.epoch_done = None
+        if self.monitor: self.key = resolve_monitor(learn, self.monitor, f"SaveModelCB(monitor={self.monitor!r})")
 
-    def log_row(self, learn, row: dict):
-        """Keep the epoch phase's metrics row (from MetricsCB) that `monitor` is read from."""
-        self.row = row
-
-    def after_epoch(self, learn):
-        # an epoch is complete after its eval phase, or after training when there is no validation
-        if learn.training and learn.do_valid: return
+    def after_log(self, learn):
+        """The epoch is complete: best.pt if `monitor` improved, then last.pt."""
         self.epoch_done = learn.epoch
-        if self.monitor: self._maybe_best(learn)
+        if self.monitor:
+            v = broadcast_object(learn.metrics_row[self.key])  # rank 0's value decides: all reach the same barriers
+            if improved(v, self.best, self.mode):
+                self.best = v
+                save_checkpoint(learn, self.dir / 'best.pt')
         if self.every_epoch: save_checkpoint(learn, self.dir / 'last.pt')
 
-    def _maybe_best(self, learn):
-        if self.row is None:
-            raise ValueError(f"SaveModelCB(monitor={self.monitor!r}) needs a MetricsCB in the learner's callbacks")
-        row = self.row
-        if self.monitor not in row:
-            raise ValueError(f"SaveModelCB: monitor {self.monitor!r} is not a metric; have {sorted(row)}")
-        v = broadcast_object(row[self.monitor])  # rank 0's value decides on every rank: all reach the same barriers
-        if math.isfinite(v) and (self.best is None or (v < self.best if self.mode == 'min' else v > self.best)):
-            self.best = v
-            save_checkpoint(learn, self.dir / 'best.pt')
-
-    def cleanup_fit(self, learn): self.row = None
     def state_dict(self): return {'best': self.best}
     def load_state_dict(self, sd): self.best = sd['best']
 
@@ -286,8 +274,8 @@ class TerminateOnNaNCB(Callback):
 
     Reading the loss costs one host sync per `every` batches; on a GPU, `every=10` lets the device run ahead.
     """
-    order = 1
-    lr_find_excluded = True  # an lr sweep ends at a non-finite loss by design (LRFinderCB stops there)
+    order = Order.GUARD
+    run_in_isolated_fits = False  # an lr sweep ends at a non-finite loss by design (LRFinderCB stops there)
 
     def __init__(self, every: int = 1):
         if every < 1: raise ValueError(f"every must be >= 1, got {every}")

@@ -22,30 +22,70 @@ The backward and step protocol (how a callback changes what happens between the 
   uses (the lr for a logger) reads them here: schedulers change them in `after_step`.
 - `after_step`: runs only after a real optimizer step: per-step schedulers (BatchSchedCB) and recorders act here.
 
-Metrics rows: `MetricsCB` computes one row per epoch phase (merged over ranks under torch.distributed) and hands it
-to every callback that defines `log_row(learn, row)`, in callback order. `row` is a dict: each metric, `loss`,
-`epoch`, `phase` ('train' or 'eval') and `seconds`. A consumer that shows the row to the user (ProgressCB) returns
-True; when none does, MetricsCB prints it. Under torch.distributed every rank gets the same rows: a consumer that
-writes files writes on rank 0 only (`is_main_process`). Consumers: ProgressCB, CSVLoggerCB, SaveModelCB,
-EarlyStoppingCB, TensorBoardCB.
+Metrics rows (one vocabulary, used by every table, file, plot and logger): `MetricsCB` makes one row per epoch,
+after the epoch's last phase, merged over ranks under torch.distributed, puts it in `learn.metrics_row` and
+dispatches the event `after_log`; every consumer (ProgressCB, CSVLoggerCB, SaveModelCB, EarlyStoppingCB,
+TensorBoardCB, WandBCB, yours) defines `after_log(self, learn)` and reads `learn.metrics_row`, a dict:
+`epoch` (0-based, counting on across fits of one learner), `train_loss`, `valid_loss`, `train_<metric>` and
+`valid_<metric>` for each metric, `lr` (the first param group's lr at the epoch's last optimizer step) and `time`
+(seconds). A phase that did not run has no keys. Tables show `time` as mm:ss.
 
-Built-in `order` values (lower runs first): DeviceCB -20, BatchTransformCB -10, GradientAccumulationCB -6,
-MixedPrecisionCB / ChannelsLastCB / CompileCB -5, GradientClipCB -4, DDPCB -2, TrainCB and schedulers 0,
-SingleBatchCB and TerminateOnNaNCB 1, LRFinderCB 5, MetricsCB 10, ProgressCB 11, CSVLoggerCB 12, TensorBoardCB 13,
-SaveModelCB 20, EarlyStoppingCB 25. Ties keep the order in which callbacks were added.
+Callback order (`order`, lower runs first; ties keep the order in which callbacks were added), as the named
+constants of `Order`:
+
+| constant | value | callbacks |
+|---|---|---|
+| `Order.DEVICE` | -20 | DeviceCB |
+| `Order.TRANSFORM` | -10 | BatchTransformCB, InputTransformCB, the course's MixedPrecision and AccelerateCB |
+| `Order.ACCUMULATE` | -6 | GradientAccumulationCB |
+| `Order.PRECISION` | -5 | MixedPrecisionCB, ChannelsLastCB, CompileCB |
+| `Order.CLIP` | -4 | GradientClipCB |
+| `Order.DISTRIBUTED` | -2 | DDPCB |
+| `Order.TRAIN` | 0 | TrainCB, schedulers, recorders, your callbacks by default |
+| `Order.GUARD` | 1 | SingleBatchCB, TerminateOnNaNCB, EMACB |
+| `Order.LR_FINDER` | 5 | LRFinderCB |
+| `Order.METRICS` | 10 | MetricsCB |
+| `Order.PROGRESS` | 11 | ProgressCB |
+| `Order.LOGGER` | 12 | CSVLoggerCB, TensorBoardCB, WandBCB |
+| `Order.STOPPING` | 15 | EarlyStoppingCB |
+| `Order.CHECKPOINT` | 20 | SaveModelCB |
+| `Order.LAST` | 1000 | callbacks that look at the batch as the model finally gets it (show_image_batch) |
+
+Isolated passes (`Learner.isolated`, used by `lr_find` and `get_preds`) leave out the callbacks whose
+`run_in_isolated_fits` is False: the ones that record or act on real training (metrics, progress, loggers,
+checkpoints, early stopping, NaN guards).
 """
 from __future__ import annotations
 
-__all__ = ['EVENTS', 'STEPS', 'CancelFitException', 'CancelEpochException', 'CancelBatchException',
-           'CancelStepException', 'Callback', 'run_cbs', 'call_cb', 'check_callback']
+__all__ = ['EVENTS', 'STEPS', 'Order', 'CancelFitException', 'CancelEpochException', 'CancelBatchException',
+           'CancelStepException', 'Callback', 'run_cbs', 'call_cb', 'check_callback', 'run_stage']
 
 # The one source of truth for events: the dispatcher, the docs and the tests read this tuple.
 EVENTS = ('before_fit', 'after_fit', 'cleanup_fit',
-          'before_epoch', 'after_epoch', 'cleanup_epoch',
+          'before_epoch', 'after_epoch', 'cleanup_epoch', 'after_log',
           'before_batch', 'after_batch', 'cleanup_batch',
           'after_predict', 'after_loss', 'before_backward', 'after_backward', 'before_step', 'after_step')
 # The steps of a batch that a callback (TrainCB) or a Learner subclass (TrainLearner) implements.
 STEPS = ('predict', 'get_loss', 'backward', 'step', 'zero_grad')
+
+
+class Order:
+    """The named `order` values of the built-in callbacks (the table in this module's docstring)."""
+    DEVICE = -20          # moves the batch first: everything after sees it on the device
+    TRANSFORM = -10       # batch transforms, on the device
+    ACCUMULATE = -6       # cancels the step before it is unscaled
+    PRECISION = -5        # autocast and gradient unscaling
+    CLIP = -4             # sees unscaled gradients
+    DISTRIBUTED = -2      # wraps the model after the callbacks that change it
+    TRAIN = 0
+    GUARD = 1             # after the loss and the step
+    LR_FINDER = 5
+    METRICS = 10          # makes the epoch's row and dispatches `after_log`
+    PROGRESS = 11
+    LOGGER = 12
+    STOPPING = 15         # counts the row before the checkpoint saves its state
+    CHECKPOINT = 20       # saves last: every other consumer of the row has updated its state
+    LAST = 1000
 
 
 class CancelFitException(Exception):
@@ -65,8 +105,19 @@ class CancelStepException(Exception):
 
 
 class Callback:
-    """Base class of everything a `Learner` calls at its events; methods take the learner as `learn`."""
-    order = 0
+    """Base class of everything a `Learner` calls at its events; methods take the learner as `learn`.
+
+    `order` places it among the others (see `Order`); `run_in_isolated_fits = False` keeps it out of `lr_find`
+    and `get_preds`; `shows_metrics = True` says it shows the metrics rows, so MetricsCB does not print them.
+    A callback with state worth resuming defines `state_dict()`/`load_state_dict(sd)`; checkpoints key that
+    state by `state_key` (the class name unless set).
+    """
+    order = Order.TRAIN
+    run_in_isolated_fits = True
+    shows_metrics = False
+
+    @property
+    def state_key(self) -> str: return type(self).__name__
 
     def __repr__(self): return f'{type(self).__name__}()'
 
@@ -83,6 +134,17 @@ def check_callback(cb) -> Callback:
         if name.startswith(_PREFIXES) and name not in EVENTS and callable(getattr(cb, name, None)):
             raise ValueError(f"{type(cb).__name__}.{name} is not an event; the events are: {', '.join(EVENTS)}")
     return cb
+
+
+def run_stage(obj, stage: str, body, cancel: type[BaseException]):
+    """`before_<stage>`, `body()`, `after_<stage>` through `obj.callback`; `cancel` skips the rest of them, and
+    `cleanup_<stage>` always runs. The one implementation of a stage: `Learner` and `with_cbs` both use it."""
+    try:
+        obj.callback(f'before_{stage}')
+        body()
+        obj.callback(f'after_{stage}')
+    except cancel: pass
+    finally: obj.callback(f'cleanup_{stage}')
 
 
 def _sorted(cbs): return [cb for _, _, cb in sorted((cb.order, i, cb) for i, cb in enumerate(cbs))]

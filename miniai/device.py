@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ['def_device', 'to_device', 'to_cpu', 'is_distributed', 'rank', 'local_rank', 'world_size',
-           'is_main_process', 'barrier', 'all_reduce_sum', 'all_reduce_mean', 'broadcast_object']
+           'is_main_process', 'barrier', 'all_reduce_sum', 'all_reduce_mean', 'broadcast_object', 'unwrap_model']
 
 def_device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
@@ -25,6 +25,12 @@ def to_device(x, device=def_device, non_blocking: bool = False):
     if isinstance(x, Mapping): return {k: to_device(v, device, non_blocking) for k, v in x.items()}
     if isinstance(x, (list, tuple)): return type(x)(to_device(o, device, non_blocking) for o in x)
     return x
+
+
+def unwrap_model(model):
+    """The module inside a DistributedDataParallel (or compiled) wrapper, so state_dict keys never change."""
+    while hasattr(model, 'module') and isinstance(model.module, torch.nn.Module): model = model.module
+    return getattr(model, '_orig_mod', model)
 
 
 def to_cpu(x):

@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, RandomSampler, Sampler
 
-from .core import Callback
+from .core import Callback, Order
 from .device import (
     all_reduce_mean,
     all_reduce_sum,
@@ -201,7 +201,7 @@ class DDPCB(Callback):
     per-rank batch statistics (running statistics come from rank 0); for synced ones, make the model with
     `nn.SyncBatchNorm.convert_sync_batchnorm(model)` (CUDA).
     """
-    order = -2  # after DeviceCB (-20) and the callbacks that change the model (-5); before schedulers (0) count batches
+    order = Order.DISTRIBUTED  # after DeviceCB and the callbacks that change the model; before schedulers count
 
     def __init__(self, device=None, backend: str | None = None, seed: int = 0, shard: bool = True, **ddp_kwargs):
         self.device = init_from_env(device, backend)

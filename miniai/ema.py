@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from .core import Callback
+from .core import Callback, Order
 
 __all__ = ['EMACB']
 
@@ -25,7 +25,7 @@ class EMACB(Callback):
     keeps the averaged weights after a fit that trained, so `get_preds`, `save` and export use them. A fit that
     does not train (`get_preds`, `fit(train=False)`) uses the model's weights as they are.
     """
-    order = 1   # after TrainCB (0) has stepped, and before MetricsCB (10) reads validation predictions
+    order = Order.GUARD   # after TrainCB has stepped, and before MetricsCB reads validation predictions
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, apply_at_end: bool = True):
         if not 0 <= decay < 1: raise ValueError(f"decay must be in [0, 1), got {decay}")

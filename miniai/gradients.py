@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .core import Callback, CancelStepException
+from .core import Callback, CancelStepException, Order
 
 __all__ = ['GradientClipCB', 'GradientAccumulationCB']
 
@@ -29,7 +29,7 @@ class GradientClipCB(Callback):
     gradients are already averaged over the ranks in backward, so every rank clips the same way. `norms` keeps
     the total norm before clipping of each step (as CPU floats, read once per epoch).
     """
-    order = -4  # after MixedPrecisionCB (-5) unscaled the gradients
+    order = Order.CLIP  # after MixedPrecisionCB unscaled the gradients
 
     def __init__(self, max_norm: float, norm_type: float = 2.0):
         if not max_norm > 0: raise ValueError(f"max_norm must be > 0, got {max_norm}")
@@ -61,7 +61,7 @@ class GradientAccumulationCB(Callback):
     DistributedDataParallel the batches that won't step run in its `no_sync()`: the ranks all-reduce the summed
     gradients once, at the batch that steps.
     """
-    order = -6  # before MixedPrecisionCB (-5): a cancelled step is never unscaled
+    order = Order.ACCUMULATE  # before MixedPrecisionCB: a cancelled step is never unscaled
 
     def __init__(self, n_batches: int):
         if not isinstance(n_batches, int) or isinstance(n_batches, bool) or n_batches < 1:

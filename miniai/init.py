@@ -17,7 +17,7 @@ from torch import nn
 
 from .activations import GeneralRelu, Hook
 from .conv import conv, get_model
-from .core import Callback
+from .core import Callback, Order
 
 __all__ = ['clean_ipython_hist', 'clean_tb', 'clean_mem', 'BatchTransformCB', 'GeneralRelu', 'plot_func',
            'init_weights', 'lsuv_init', 'conv', 'get_model', 'summary', 'Summary']
@@ -67,7 +67,7 @@ class BatchTransformCB(Callback):
     To transform only the inputs (the usual augmentation, training batches only), use
     `miniai.augment.InputTransformCB(tfm)`.
     """
-    order = -10  # after DeviceCB (-20): the transform runs on the batch's device
+    order = Order.TRANSFORM  # after DeviceCB: the transform runs on the batch's device
 
     def __init__(self, tfm: Callable, on_train: bool = True, on_val: bool = True):
         if not callable(tfm): raise TypeError(f"tfm must be callable on a batch, got {tfm!r}")

@@ -26,7 +26,7 @@ from .callbacks import (
     to_cpu,
     to_device,
 )
-from .checkpoint import _cb_keys, load_checkpoint, save_checkpoint
+from .checkpoint import callback_keys, load_checkpoint, save_checkpoint
 from .core import (
     EVENTS,
     STEPS,
@@ -39,6 +39,7 @@ from .core import (
     call_cb,
     check_callback,
     run_cbs,
+    run_stage,
 )
 from .lr_finder import LRFinderCB, lr_find
 from .sgd.callbacks import fit_one_cycle
@@ -50,6 +51,9 @@ __all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchE
            'set_seed', 'LRFinderCB', 'lr_find', 'with_cbs']
 
 _CANCELS = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException}
+# what a fit changes on the learner, which `Learner.isolated` puts back
+_FIT_STATE = ('epoch', 'epochs', 'n_epochs', 'epoch_offset', '_last_epoch', 'iter_count', 'dls', 'dl', 'iter',
+              'n_iter', 'batch', 'preds', 'loss', 'training', 'do_valid', 'metrics_row', 'resume_epoch')
 
 
 class with_cbs:
@@ -62,13 +66,7 @@ class with_cbs:
     def __call__(self, f):
         nm, cancel = self.nm, _CANCELS[self.nm]
 
-        def _f(o, *args, **kwargs):
-            try:
-                o.callback(f'before_{nm}')
-                f(o, *args, **kwargs)
-                o.callback(f'after_{nm}')
-            except cancel: pass
-            finally: o.callback(f'cleanup_{nm}')
+        def _f(o, *args, **kwargs): run_stage(o, nm, lambda: f(o, *args, **kwargs), cancel)
         _f.__name__, _f.__qualname__, _f.__doc__ = f.__name__, f.__qualname__, f.__doc__
         return _f
 
@@ -107,6 +105,8 @@ class Learner:
         self.model, self.dls, self.loss_func, self.opt_func = model, _check_dls(dls), loss_func, opt_func
         self.lr = _check_lr(lr)
         self.cbs, self.opt, self.training, self.epoch, self.iter_count = [], None, False, 0, 0
+        self.epoch_offset = 0  # epochs of this learner's earlier fits: logs go on counting from there
+        self._last_epoch = None  # the last epoch the latest training fit reached
         self.pending_cb_states, self.resume_epoch = {}, None  # set by `load`, used by the next fit
         self.add_cbs(cbs)
 
@@ -158,13 +158,7 @@ class Learner:
         for cb, method in self._table[name]: call_cb(cb, method, name, self)
 
     # --- the loop ------------------------------------------------------------------------------------------
-    def _with_events(self, body, stage: str, cancel):
-        try:
-            self.callback(f'before_{stage}')
-            body()
-            self.callback(f'after_{stage}')
-        except cancel: pass
-        finally: self.callback(f'cleanup_{stage}')
+    def _with_events(self, body, stage: str, cancel): run_stage(self, stage, body, cancel)
 
     def one_batch(self):
         self.predict()
@@ -200,6 +194,7 @@ class Learner:
 
     def _fit(self, train, valid):
         for self.epoch in self.epochs:
+            if train: self._last_epoch = self.epoch
             if train: self.one_epoch(True)
             if valid:
                 with torch.no_grad(): self.one_epoch(False)
@@ -223,9 +218,14 @@ class Learner:
             raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
         if train: self._check_train_loader()
         # only a training fit continues a loaded checkpoint (get_preds' validation-only fit leaves it for the next)
+        resuming = train and start_epoch is None and self.resume_epoch is not None
         if start_epoch is None:
             start_epoch = (self.resume_epoch or 0) if train else 0
             if train: self.resume_epoch = None
+        # a new training fit's rows go on from the epoch after the last one the previous fit reached (a resumed
+        # one continues the loaded fit's numbering)
+        if train and not resuming and self._last_epoch is not None: self.epoch_offset += self._last_epoch + 1
+        if train: self._last_epoch = None
         if start_epoch >= n_epochs:
             raise ValueError(f"nothing to train: starting at epoch {start_epoch} of a {n_epochs}-epoch fit (a loaded "
                              "checkpoint continues after its epoch; pass start_epoch=0 to train from the start)")
@@ -237,19 +237,52 @@ class Learner:
             try:
                 self.apply_pending_cb_states()
                 self.n_epochs, self.epochs = n_epochs, range(start_epoch, n_epochs)
-                self.do_valid = valid
+                self.epoch, self.do_valid = start_epoch, valid
                 if train and self.opt_func is not None: self.make_opt(lr)
                 self._with_events(lambda: self._fit(train, valid), 'fit', CancelFitException)
             finally:
                 self.training = False
                 self.model.eval()
 
+    @property
+    def run_epoch(self) -> int:
+        """The epoch's number in this learner's whole run: `epoch` plus the epochs of earlier fits (what logs show)."""
+        return self.epoch_offset + self.epoch
+
     def apply_pending_cb_states(self):
-        """Give callbacks the states a loaded checkpoint holds for them (matched by class name and position)."""
+        """Give callbacks the states a loaded checkpoint holds for them (matched by `state_key`)."""
         if not self.pending_cb_states: return
-        for key, cb in zip(_cb_keys(self.cbs), self.cbs):
+        for key, cb in zip(callback_keys(self.cbs), self.cbs):
             if key in self.pending_cb_states and hasattr(cb, 'load_state_dict'):
                 cb.load_state_dict(self.pending_cb_states.pop(key))
+
+    @contextmanager
+    def isolated(self, weights: bool = False):
+        """A `with` block whose fits leave no trace: the callbacks with `run_in_isolated_fits = False` (metrics,
+        progress, loggers, checkpoints, early stopping) sit it out, and the learner's fit state (epoch and step
+        counters, `dls`, the batch, the model's mode) is put back after it. With `weights`, so are the model's
+        weights, the optimizer's state and torch's RNG (`lr_find` trains inside the block; `get_preds` does not)."""
+        saved = {k: vars(self)[k] for k in _FIT_STATE if k in vars(self)}
+        was_training = self.model.training
+        if weights:
+            import copy
+            model_state, opt = copy.deepcopy(self.model.state_dict()), self.opt
+            opt_state = copy.deepcopy(opt.state_dict()) if hasattr(opt, 'state_dict') else None
+            rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        out = [cb for cb in self.cbs if not getattr(cb, 'run_in_isolated_fits', True)]
+        try:
+            with self.removed_cbs(out): yield self
+        finally:
+            for k in _FIT_STATE:
+                if k in saved: setattr(self, k, saved[k])
+                else: vars(self).pop(k, None)
+            self.model.train(was_training)
+            if weights:
+                self.model.load_state_dict(model_state)
+                self.opt = opt
+                if opt_state is not None: opt.load_state_dict(opt_state)
+                torch.set_rng_state(rng[0])
+                if rng[1] is not None: torch.cuda.set_rng_state_all(rng[1])
 
     def save(self, path):
         """Save a checkpoint of everything needed to resume exactly (see `miniai.checkpoint`)."""

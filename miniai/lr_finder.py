@@ -6,14 +6,12 @@ follows. Explained in nbs/03_activations.ipynb.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from .core import Callback, CancelEpochException, CancelFitException, _cb_list
+from .core import Callback, CancelEpochException, CancelFitException, Order, _cb_list
 from .device import all_reduce_mean, is_main_process
 
 __all__ = ['LRFinderCB', 'LRFinderResult', 'lr_find', 'valley', 'steep', 'minimum']
@@ -25,7 +23,7 @@ class LRFinderCB(Callback):
     lr when the fit ends (as the course's does). The loss compared is smoothed with `beta` (0: the raw loss, as
     in the course; `lr_find` uses 0.98). Under torch.distributed it sees the mean loss over the ranks, so every
     rank stops at the same batch."""
-    order = 5  # after TrainCB has computed the loss
+    order = Order.LR_FINDER  # after TrainCB has computed the loss
 
     def __init__(self, gamma: float = 1.3, max_mult: float = 3, num_it: int | None = None, stop_div: bool = True,
                  beta: float = 0., show_plot: bool = True):
@@ -139,17 +137,6 @@ class LRFinderResult:
         return fig
 
 
-def _opt_snapshot(opt):
-    if opt is None: return None
-    if hasattr(opt, 'state_dict'): return copy.deepcopy(opt.state_dict())
-    return {'lr': getattr(opt, 'lr', None)}
-
-
-def _opt_restore(opt, snap):
-    if hasattr(opt, 'load_state_dict'): opt.load_state_dict(snap)
-    elif snap.get('lr') is not None: opt.lr = snap['lr']
-
-
 def lr_find(learn, gamma: float | None = None, max_mult: float = 3, start_lr: float | None = None,
             max_epochs: int | None = None, *, end_lr: float | None = None, num_it: int | None = None,
             stop_div: bool = True, show_plot: bool = True, cbs=None) -> LRFinderResult:
@@ -177,22 +164,12 @@ def lr_find(learn, gamma: float | None = None, max_mult: float = 3, start_lr: fl
         if not start_lr > 0: raise ValueError(f"start_lr must be > 0, got {start_lr}")
     cb = LRFinderCB(gamma=gamma, max_mult=max_mult, num_it=num_it, stop_div=stop_div, beta=0.98, show_plot=False)
     learn._check_train_loader()
-    model_state = copy.deepcopy(learn.model.state_dict())
-    had_opt, opt_state = learn.opt is not None, _opt_snapshot(learn.opt)
-    rng = torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    # callbacks that keep records (metrics, loggers, checkpoints) sit the sweep out
-    excluded = [c for c in learn.cbs if getattr(c, 'lr_find_excluded', False)]
-    try:
-        with learn.removed_cbs(excluded):
-            # with num_it, num_it epochs: a bound however short DDPCB's shards make them (LRFinderCB stops after
-            # num_it batches); start_epoch=0 leaves a loaded checkpoint's resume epoch pending for the real fit
-            learn.fit(n_epochs, valid=False, lr=start_lr, cbs=[cb] + _cb_list(cbs), start_epoch=0)
-    finally:
-        learn.model.load_state_dict(model_state)
-        if had_opt: _opt_restore(learn.opt, opt_state)
-        else: learn.opt = None
-        torch.set_rng_state(rng[0])
-        if rng[1] is not None: torch.cuda.set_rng_state_all(rng[1])
+    # callbacks that keep records (metrics, loggers, checkpoints) sit the sweep out, and everything it changes
+    # (weights, optimizer, lr, RNG, counters) is put back
+    with learn.isolated(weights=True):
+        # with num_it, num_it epochs: a bound however short DDPCB's shards make them (LRFinderCB stops after
+        # num_it batches); start_epoch=0 leaves a loaded checkpoint's resume epoch pending for the real fit
+        learn.fit(n_epochs, valid=False, lr=start_lr, cbs=[cb] + _cb_list(cbs), start_epoch=0)
     if not cb.losses: raise RuntimeError("lr_find saw no training batch")
     res = LRFinderResult(cb.lrs, cb.losses, cb.smoothed, valley(cb.lrs, cb.smoothed), steep(cb.lrs, cb.smoothed),
                          minimum(cb.lrs, cb.smoothed))

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from .core import Callback
+from .core import Callback, Order
 from .device import is_main_process
 from .sgd.schedules import get_mom
 
-__all__ = ['TensorBoardCB']
+__all__ = ['TensorBoardCB', 'step_scalars']
 
 _INSTALL = ("TensorBoardCB needs the tensorboard package: pip install 'miniai[tensorboard]' (or pip install "
             "tensorboard)")
@@ -25,17 +25,30 @@ def _summary_writer():
     return SummaryWriter
 
 
+def step_scalars(learn) -> dict[str, float]:
+    """The hypers the coming optimizer step uses, under their logged names: `lr` and `mom` (group 0's; `mom` is
+    the momentum or Adam's beta1, where there is one) and `lr_group{i}`, `mom_group{i}` for the other groups."""
+    out = {}
+    for i, g in enumerate(getattr(learn.opt, 'param_groups', ())):
+        sfx = '' if i == 0 else f'_group{i}'
+        out[f'lr{sfx}'] = g['lr']
+        mom = get_mom(g)
+        if mom is not None: out[f'mom{sfx}'] = mom
+    return out
+
+
 class TensorBoardCB(Callback):
     """Write TensorBoard scalars to `log_dir` (view them with `tensorboard --logdir LOG_DIR`).
 
-    Per optimizer step (x axis: training batches done, `learn.iter_count`): `train/loss`, and for each param group
-    i `lr/group{i}` and `mom/group{i}` (its momentum or Adam's beta1, where it has one). Per epoch (x axis: the
-    epoch), each value of MetricsCB's rows (received through `log_row`) as `epoch/{phase}_{name}`, e.g.
-    `epoch/train_loss`, `epoch/eval_loss`, `epoch/eval_accuracy`. Losses are read from the device once per epoch,
-    not per batch. Only rank 0 writes under torch.distributed.
+    Per optimizer step (x axis: `learn.iter_count`, the training batches this learner has done in all its fits):
+    `step/train_loss`, `step/lr`, `step/mom` (and `step/lr_group{i}`... for further param groups). Per epoch (x
+    axis: the row's `epoch`, which goes on across fits), every value of the metrics rows under its own name:
+    `train_loss`, `valid_loss`, `valid_accuracy`, `lr`, `time`, ... (received through the `after_log` event). A
+    second fit of the same learner writes on in the same log. Losses are read from the device once per epoch, not
+    per batch. Only rank 0 writes under torch.distributed.
     """
-    order = 13  # after MetricsCB (10): its rows arrive through log_row
-    lr_find_excluded = True
+    order = Order.LOGGER
+    run_in_isolated_fits = False
 
     def __init__(self, log_dir='runs'):
         self._writer_cls = _summary_writer()    # fail now, with how to install it, rather than after a first epoch
@@ -45,12 +58,8 @@ class TensorBoardCB(Callback):
         if is_main_process() and self.writer is None: self.writer = self._writer_cls(log_dir=str(self.log_dir))
 
     def before_step(self, learn):  # the hypers this step uses (schedulers change them in after_step)
-        if self.writer is None or not hasattr(learn.opt, 'param_groups'): return
-        step = learn.iter_count + 1
-        for i, g in enumerate(learn.opt.param_groups):
-            self.writer.add_scalar(f'lr/group{i}', g['lr'], step)
-            mom = get_mom(g)
-            if mom is not None: self.writer.add_scalar(f'mom/group{i}', mom, step)
+        if self.writer is None: return
+        for k, v in step_scalars(learn).items(): self.writer.add_scalar(f'step/{k}', v, learn.iter_count + 1)
 
     def after_batch(self, learn):
         if self.writer is not None and learn.training: self._losses.append((learn.iter_count, learn.loss.detach()))
@@ -58,17 +67,17 @@ class TensorBoardCB(Callback):
     def _flush_losses(self):
         if self._losses and self.writer is not None:
             vals = torch.stack([v for _, v in self._losses]).float().cpu().tolist()   # one sync for the epoch
-            for (step, _), v in zip(self._losses, vals): self.writer.add_scalar('train/loss', v, step)
+            for (step, _), v in zip(self._losses, vals): self.writer.add_scalar('step/train_loss', v, step)
         self._losses = []
 
     def cleanup_epoch(self, learn): self._flush_losses()
 
-    def log_row(self, learn, row: dict):
-        """Write MetricsCB's epoch-phase `row` as `epoch/{phase}_{name}` scalars at step `row['epoch']`."""
+    def after_log(self, learn):
+        """Write the epoch's metrics row, each value under its own name at x = the row's `epoch`."""
         if self.writer is None: return
+        row = learn.metrics_row
         for k, v in row.items():
-            if k not in ('epoch', 'phase') and isinstance(v, (int, float)):
-                self.writer.add_scalar(f"epoch/{row['phase']}_{k}", v, row['epoch'])
+            if k != 'epoch' and isinstance(v, (int, float)): self.writer.add_scalar(k, v, row['epoch'])
 
     def cleanup_fit(self, learn):
         self._flush_losses()

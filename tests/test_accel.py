@@ -65,7 +65,7 @@ def test_bf16_forward_runs_in_bf16_and_the_model_still_learns():
     assert set(rec.seen['after_predict']) == {(torch.bfloat16, True)}
     assert set(rec.seen['after_loss']) == {(torch.float32, False)}  # autocast ends with the loss
     assert next(learn.model.parameters()).dtype == torch.float32
-    evals = [r['loss'] for r in metrics.history if r['phase'] == 'eval']
+    evals = [r['valid_loss'] for r in metrics.history]
     assert evals[-1] < evals[0] / 2
 
 
@@ -99,7 +99,7 @@ def test_fp16_backprops_the_scaled_loss_but_callbacks_and_metrics_see_the_true_o
         assert loss == pytest.approx(want, rel=1e-3) and 1 < loss < 5 and after_bwd == loss
         torch.testing.assert_close(scaled, unscaled * scale)   # scaled in backward, unscaled before the step
     assert all(1 < v < 5 for v in rec.seen['after_batch'])
-    assert all(1 < r['loss'] < 5 for r in metrics.history)
+    assert all(1 < r[k] < 5 for r in metrics.history for k in ('train_loss', 'valid_loss'))
     assert 'backward' not in learn.__dict__ and 'step' not in learn.__dict__  # no method of the learner replaced
 
 

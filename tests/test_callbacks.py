@@ -67,15 +67,16 @@ def test_metrics_are_weighted_by_batch_size_and_reset_each_epoch(capsys):
         want_acc = (preds.argmax(1) == y).float().mean().item()
         want_loss = F.cross_entropy(preds, y).item()
     last = metrics.history[-1]
-    assert last['phase'] == 'eval' and last['epoch'] == 1
-    assert last['accuracy'] == pytest.approx(want_acc, abs=1e-6)
-    assert last['loss'] == pytest.approx(want_loss, rel=1e-5)
-    assert [r['phase'] for r in metrics.history] == ['train', 'eval'] * 2
+    assert last['epoch'] == 1 and len(metrics.history) == 2   # one row per epoch, both phases in it
+    assert last['valid_accuracy'] == pytest.approx(want_acc, abs=1e-6)
+    assert last['valid_loss'] == pytest.approx(want_loss, rel=1e-5)
+    assert 0 <= last['train_accuracy'] <= 1 and last['train_loss'] > 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ['accuracy', 'loss', 'epoch', 'phase', 'time'] and len(out) == 5
+    assert out[0].split() == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
+    assert len(out) == 3 and out[2].split()[0] == '1'
 
 
-@pytest.mark.parametrize('with_metrics,lines', [(True, 1 + 3 * 2), (False, 3 * 2)])
+@pytest.mark.parametrize('with_metrics,lines', [(True, 1 + 3), (False, 3 * 2)])
 def test_progress_prints_plain_lines_when_not_a_terminal(capsys, with_metrics, lines):
     cbs = [ProgressCB()] + ([MetricsCB(accuracy=MulticlassAccuracy())] if with_metrics else [])
     learn = TrainLearner(tiny_cnn(), toy_images(n=200, bs=8), F.cross_entropy, lr=0.01, cbs=cbs)
@@ -130,25 +131,47 @@ def test_csv_logger_appends_rows_as_they_come(tmp_path):
                          cbs=[metrics, CSVLoggerCB(path), sched, LRs()])
     learn.fit(2)
     rows = list(csv.DictReader(path.open()))
-    assert list(rows[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'lr', 'seconds']
-    assert [float(r['lr']) for r in rows] == pytest.approx([lrs[3]] * 2 + [lrs[7]] * 2)  # each epoch's last step
-    assert [(r['epoch'], r['phase']) for r in rows] == [('0', 'train'), ('0', 'eval'), ('1', 'train'), ('1', 'eval')]
-    assert float(rows[-1]['loss']) == pytest.approx(metrics.history[-1]['loss'])
+    assert list(rows[0]) == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
+    assert [float(r['lr']) for r in rows] == pytest.approx([lrs[3], lrs[7]])  # each epoch's last step
+    assert [r['epoch'] for r in rows] == ['0', '1']
+    assert float(rows[-1]['valid_loss']) == pytest.approx(metrics.history[-1]['valid_loss'])
+
+
+def test_a_second_fit_logs_on_from_the_first_epochs(tmp_path):
+    path = tmp_path / 'm.csv'
+    metrics = MetricsCB()
+    learn = TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.1,
+                         cbs=[metrics, CSVLoggerCB(path)])
+    learn.fit(2)
+    learn.fit(1)
+    assert [r['epoch'] for r in csv.DictReader(path.open())] == ['0', '1', '2']
+    assert [r['epoch'] for r in metrics.history] == [0, 1, 2] and learn.iter_count == 3 * 4
+    learn.fit(1, valid=False)                       # a train-only fit: its row has no valid_ values
+    last = list(csv.DictReader(path.open()))[-1]
+    assert last['epoch'] == '3' and last['valid_loss'] == '' and float(last['train_loss']) > 0
 
 
 class Rows(Callback):
-    """A row consumer: keeps what MetricsCB hands it; `shows` says whether it displays rows."""
-    def __init__(self, shows=False): self.rows, self.shows = [], shows
-    def log_row(self, learn, row): self.rows.append(row); return self.shows
+    """A row consumer: keeps what the `after_log` event brings; `shows_metrics` says whether it displays rows."""
+    def __init__(self, shows=False): self.rows, self.shows_metrics = [], shows
+    def after_log(self, learn): self.rows.append(learn.metrics_row)
 
 
 @pytest.mark.parametrize('shows', [False, True])
 def test_metrics_rows_go_to_every_consumer_and_are_printed_unless_one_shows_them(capsys, shows):
     metrics, a, b = MetricsCB(accuracy=MulticlassAccuracy()), Rows(), Rows(shows)
     TrainLearner(tiny_cnn(), toy_images(n=64), F.cross_entropy, cbs=[a, metrics, b]).fit(2)
-    assert a.rows == b.rows == metrics.history and len(a.rows) == 4
+    assert a.rows == b.rows == metrics.history and len(a.rows) == 2
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == (0 if shows else 5)
+    assert len(out) == (0 if shows else 3)
+
+
+def test_a_failing_row_consumer_is_named_by_the_dispatcher():
+    class Broken(Callback):
+        def after_log(self, learn): raise KeyError('no such column')
+    learn = TrainLearner(tiny_cnn(), toy_images(n=64), F.cross_entropy, cbs=[MetricsCB(), Broken()])
+    with pytest.raises(KeyError) as e: learn.fit(1)
+    assert 'raised in Broken.after_log' in e.value.__notes__
 
 
 def test_lr_find_with_csv_logger_raised_needs_a_metricscb(tmp_path):
@@ -158,13 +181,13 @@ def test_lr_find_with_csv_logger_raised_needs_a_metricscb(tmp_path):
     res = learn.lr_find(num_it=5, show_plot=False)
     assert len(res.lrs) == 5 and not path.exists()           # the sweep writes no row
     learn.fit(1)
-    assert len(list(csv.DictReader(path.open()))) == 2
+    assert [r['epoch'] for r in csv.DictReader(path.open())] == ['0']   # nor counts as an epoch
 
 
-def test_csv_logger_appending_to_an_older_file_keeps_its_columns(tmp_path):
+def test_csv_logger_refuses_a_file_of_another_layout_before_training(tmp_path):
     path = tmp_path / 'm.csv'
-    path.write_text('epoch,phase,loss,seconds\n0,train,2.5,1.0\n')   # written before the lr column existed
-    TrainLearner(tiny_cnn(), toy_images(n=64), F.cross_entropy, cbs=[MetricsCB(), CSVLoggerCB(path)]).fit(1)
-    rows = list(csv.DictReader(path.open()))
-    assert [list(r) for r in rows] == [['epoch', 'phase', 'loss', 'seconds']] * 3
-    assert [r['phase'] for r in rows] == ['train', 'train', 'eval'] and float(rows[2]['loss']) > 0
+    old = 'epoch,phase,loss,seconds\n0,train,2.5,1.0\n'     # one row per phase, as miniai 0.1 wrote
+    path.write_text(old)
+    learn = TrainLearner(tiny_cnn(), toy_images(n=64), F.cross_entropy, cbs=[MetricsCB(), CSVLoggerCB(path)])
+    with pytest.raises(ValueError, match='new path'): learn.fit(1)
+    assert path.read_text() == old and learn.iter_count == 0

@@ -53,17 +53,16 @@ def test_resume_after_epoch_2_is_bitwise_identical(tmp_path, opt_func):
     resumed.fit_one_cycle(4, 1e-2)
     assert all(torch.equal(a, b) for a, b in zip(want, weights(resumed)))
     hist = resumed.cbs[0].history
-    assert [(r['epoch'], r['phase']) for r in hist] == [(r['epoch'], r['phase']) for r in want_hist]
-    assert [r['loss'] for r in hist] == [r['loss'] for r in want_hist]
+    assert [r['epoch'] for r in hist] == [r['epoch'] for r in want_hist] == [0, 1, 2, 3]
+    assert [r['valid_loss'] for r in hist] == [r['valid_loss'] for r in want_hist]
 
 
 def test_best_checkpoint_follows_the_monitor(tmp_path):
     learn = make_learner(tmp_path)
     learn.fit(3)
-    evals = [r for r in learn.cbs[0].history if r['phase'] == 'eval']
-    best = max(evals, key=lambda r: r['accuracy'])
+    best = max(learn.cbs[0].history, key=lambda r: r['valid_accuracy'])    # monitor='accuracy', the older name
     ck = torch.load(tmp_path / 'best.pt', weights_only=True)
-    assert ck['epoch'] == best['epoch'] and learn.cbs[1].best == best['accuracy']
+    assert ck['epoch'] == best['epoch'] and learn.cbs[1].best == best['valid_accuracy']
     assert torch.load(tmp_path / 'last.pt', weights_only=True)['epoch'] == 2
 
 
@@ -131,7 +130,7 @@ def test_predictions_and_lr_find_after_load_leave_the_resume_to_the_next_fit(tmp
     resumed.lr_find(num_it=5, show_plot=False)
     assert resumed.resume_epoch == 2
     resumed.fit(4, cbs=[StopAfter(2)])
-    assert [r['epoch'] for r in resumed.cbs[0].history] == [0, 0, 1, 1, 2, 2]   # loaded 0-1, then epoch 2
+    assert [r['epoch'] for r in resumed.cbs[0].history] == [0, 1, 2]   # loaded 0-1, then epoch 2
 
 
 # ---------------------------------------------------------------- issue 13: digests, kills, interrupted epochs
@@ -231,8 +230,7 @@ def test_a_checkpoint_saved_inside_an_epoch_repeats_that_epoch(tmp_path):
     resumed.load(tmp_path / 'interrupted.pt')
     assert resumed.resume_epoch == 2
     resumed.fit(4)
-    assert [(r['epoch'], r['phase']) for r in resumed.cbs[0].history] == \
-        [(e, ph) for e in range(4) for ph in ('train', 'eval')]
+    assert [r['epoch'] for r in resumed.cbs[0].history] == list(range(4))
 
 
 def test_an_empty_validation_loader_warns_and_skips_validation_instead_of_nan(tmp_path):
@@ -241,5 +239,6 @@ def test_an_empty_validation_loader_warns_and_skips_validation_instead_of_nan(tm
     learn.dls.valid = DataLoader(TensorDataset(torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)), 32)
     with pytest.warns(UserWarning, match='validation loader is empty'): learn.fit(2)
     hist = learn.cbs[0].history
-    assert [r['phase'] for r in hist] == ['train', 'train'] and all(r['loss'] == r['loss'] for r in hist)  # no NaN
+    assert [list(r)[:2] for r in hist] == [['epoch', 'train_loss']] * 2 and 'valid_loss' not in hist[0]
+    assert all(r['train_loss'] == r['train_loss'] for r in hist)  # no NaN
     assert torch.load(tmp_path / 'last.pt', weights_only=True)['epoch'] == 1       # still saved every epoch

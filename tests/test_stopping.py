@@ -11,7 +11,7 @@ from miniai.stopping import EarlyStoppingCB
 
 
 class Scripted:
-    """A metric whose value for epoch e is `vals[e]` (MetricsCB computes it twice an epoch: train, then eval)."""
+    """A metric whose value for epoch e is `vals[e]` (MetricsCB computes it twice an epoch: train, then valid)."""
     device = torch.device('cpu')
     def __init__(self, vals): self.vals, self.n = vals, 0
     def reset(self): pass
@@ -23,8 +23,8 @@ class Scripted:
 
 
 class Weights(Callback):
-    """The weights at the end of each epoch's eval, before EarlyStoppingCB (order 25) may restore the best ones."""
-    order = 22
+    """The weights at the end of each epoch's validation, before EarlyStoppingCB may restore the best ones."""
+    order = 12   # after MetricsCB, before EarlyStoppingCB
     def __init__(self): self.seen = []
     def after_epoch(self, learn):
         if not learn.training: self.seen.append([p.detach().clone() for p in learn.model.parameters()])
@@ -37,7 +37,7 @@ def test_stops_after_patience_epochs_without_improvement_and_restores_the_best()
     learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0.05, cbs=[metrics, es, w])
     learn.fit(10)
     assert es.stopped_epoch == 5 and es.best_epoch == 2 and es.best == 3
-    assert [r['epoch'] for r in metrics.history if r['phase'] == 'eval'] == list(range(6))
+    assert [r['epoch'] for r in metrics.history] == list(range(6))
     assert not torch.equal(w.seen[2][0], w.seen[5][0])          # the weights moved after the best epoch...
     for p, best in zip(learn.model.parameters(), w.seen[2]): assert torch.equal(p, best)  # ...and came back
 
@@ -65,10 +65,43 @@ def test_runs_to_the_end_when_it_keeps_improving_and_ends_on_the_best_weights():
 def test_bad_arguments_and_a_missing_metric_are_named():
     with pytest.raises(ValueError, match="'auto', 'min', 'max'"): EarlyStoppingCB(mode='down')
     with pytest.raises(ValueError, match='patience'): EarlyStoppingCB(patience=0)
+    # refused when the fit starts, before a single batch is trained
     learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, cbs=[MetricsCB(), EarlyStoppingCB('acc')])
-    with pytest.raises(ValueError, match=r"'acc' is not in the metrics"): learn.fit(1)
+    with pytest.raises(ValueError, match=r"'valid_acc' is not a column.*valid_loss"): learn.fit(1)
+    assert learn.iter_count == 0
     learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, cbs=[EarlyStoppingCB()])
-    with pytest.raises(ValueError, match='needs a MetricsCB'): learn.fit(1)
+    with pytest.raises(ValueError, match='has no MetricsCB'): learn.fit(1)
+    assert learn.iter_count == 0
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, cbs=[MetricsCB(), EarlyStoppingCB()])
+    with pytest.raises(ValueError, match="no validation.*'train_loss'"): learn.fit(1, valid=False)
+
+
+@pytest.mark.parametrize('monitor,key', [('valid_loss', 'valid_loss'), ('loss', 'valid_loss'),
+                                         ('eval_score', 'valid_score'), ('score', 'valid_score'),
+                                         ('train_score', 'train_score')])
+def test_monitor_takes_row_names_and_the_older_ones(monitor, key):
+    es = EarlyStoppingCB(monitor, patience=5)
+    TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss,
+                 cbs=[MetricsCB(score=Scripted([1, 2])), es]).fit(2)
+    assert es.key == key and es.best_epoch is not None
+
+
+def test_says_in_one_line_where_it_stopped_and_what_it_restored(capsys):
+    es = EarlyStoppingCB('score', mode='min', patience=1)
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0.05,
+                         cbs=[MetricsCB(score=Scripted([1, 2, 3])), es])
+    learn.fit(3)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('EarlyStoppingCB')]
+    assert lines == ["EarlyStoppingCB: stopped at epoch 1: no improvement of valid_score for 1 epochs; restored the "
+                     "weights of epoch 0 (valid_score 1)"]
+
+
+def test_a_nan_value_is_never_the_best():
+    es = EarlyStoppingCB('score', mode='min', patience=3)
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0.05,
+                         cbs=[MetricsCB(score=Scripted([float('nan'), 2., float('nan'), 3.])), es])
+    learn.fit(4)
+    assert es.best == 2. and es.best_epoch == 1
 
 
 def test_a_run_resumed_from_last_pt_stops_at_the_same_epoch_as_an_uninterrupted_one(tmp_path):

@@ -34,15 +34,16 @@ def test_event_files_read_back(tmp_path):
     learn = TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.1, opt_func=opt,
                          cbs=[metrics, TensorBoardCB(tmp_path), sched, Losses()])
     learn.fit(2)
+    learn.fit(1)                                    # a second fit writes on, epochs and steps counting on
     got = scalars(tmp_path)
-    assert [s for s, _ in got['train/loss']] == list(range(1, 9))
-    assert [v for _, v in got['train/loss']] == pytest.approx(losses, rel=1e-6)
-    assert [v for _, v in got['lr/group0']] == pytest.approx([0.1 / (i + 1) for i in range(8)])
-    assert [v for _, v in got['mom/group0']] == pytest.approx([0.9] * 8)
-    for phase in ('train', 'eval'):
-        rows = [r for r in metrics.history if r['phase'] == phase]
-        for k in ('loss', 'accuracy'):
-            assert got[f'epoch/{phase}_{k}'] == [(r['epoch'], pytest.approx(r[k], rel=1e-6)) for r in rows]
+    assert [s for s, _ in got['step/train_loss']] == list(range(1, 13))
+    assert [v for _, v in got['step/train_loss']] == pytest.approx(losses, rel=1e-6)
+    assert [v for _, v in got['step/lr']][:8] == pytest.approx([0.1 / (i + 1) for i in range(8)])
+    assert [v for _, v in got['step/mom']] == pytest.approx([0.9] * 12)
+    assert len(metrics.history) == 3
+    for k in ('train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr'):
+        assert got[k] == [(r['epoch'], pytest.approx(r[k], rel=1e-6)) for r in metrics.history]
+    assert [s for s, _ in got['valid_loss']] == [0, 1, 2]
 
 
 def test_without_tensorboard_it_says_how_to_install_it(monkeypatch):
