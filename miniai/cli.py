@@ -49,11 +49,12 @@ examples:
 _OUTPUTS = """\
 files written to --out:
   config.json     the flags of the run (what --resume reads)
-  metrics.csv     one row per epoch and phase: epoch, phase, loss, accuracy, lr, seconds
-  training.png    three panels: loss, accuracy and learning rate
-  confusion.png   the test set's confusion matrix, with the best epoch's weights
+  metrics.csv     one row per epoch: epoch, train_loss, valid_loss, train_accuracy, valid_accuracy, lr,
+                  time (seconds); the validation set is Fashion-MNIST's 10,000 test images
+  training.png    three panels: train_loss and valid_loss, train_accuracy and valid_accuracy, lr
+  confusion.png   the validation set's confusion matrix, with the best epoch's weights
   last.pt         a checkpoint after every epoch (what --resume continues from), with last.pt.sha256
-  best.pt         the checkpoint with the best test accuracy
+  best.pt         the checkpoint with the best valid_accuracy
   model.pt        the best weights, class names and preprocessing, for `miniai predict RUN_DIR IMAGE...`
                   and miniai.inference.load_learner (plain data: torch.load(weights_only=True) reads it)
   interrupted.pt  written on Ctrl-C (the run exits with code 130)
@@ -102,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_callback_flags(t):
     t.add_argument('--early-stop', type=_positive(int), default=None, metavar='PATIENCE',
-                   help="stop when the test loss has not improved for PATIENCE epochs "
+                   help="stop when valid_loss has not improved for PATIENCE epochs "
                         "(miniai.stopping.EarlyStoppingCB)")
     t.add_argument('--clip', type=_positive(float), default=None, metavar='MAX_NORM',
                    help="clip the gradients' total norm to MAX_NORM (miniai.gradients.GradientClipCB)")
@@ -191,9 +192,9 @@ def _write_config(args, out: Path, device, world: int):
     atomic_write(out / 'config.json', json.dumps({**config, 'device': str(device), 'world_size': world}, indent=2))
 
 
-def _write_plots(learn, out: Path, n_batches: int, lr_first_batch: int):
-    """training.png from the metrics history, the per-batch losses (the whole run's: ProgressCB's are checkpointed)
-    and the lrs of this fit (from batch `lr_first_batch` on)."""
+def _write_plots(learn, out: Path, n_batches: int):
+    """training.png from the metrics history, the per-step losses and lrs (the whole run's: ProgressCB and
+    RecorderCB keep theirs in the checkpoints), on one step axis."""
     from .callbacks import MetricsCB, ProgressCB
     from .sgd import RecorderCB
     from .train_plots import plot_training, save_figure
@@ -201,7 +202,7 @@ def _write_plots(learn, out: Path, n_batches: int, lr_first_batch: int):
     progress = next(cb for cb in learn.cbs if isinstance(cb, ProgressCB))
     rec = next(cb for cb in learn.cbs if isinstance(cb, RecorderCB))
     save_figure(plot_training(metrics.history, progress.losses, rec.recs['lr'], n_batches,
-                              lr_first_batch=lr_first_batch), out / 'training.png')
+                              first_step=progress.first_step, lr_steps=rec.steps), out / 'training.png')
     return metrics
 
 
@@ -220,7 +221,8 @@ def _finish(learn, valid_dl, out: Path, device):
     if (out / 'best.pt').is_file(): best.load(out / 'best.pt', weights_only=True)
     best.preprocess = fashion_preprocess()
     interp = Interpretation.from_learner(best, valid_dl)
-    save_figure(interp.plot_confusion_matrix(title='test set, best epoch'), out / 'confusion.png')
+    save_figure(interp.plot_confusion_matrix(title='validation set (the test images), best epoch'),
+                out / 'confusion.png')
     best.export(out / 'model.pt')
 
 
@@ -231,7 +233,8 @@ def _banner(args, dls, model, device, world: int) -> str:
     n_train, n_valid = (len(getattr(dl, 'dataset', ())) for dl in (dls.train, dls.valid))
     procs = f" x {world} processes" if world > 1 else ''
     return (f"miniai train: {device}{procs}; Fashion-MNIST from {src or 'the Hugging Face hub'}: {n_train:,} "
-            f"training and {n_valid:,} test images; model: {sum(p.numel() for p in model.parameters()):,} "
+            f"training and {n_valid:,} validation images (its test split); model: "
+            f"{sum(p.numel() for p in model.parameters()):,} "
             f"parameters; {args.epochs} epoch{'s' if args.epochs != 1 else ''}, bs {args.bs}, lr {args.lr:g}")
 
 
@@ -322,21 +325,14 @@ def recipe_model():
 
 
 def _rewrite_csv(path: Path, history: list[dict]):
-    """metrics.csv rewritten from the checkpoint's rows, so that a resumed run's file holds each row once; the lr
-    column (CSVLoggerCB's, not in the rows) is taken from the file's line of the same epoch and phase."""
+    """metrics.csv rewritten from the checkpoint's rows, so that a resumed run's file holds each epoch once (rows
+    written after the checkpoint, by a run that was stopped, are dropped)."""
     import csv
-    lrs = {}
-    if path.is_file() and not path.is_symlink():   # a planted link is replaced, never read
-        try:
-            with open(path, newline='') as f:
-                for r in csv.DictReader(f): lrs.setdefault((r.get('epoch'), r.get('phase')), r.get('lr') or '')
-        except (OSError, UnicodeDecodeError, csv.Error): pass
     buf = io.StringIO()
     if history:
-        cols = ['epoch', 'phase', 'loss'] + [k for k in history[0] if k not in ('epoch', 'phase', 'loss', 'seconds')]
-        w = csv.DictWriter(buf, fieldnames=cols + ['lr', 'seconds'], lineterminator='\r\n')
+        w = csv.DictWriter(buf, fieldnames=list(history[0]), lineterminator='\r\n', restval='')
         w.writeheader()
-        w.writerows({**r, 'lr': lrs.get((str(r['epoch']), r['phase']), '')} for r in history)
+        w.writerows(history)
     atomic_write(path, buf.getvalue())
 
 
@@ -355,7 +351,7 @@ def build_learner(args, dls, out: Path, device):
     model = recipe_model()
     metrics = MetricsCB(accuracy=MulticlassAccuracy())
     cbs = [DeviceCB(device), metrics, ProgressCB(), CSVLoggerCB(out / 'metrics.csv'),
-           SaveModelCB(out, monitor='accuracy'), TerminateOnNaNCB(), RecorderCB(lr=lambda cb: cb.pg['lr'])]
+           SaveModelCB(out, monitor='valid_accuracy'), TerminateOnNaNCB(), RecorderCB(lr=lambda cb: cb.pg['lr'])]
     cbs += _build_callbacks(args, out)
     if is_distributed(): cbs.append(DDPCB(device, seed=args.seed))
     return TrainLearner(model, dls, F.cross_entropy, lr=args.lr, cbs=cbs, opt_func=optim.AdamW)
@@ -419,7 +415,6 @@ def _run(args, out: Path, device, world: int, saved_epochs: int | None = None) -
         learn.load(out / 'last.pt')
         _check_resume(learn, args, saved_epochs)
         if is_main_process(): _rewrite_csv(out / 'metrics.csv', metrics.history)  # drops rows written after last.pt
-    lr_first_batch = (learn.resume_epoch or 0) * len(dls.train)   # RecorderCB holds this fit's lrs only
     if is_main_process():
         print(_banner(args, full_dls, learn.model, device, world))
         if args.resume: print(_resume_note(learn, args, saved_epochs))
@@ -429,10 +424,10 @@ def _run(args, out: Path, device, world: int, saved_epochs: int | None = None) -
         try: learn.fit(args.epochs)
         except KeyboardInterrupt: _save_interrupted(learn, out); raise
     if not is_main_process(): return out
-    metrics = _write_plots(learn, out, len(dls.train), lr_first_batch)
+    metrics = _write_plots(learn, out, len(dls.train))
     _finish(learn, full_dls.valid, out, device)
-    final = [r for r in metrics.history if r['phase'] == 'eval'][-1]
-    print(f"test accuracy {final['accuracy']:.4f}; results in {out}")
+    final = metrics.history[-1]
+    print(f"epoch {final['epoch']}: valid_accuracy {final['valid_accuracy']:.4f}; results in {out}")
     return out
 
 

@@ -12,34 +12,39 @@ __all__ = ['plot_training', 'save_figure']
 
 
 def plot_training(history: Sequence[dict], losses: Sequence[float] = (), lrs: Sequence[float] = (),
-                  n_batches: int = 1, first_batch: int = 0, metric: str = 'accuracy',
-                  lr_first_batch: int | None = None):
-    """One figure, three panels: the loss (per training batch, and per epoch for train and eval), `metric` per epoch
-    (train and eval), the lr per training batch.
+                  steps_per_epoch: int = 1, first_step: int = 0, metric: str = 'accuracy',
+                  lr_steps: Sequence[int] | None = None):
+    """One figure, three panels, in the names of the metrics rows: `train_loss` per step and `train_loss`,
+    `valid_loss` per epoch; `train_<metric>` and `valid_<metric>` per epoch; `lr` per optimizer step.
 
-    `history` holds MetricsCB rows; `losses` and `lrs` are per-batch values that start at batch `first_batch`
-    (`lr_first_batch` for `lrs`, default `first_batch`: a resumed run may record only its own batches); `n_batches`
-    per epoch places the epoch points on the batch axis.
+    `history` holds MetricsCB rows (epochs 0-based, placed at the step that ends them: `(epoch + 1) *
+    steps_per_epoch`); `losses` are per-step values from step `first_step + 1` on; `lrs` are per optimizer step,
+    at the steps `lr_steps` (default: one a step from `first_step + 1`), so that under gradient accumulation and
+    after a resume every panel shares one step axis covering the whole run.
     """
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
     # a Figure outside pyplot: no backend is chosen or changed (a notebook calling this keeps its inline plots)
     fig = Figure(figsize=(15, 4))
     ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
-    batches = range(first_batch + 1, first_batch + len(losses) + 1)
-    if len(losses): ax_loss.plot(batches, losses, lw=0.8, alpha=0.6, label='train (per batch)')
-    for phase, style in (('train', 's-'), ('eval', 'o-')):
-        rows = [r for r in history if r['phase'] == phase]
-        ends = [(r['epoch'] + 1) * n_batches for r in rows]
-        ax_loss.plot(ends, [r['loss'] for r in rows], style, label=f'{phase} (per epoch)')
-        if rows and metric in rows[0]:
-            ax_metric.plot([r['epoch'] + 1 for r in rows], [r[metric] for r in rows], style, label=phase)
-    ax_loss.set(xlabel='batch', ylabel='loss', title='loss')
+    if len(losses):
+        ax_loss.plot(range(first_step + 1, first_step + len(losses) + 1), losses, lw=0.8, alpha=0.6,
+                     label='train_loss (per step)')
+    for phase, style in (('train', 's-'), ('valid', 'o-')):
+        rows = [r for r in history if f'{phase}_loss' in r]
+        ax_loss.plot([(r['epoch'] + 1) * steps_per_epoch for r in rows], [r[f'{phase}_loss'] for r in rows], style,
+                     label=f'{phase}_loss (per epoch)')
+        rows = [r for r in history if f'{phase}_{metric}' in r]
+        if rows:
+            ax_metric.plot([r['epoch'] for r in rows], [r[f'{phase}_{metric}'] for r in rows], style,
+                           label=f'{phase}_{metric}')
+    ax_loss.set(xlabel='step', ylabel='loss', title='loss')
     ax_metric.set(xlabel='epoch', ylabel=metric, title=metric)
     ax_metric.xaxis.set_major_locator(MaxNLocator(integer=True))
-    lr0 = first_batch if lr_first_batch is None else lr_first_batch
-    if len(lrs): ax_lr.plot(range(lr0 + 1, lr0 + len(lrs) + 1), lrs)
-    ax_lr.set(xlabel='batch', ylabel='lr', title='learning rate')
+    if len(lrs):
+        xs = list(lr_steps)[:len(lrs)] if lr_steps is not None else range(first_step + 1, first_step + len(lrs) + 1)
+        ax_lr.plot(xs, lrs)
+    ax_lr.set(xlabel='step', ylabel='lr', title='lr')
     for ax in (ax_loss, ax_metric):
         if ax.get_legend_handles_labels()[0]: ax.legend()
     fig.tight_layout()

@@ -49,11 +49,12 @@ def rows(path): return list(csv.DictReader(open(path)))
 def test_train_writes_metrics_png_config_and_checkpoints(data, tmp_path, capsys):
     assert run(data, tmp_path / 'r', '--epochs', '2') == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[1].split() == ['accuracy', 'loss', 'epoch', 'phase', 'time'] and 'test accuracy' in out
+    assert out.splitlines()[1].split() == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
+    assert 'epoch 1: valid_accuracy' in out                  # the same names in the table, the file and the message
     r = rows(tmp_path / 'r' / 'metrics.csv')
-    assert list(r[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'lr', 'seconds']
-    assert [(x['epoch'], x['phase']) for x in r] == [('0', 'train'), ('0', 'eval'), ('1', 'train'), ('1', 'eval')]
-    assert float(r[-1]['accuracy']) > 0.5  # the synthetic classes are easy
+    assert list(r[0]) == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
+    assert [x['epoch'] for x in r] == ['0', '1']
+    assert float(r[-1]['valid_accuracy']) > 0.5  # the synthetic classes are easy
     for png in ('training.png', 'confusion.png'): assert (tmp_path / 'r' / png).read_bytes()[:4] == b'\x89PNG'
     cfg = json.loads((tmp_path / 'r' / 'config.json').read_text())
     assert cfg['epochs'] == 2 and cfg['bs'] == 64 and cfg['device'] == 'cpu'
@@ -64,7 +65,7 @@ def test_train_says_what_it_trains_on(data, tmp_path, capsys):
     assert run(data, tmp_path / 'r', '--epochs', '1') == 0
     first = capsys.readouterr().out.splitlines()[0]
     n_params = sum(p.numel() for p in recipe_model().parameters())
-    for part in ('cpu', str(data), '600 training', '120 test', f'{n_params:,} parameters', '1 epoch, bs 64'):
+    for part in ('cpu', str(data), '600 training', '120 validation', f'{n_params:,} parameters', '1 epoch, bs 64'):
         assert part in first, (part, first)
 
 
@@ -154,23 +155,26 @@ def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(cli, 'build_learner', stopping)
         assert run(data, tmp_path / 'part', '--epochs', '3', '--deterministic') == 0
-    assert len(rows(tmp_path / 'part' / 'metrics.csv')) == 4
+    assert len(rows(tmp_path / 'part' / 'metrics.csv')) == 2
     assert main(['train', '--resume', str(tmp_path / 'part')]) == 0
     full, part = (torch.load(tmp_path / d / 'last.pt', weights_only=True) for d in ('full', 'part'))
     assert part['epoch'] == 2 and all(torch.equal(full['model'][k], part['model'][k]) for k in full['model'])
     # training.png's curve: the resumed run holds every batch's loss since epoch 0, as the uninterrupted one does
-    assert part['callbacks']['ProgressCB.0']['losses'] == full['callbacks']['ProgressCB.0']['losses']
-    assert len(full['callbacks']['ProgressCB.0']['losses']) == 3 * 10      # 600 images, batches of 64
+    assert part['callbacks']['ProgressCB']['losses'] == full['callbacks']['ProgressCB']['losses']
+    assert len(full['callbacks']['ProgressCB']['losses']) == 3 * 10      # 600 images, batches of 64
+    # and the lr panel: every step's lr since step 1, on the same step axis
+    assert part['callbacks']['RecorderCB']['steps'] == full['callbacks']['RecorderCB']['steps'] == list(range(1, 31))
+    assert part['callbacks']['RecorderCB']['recs'] == full['callbacks']['RecorderCB']['recs']
     a, b = rows(tmp_path / 'full' / 'metrics.csv'), rows(tmp_path / 'part' / 'metrics.csv')
-    assert [(x['epoch'], x['phase'], x['loss'], x['accuracy']) for x in a] == \
-        [(x['epoch'], x['phase'], x['loss'], x['accuracy']) for x in b]
+    drop = lambda rs: [{k: v for k, v in r.items() if k != 'time'} for r in rs]  # wall-clock time differs
+    assert drop(a) == drop(b) and len(a) == 3
 
 
 def test_two_deterministic_runs_give_identical_metrics(data, tmp_path):
     for d in ('a', 'b'): assert run(data, tmp_path / d, '--epochs', '2', '--deterministic', '--seed', '3') == 0
     a, b = rows(tmp_path / 'a' / 'metrics.csv'), rows(tmp_path / 'b' / 'metrics.csv')
-    drop = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]  # wall-clock time differs
-    assert drop(a) == drop(b) and len(a) == 4
+    drop = lambda rs: [{k: v for k, v in r.items() if k != 'time'} for r in rs]  # wall-clock time differs
+    assert drop(a) == drop(b) and len(a) == 2
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(data, tmp_path):
@@ -316,7 +320,7 @@ def test_a_failed_start_leaves_no_empty_run_folder(tmp_path, monkeypatch, capsys
 
 
 class CrashInEval(Callback):
-    """Simulates a crash in epoch `n`'s eval phase: the train row of that epoch is already in metrics.csv."""
+    """Simulates a crash in epoch `n`'s validation phase, after epoch `n - 1`'s checkpoint."""
     order = 30
     def __init__(self, n): self.n = n
     def after_batch(self, learn):
@@ -338,9 +342,9 @@ def test_metrics_csv_holds_each_row_once_after_a_crash_and_resume(data, tmp_path
     with monkeypatch.context() as m:
         _with_cb(m, CrashInEval(1))
         assert run(data, tmp_path / 'part', '--epochs', '3', '--deterministic') == 0
-    assert [(x['epoch'], x['phase']) for x in rows(tmp_path / 'part' / 'metrics.csv')][-1] == ('1', 'train')
+    assert [x['epoch'] for x in rows(tmp_path / 'part' / 'metrics.csv')] == ['0']
     assert main(['train', '--resume', str(tmp_path / 'part')]) == 0
-    key = lambda rs: [(x['epoch'], x['phase'], x['loss'], x['accuracy']) for x in rs]
+    key = lambda rs: [(x['epoch'], x['train_loss'], x['valid_loss'], x['valid_accuracy']) for x in rs]
     assert key(rows(tmp_path / 'part' / 'metrics.csv')) == key(rows(tmp_path / 'full' / 'metrics.csv'))
 
 
@@ -375,7 +379,7 @@ def test_ctrl_c_inside_an_epoch_saves_a_checkpoint_that_repeats_the_epoch(data, 
     learn = cli.build_learner(args, get_dls(64, path=data, limit=None), tmp_path / 'x', 'cpu')
     learn.load(tmp_path / 'r' / 'interrupted.pt')
     assert learn.resume_epoch == 1
-    assert [(r['epoch'], r['phase']) for r in learn.cbs[1].history] == [(0, 'train'), (0, 'eval')]
+    assert [r['epoch'] for r in learn.cbs[1].history] == [0]
 
 
 def test_resumed_metrics_csv_keeps_the_lr_column(data, tmp_path, monkeypatch):
@@ -386,9 +390,9 @@ def test_resumed_metrics_csv_keeps_the_lr_column(data, tmp_path, monkeypatch):
         _with_cb(m, StopAfter(1))
         assert run(data, tmp_path / 'part', '--epochs', '3', '--deterministic') == 0
     assert main(['train', '--resume', str(tmp_path / 'part')]) == 0
-    drop = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]  # wall-clock time differs
+    drop = lambda rs: [{k: v for k, v in r.items() if k != 'time'} for r in rs]  # wall-clock time differs
     full, part = rows(tmp_path / 'full' / 'metrics.csv'), rows(tmp_path / 'part' / 'metrics.csv')
-    assert list(part[0]) == ['epoch', 'phase', 'loss', 'accuracy', 'lr', 'seconds']
+    assert list(part[0]) == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
     assert drop(part) == drop(full) and all(float(r['lr']) > 0 for r in part)
 
 
@@ -415,5 +419,5 @@ def test_interrupted_pt_holds_the_one_cycle_schedule(data, tmp_path, monkeypatch
         _with_cb(m, Interrupt())
         assert run(data, tmp_path / 'r', '--epochs', '3') == 130
     last, intr = (torch.load(tmp_path / 'r' / f, weights_only=True)['callbacks'] for f in ('last.pt', 'interrupted.pt'))
-    assert last['OneCycleSchedCB.0']['i'] == 10               # 600 images, batches of 64: epoch 0's 10 steps
+    assert last['OneCycleSchedCB']['i'] == 10               # 600 images, batches of 64: epoch 0's 10 steps
     assert intr['OneCycleSchedCB.0']['i'] == 10 + 3           # and the 3 batches of epoch 1 before the interrupt

@@ -148,8 +148,8 @@ def test_metrics_cb_phase_comes_from_the_model_mode():
         learn.loss = torch.tensor(0.5)
         cb.after_batch(learn)
         cb.after_epoch(learn)
-    rows = cb.history
-    assert [r['phase'] for r in rows] == ['train', 'eval'] and rows[0]['MulticlassAccuracy'] == 0.75
+    rows = cb.history          # one row for the epoch: the train phase's values, then the validation's
+    assert len(rows) == 1 and rows[0]['train_MulticlassAccuracy'] == rows[0]['valid_MulticlassAccuracy'] == 0.75
 
 
 # ---------------------------------------------------------------- lr_find, both ways

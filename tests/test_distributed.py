@@ -140,9 +140,10 @@ def ddp_run(tmp_path_factory):
 
 
 def close(a, b, tol=1e-5):
-    assert [(r['epoch'], r['phase']) for r in a] == [(r['epoch'], r['phase']) for r in b]
+    assert [r['epoch'] for r in a] == [r['epoch'] for r in b]
     for ra, rb in zip(a, b):
-        for k in ('loss', 'accuracy'): assert ra[k] == pytest.approx(rb[k], abs=tol), (k, ra, rb)
+        for k in ('train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy'):
+            assert ra[k] == pytest.approx(rb[k], abs=tol), (k, ra, rb)
 
 
 @pytest.mark.parametrize('kind', ['memory', 'plain'])
@@ -164,13 +165,14 @@ def test_checkpoint_saved_under_ddp_loads_in_one_process_and_files_are_written_o
     assert not [k for k in sd if k.startswith('module.')] and (out / 'memory' / 'best.pt').is_file()
     learn = learner(BS).load(out / 'memory' / 'last.pt')
     assert all(torch.equal(v, r0['memory']['weights'][k]) for k, v in weights(learn).items())
-    assert len((out / 'memory.csv').read_text().splitlines()) == 1 + 4  # a header and 2 epochs x 2 phases, once
+    assert len((out / 'memory.csv').read_text().splitlines()) == 1 + 2  # a header and 2 epochs, once
 
 
 def test_only_rank_0_prints(ddp_run):
     _, (r0, r1) = ddp_run
-    assert r0['stdout'].splitlines()[0].split() == ['accuracy', 'loss', 'epoch', 'phase', 'time']
-    assert 'test accuracy' in r0['stdout'] and r1['stdout'] == ''
+    assert r0['stdout'].splitlines()[0].split() == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy',
+                                                    'valid_accuracy', 'lr', 'time']
+    assert 'valid_accuracy' in r0['stdout'] and r1['stdout'] == ''
 
 
 def test_lr_find_stops_at_the_same_batch_on_every_rank_and_restores_the_model(ddp_run):

@@ -73,27 +73,43 @@ class RecorderCB(Callback):
     """Records `getter(self)` for each of `getters` after every optimizer step; `self.pg` is the first param group.
 
     `RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: cb.pg['betas'][0])`; `plot()` draws one subplot each.
+    `steps` holds the training step (`learn.iter_count`) of each record, so values line up with per-step losses
+    even when steps are skipped (gradient accumulation). A new fit records anew; a fit resumed from a checkpoint
+    goes on from the records it holds (`state_dict`).
     """
     def __init__(self, **getters: Callable):
-        self.getters, self.recs, self.pg = getters, {k: [] for k in getters}, None
+        self.getters, self.recs, self.steps, self.pg, self._resumed = getters, {k: [] for k in getters}, [], None, False
 
     def before_fit(self, learn):
-        self.recs = {k: [] for k in self.getters}
+        if self._resumed:   # the records of the steps done before the checkpoint, no more
+            keep = sum(s <= learn.iter_count for s in self.steps)
+            self.recs, self.steps = {k: v[:keep] for k, v in self.recs.items()}, self.steps[:keep]
+        else: self.recs, self.steps = {k: [] for k in self.getters}, []
+        self._resumed = False
         self.pg = learn.opt.param_groups[0]
 
     def after_step(self, learn):
         for k, get in self.getters.items(): self.recs[k].append(get(self))
+        self.steps.append(learn.iter_count + 1)     # the step counter moves on after the batch
 
     def cleanup_fit(self, learn):                   # keep the hypers, drop the live params
         if self.pg is not None: self.pg = {k: v for k, v in self.pg.items() if k != 'params'}
 
+    def state_dict(self) -> dict:
+        """The records and their steps, so that a resumed run's plots show the whole run."""
+        return {'recs': {k: [float(v) for v in vs] for k, vs in self.recs.items()}, 'steps': list(self.steps)}
+
+    def load_state_dict(self, sd: dict):
+        self.recs, self.steps, self._resumed = {k: list(v) for k, v in sd['recs'].items()}, list(sd['steps']), True
+
     def plot(self, figsize=None):
-        """One subplot per getter; returns the matplotlib figure."""
+        """One subplot per getter against the training step; returns the matplotlib figure."""
         import matplotlib.pyplot as plt
         n = max(len(self.recs), 1)
         fig, axs = plt.subplots(1, n, figsize=figsize or (4 * n, 3), squeeze=False)
         for ax, (k, v) in zip(axs[0], self.recs.items()):
-            ax.plot(v); ax.set_title(k); ax.set_xlabel('batch')
+            ax.plot(self.steps[:len(v)] if len(self.steps) >= len(v) else range(1, len(v) + 1), v)
+            ax.set_title(k); ax.set_xlabel('step')
         return fig
 
 
