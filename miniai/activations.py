@@ -9,27 +9,14 @@ from functools import partial
 
 import fastcore.all as fc
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .callbacks import set_seed
 from .core import Callback
+from .layers import GeneralRelu
 
 __all__ = ['set_seed', 'GeneralRelu', 'Hook', 'Hooks', 'HooksCallback', 'ActivationStats', 'append_stats',
            'get_hist', 'get_min']
-
-
-class GeneralRelu(nn.Module):
-    """ReLU (leaky with `leak`), shifted down by `sub` so the mean sits nearer 0, clamped at `maxv`."""
-    def __init__(self, leak: float | None = None, sub: float | None = None, maxv: float | None = None):
-        super().__init__()
-        self.leak, self.sub, self.maxv = leak, sub, maxv
-
-    def forward(self, x):
-        x = F.leaky_relu(x, self.leak) if self.leak else F.relu(x)
-        if self.sub is not None: x = x - self.sub
-        if self.maxv is not None: x = x.clamp_max(self.maxv)
-        return x
 
 
 class Hook:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from torch import nn
 from torch.utils.data import default_collate
 
-from .callbacks import def_device, to_device
+from .device import def_device, to_device
 
 __all__ = ['def_device', 'conv', 'to_device', 'collate_device', 'get_model']
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .activations import GeneralRelu, Hook
+from .activations import Hook
 from .conv import conv, get_model
 from .core import Callback, Order
+from .layers import GeneralRelu
 
 __all__ = ['clean_ipython_hist', 'clean_tb', 'clean_mem', 'BatchTransformCB', 'GeneralRelu', 'plot_func',
            'init_weights', 'lsuv_init', 'conv', 'get_model', 'summary', 'Summary']

@@ -10,8 +10,8 @@ from functools import partial
 
 from torch import nn
 
-from .activations import GeneralRelu
 from .conv import conv
+from .layers import GeneralRelu
 
 __all__ = ['act_gr', '_conv_block', 'ResBlock', 'get_resnet']
 
