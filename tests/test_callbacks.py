@@ -191,3 +191,37 @@ def test_csv_logger_refuses_a_file_of_another_layout_before_training(tmp_path):
     learn = TrainLearner(tiny_cnn(), toy_images(n=64), F.cross_entropy, cbs=[MetricsCB(), CSVLoggerCB(path)])
     with pytest.raises(ValueError, match='new path'): learn.fit(1)
     assert path.read_text() == old and learn.iter_count == 0
+
+
+def test_progress_plot_in_a_script_is_saved_to_a_file_it_names(tmp_path, capsys):
+    path = tmp_path / 'curve.png'
+    learn = TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.01,
+                         cbs=[MetricsCB(), ProgressCB(plot=True, plot_path=path)])
+    learn.fit(2)
+    out = capsys.readouterr().out
+    assert path.read_bytes()[:4] == b'\x89PNG' and f'saved to {path}' in out
+
+
+def test_save_model_cb_takes_row_names_and_refuses_a_misspelt_monitor_before_training(tmp_path):
+    from miniai.checkpoint import SaveModelCB
+    saver = SaveModelCB(tmp_path, monitor='valid_loss')
+    learn = TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.01, cbs=[MetricsCB(), saver])
+    learn.fit(2)
+    assert saver.mode == 'min' and saver.best == min(r['valid_loss'] for r in learn.cbs[0].history)
+    bad = TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy,
+                       cbs=[MetricsCB(), SaveModelCB(tmp_path / 'b', monitor='valid_acuracy')])
+    with pytest.raises(ValueError, match=r"'valid_acuracy' is not a column.*valid_loss"): bad.fit(1)
+    assert bad.iter_count == 0 and not (tmp_path / 'b').exists()
+
+
+def test_training_plot_puts_the_lr_at_its_steps_and_epochs_at_their_last_step():
+    from miniai.train_plots import plot_training
+    hist = [{'epoch': e, 'train_loss': 1. / (e + 1), 'valid_loss': 2. / (e + 1), 'valid_accuracy': 0.5 + e / 10}
+            for e in range(3)]
+    fig = plot_training(hist, losses=[1.] * 24, lrs=[0.1, 0.2, 0.3], steps_per_epoch=8, first_step=0,
+                        lr_steps=[4, 8, 12])          # an optimizer step every 4 batches (gradient accumulation)
+    loss_ax, metric_ax, lr_ax = fig.axes
+    assert list(lr_ax.lines[0].get_xdata()) == [4, 8, 12] and lr_ax.get_xlabel() == 'step'
+    by_label = {ln.get_label(): ln for ln in loss_ax.lines}
+    assert list(by_label['valid_loss (per epoch)'].get_xdata()) == [8, 16, 24]
+    assert list(metric_ax.lines[0].get_xdata()) == [0, 1, 2] and metric_ax.lines[0].get_label() == 'valid_accuracy'
