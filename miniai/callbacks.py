@@ -137,7 +137,7 @@ class MetricsCB(Callback):
     def __init__(self, *ms, **metrics):
         for m in ms: metrics[type(m).__name__] = m
         self.metrics, self.history, self.show = metrics, [], True
-        self._row, self._lr = None, None
+        self._row, self._lr, self._resumed = None, None, False
 
     def columns(self, train: bool = True, valid: bool = True) -> list[str]:
         """The keys of the rows a fit with these phases makes, in their order."""
@@ -150,9 +150,9 @@ class MetricsCB(Callback):
 
     def before_fit(self, learn):
         self._printed_header, self._row = False, None
-        # the rows of epochs this fit (re)runs go: a checkpoint taken inside an epoch repeats that epoch
-        start = getattr(learn, 'run_epoch', getattr(learn, 'epoch', 0))
-        self.history = [r for r in self.history if r.get('epoch', -1) < start]
+        if self._resumed:   # a checkpoint taken inside an epoch repeats it: the rows of the epochs to come go
+            start = getattr(learn, 'run_epoch', getattr(learn, 'epoch', 0))
+            self.history, self._resumed = [r for r in self.history if r.get('epoch', -1) < start], False
 
     def before_epoch(self, learn):
         for m in self.metrics.values(): m.reset()
@@ -206,7 +206,7 @@ class MetricsCB(Callback):
         print(*format_row(row))
 
     def state_dict(self): return {'history': list(self.history)}
-    def load_state_dict(self, sd): self.history = list(sd['history'])
+    def load_state_dict(self, sd): self.history, self._resumed = list(sd['history']), True
 
 
 def resolve_monitor(learn, monitor: str, who: str) -> str:
