@@ -288,12 +288,24 @@ def test_swapped_source_files_are_caught_and_rebuilt(tmp_path):
     rebuilt_once(folder, cache, {'train': arrs['test'], 'test': arrs['train']}, 'changed', NAMES['train'][0])
 
 
-def test_a_cache_without_its_checksums_is_rebuilt(src, tmp_path):
+@pytest.mark.parametrize('how', ['cut short', 'a FIFO', 'removed'])
+def test_a_cache_without_its_checksums_is_rebuilt(src, tmp_path, how):
     folder, arrs = src
     cache = tmp_path / 'cache'
     load_fashion_mnist(folder, cache)
-    (entry_of(cache) / 'miniai-cache.json').write_text('{"version": 2, "sour')       # cut short
-    rebuilt_once(folder, cache, arrs, 'miniai-cache.json')
+    manifest = entry_of(cache) / 'miniai-cache.json'
+    manifest.unlink()
+    if how == 'cut short': manifest.write_text('{"version": 2, "sour')
+    if how == 'a FIFO': os.mkfifo(manifest)                                # reading it would block for ever
+    rebuilt_once(folder, cache, arrs, 'miniai-cache.json is missing or unreadable')
+
+
+def test_a_file_missing_from_the_cache_is_caught_and_rebuilt(src, tmp_path):
+    folder, arrs = src
+    cache = tmp_path / 'cache'
+    load_fashion_mnist(folder, cache)
+    (entry_of(cache) / 'test' / 'state.json').unlink()
+    rebuilt_once(folder, cache, arrs, 'it lacks test/state.json')
 
 
 def test_a_touched_source_file_is_rehashed_not_rebuilt(src, tmp_path, monkeypatch):

@@ -93,7 +93,9 @@ def _write_manifest(entry: Path, src: Path, sources: dict):
 def _mismatch(entry: Path, src: Path) -> str | None:
     """Why the cache entry `entry` may not be served as the data of `src`, or None when it may."""
     try:
-        m = json.loads((entry / CACHE_MANIFEST).read_text())
+        fn = entry / CACHE_MANIFEST
+        if not fn.is_file() or fn.stat().st_size > 1 << 20: raise OSError   # a FIFO would block, a huge file fill RAM
+        m = json.loads(fn.read_text())
         version, source, sources, files = m['version'], m['source'], m['sources'], m['files']
         if not (isinstance(sources, dict) and isinstance(files, dict)): raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
@@ -104,9 +106,10 @@ def _mismatch(entry: Path, src: Path) -> str | None:
                                                             and sources[n].get('sha256') != sha256_file(src / n))]
     if changed: return f"{', '.join(changed)} changed since the cache was built"
     now = _contents(entry)
-    bad = sorted(set(files) ^ set(now)) or [rel for rel in sorted(now) if now[rel] != files[rel]]
-    if bad: return f"{', '.join(bad)} does not match the SHA-256 recorded when the cache was built"
-    return None
+    if set(files) - set(now): return f"it lacks {', '.join(sorted(set(files) - set(now)))}"
+    bad = [rel for rel in sorted(now) if now[rel] != files.get(rel)]
+    if not bad: return None
+    return f"{', '.join(bad)} {'does' if len(bad) == 1 else 'do'} not match the SHA-256 recorded when it was built"
 
 
 # ---------------------------------------------------------------- writing and replacing entries

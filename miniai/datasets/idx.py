@@ -69,7 +69,7 @@ def read_split(folder: str | os.PathLike, split: str) -> tuple[np.ndarray, np.nd
     x, y = read_idx(fx, _IMAGES), read_idx(fy, _LABELS)
     if len(x) == 0:
         raise DataError(f"{fx} holds no images, but {_SPLIT_WORDS[split]} needs at least one: restore the file "
-                        f"(Fashion-MNIST has {'60,000' if split == 'train' else '10,000'}) or point path=, "
+                        f"(Fashion-MNIST's holds {'60,000' if split == 'train' else '10,000'} images), or point path=, "
                         "$MINIAI_DATA or --data at a complete copy")
     if x.shape[1:] != IMAGE_SIZE:
         raise DataError(f"{fx} holds {'x'.join(map(str, x.shape[1:]))} images, but Fashion-MNIST images are "
