@@ -22,7 +22,8 @@ from .source import fashion_mnist_tensors
 
 __all__ = ['XMEAN', 'XSTD', 'normalise_images', 'inplace', 'collate_dict', 'InMemoryLoader', 'DataLoaders', 'get_dls']
 
-XMEAN, XSTD = 0.28, 0.35                                      # the course's Fashion-MNIST statistics
+XMEAN = 0.28          # the course's mean of Fashion-MNIST's pixels (scaled to 0..1), used by `get_dls` to normalise
+XSTD = 0.35           # the course's standard deviation of them
 
 
 # ---------------------------------------------------------------- batching
