@@ -20,7 +20,9 @@ import pytest
 import torch
 import torchvision.transforms.functional as TF
 
-import miniai.datasets as mds
+import miniai.datasets.cache as mcache
+import miniai.datasets.loaders as mloaders
+import miniai.datasets.source as msource
 from conftest import REAL_DATA as REAL
 from miniai.datasets import (
     FASHION_CLASSES,
@@ -34,6 +36,7 @@ from miniai.datasets import (
     read_idx,
     show_images,
 )
+from miniai.errors import DataError
 
 NAMES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
          'test': ('t10k-images-idx3-ubyte.gz', 't10k-labels-idx1-ubyte.gz')}
@@ -73,9 +76,9 @@ def isolated(tmp_path, monkeypatch):
     """No real source, hub, or ~/.cache: each test decides which sources exist."""
     monkeypatch.setenv('MINIAI_CACHE', str(tmp_path / 'cache'))
     monkeypatch.delenv('MINIAI_DATA', raising=False)
-    monkeypatch.setattr(mds, '_DEBIAN_DIR', tmp_path / 'no-debian')
+    monkeypatch.setattr(msource, '_DEBIAN_DIR', tmp_path / 'no-debian')
     hub = NoHub()
-    monkeypatch.setattr(mds, '_load_hub', hub)
+    monkeypatch.setattr(msource, '_load_hub', hub)
     return hub
 
 
@@ -102,7 +105,7 @@ def test_schema_rows_names_and_pixels_round_trip(src, tmp_path):
 
 def test_source_order_path_then_env_then_debian(tmp_path, monkeypatch, isolated):
     for name, n in (('a', 11), ('b', 12), ('debian', 13)): make_source(tmp_path / name, n_train=n, n_test=3)
-    monkeypatch.setattr(mds, '_DEBIAN_DIR', tmp_path / 'debian')
+    monkeypatch.setattr(msource, '_DEBIAN_DIR', tmp_path / 'debian')
     monkeypatch.setenv('MINIAI_DATA', str(tmp_path / 'b'))
     assert len(load_fashion_mnist(tmp_path / 'a')['train']) == 11
     assert len(load_fashion_mnist()['train']) == 12
@@ -114,7 +117,7 @@ def test_source_order_path_then_env_then_debian(tmp_path, monkeypatch, isolated)
 
 def test_hub_is_the_last_resort(monkeypatch, isolated, src, tmp_path):
     hub = load_fashion_mnist(src[0], tmp_path / 'c')       # stands in for the hub's DatasetDict
-    monkeypatch.setattr(mds, '_load_hub', lambda: hub)
+    monkeypatch.setattr(msource, '_load_hub', lambda: hub)
     assert load_fashion_mnist() is hub
     t = fashion_mnist_tensors()                            # decoded from the hub's images
     assert t['train'][0].dtype == torch.uint8 and torch.equal(t['train'][0], torch.from_numpy(src[1]['train'][0]))
@@ -159,12 +162,15 @@ def test_cache_is_reused_and_keyed_by_source(src, tmp_path, monkeypatch):
     px = lambda folder: np.asarray(load_fashion_mnist(folder, cache)['train'][i[0]]['image'])[i[1:]]
     assert px(a) == arrs['train'][0][i] and px(b) == xb[i] != arrs['train'][0][i]
     assert len([p for p in cache.iterdir() if not p.name.startswith('.')]) == 2
-    build = mds._build
-    monkeypatch.setattr(mds, '_build', lambda folder: pytest.fail('cache not used'))
+    build = mcache._build
+    monkeypatch.setattr(mcache, '_build', lambda folder: pytest.fail('cache not used'))
     assert px(a) == arrs['train'][0][i] and px(b) == xb[i]
-    monkeypatch.setattr(mds, '_build', build)
+    monkeypatch.setattr(mcache, '_build', build)
     xb = edit_pixel(b, xb, i)                              # an edited file (new mtime) is rebuilt, not served stale
-    assert px(b) == xb[i] == arrs['train'][0][i]
+    dd, w = load_warned(b, cache)
+    assert np.asarray(dd['train'][i[0]]['image'])[i[1:]] == xb[i] == arrs['train'][0][i]
+    assert len(w) == 1 and f"{NAMES['train'][0]} changed since the cache was built" in w[0]
+    assert len([p for p in cache.iterdir() if not p.name.startswith('.')]) == 2      # replaced, not one more
 
 
 def test_interrupted_build_leaves_no_cache(src, tmp_path, monkeypatch):
@@ -181,7 +187,7 @@ def test_interrupted_build_leaves_no_cache(src, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize('kind', ['symlink-to-a-folder', 'symlink-inside', 'file'])
 def test_a_foreign_cache_entry_is_rebuilt_and_what_it_points_to_is_kept(kind, src, tmp_path):
-    """Issue 13: a symlink in the cache made every load fail (and rmtree refused to remove it)."""
+    """A symlink in the cache must neither make every load fail nor lead a rebuild to delete what it points to."""
     cache = tmp_path / 'cache'
     load_fashion_mnist(src[0], cache)
     entry = next(p for p in cache.iterdir() if not p.name.startswith('.'))
@@ -205,6 +211,160 @@ def test_a_foreign_cache_entry_is_rebuilt_and_what_it_points_to_is_kept(kind, sr
     assert [str(x.message) for x in w] == []
     assert entry.is_dir() and not entry.is_symlink() and not any(p.is_symlink() for p in entry.rglob('*'))
     assert (victim / 'precious.txt').read_text() == 'keep me' and os.listdir(victim) == ['precious.txt']
+
+
+def entry_of(cache):
+    """The one cache entry under `cache`."""
+    (entry,) = [p for p in cache.iterdir() if not p.name.startswith('.')]
+    return entry
+
+
+def load_warned(folder, cache):
+    """`load_fashion_mnist(folder, cache)` and the messages of the warnings it gave."""
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        dd = load_fashion_mnist(folder, cache)
+    return dd, [str(x.message) for x in w]
+
+
+def flip_pixel(arrow_file, k):
+    """Invert byte `k` of the first image stored in `arrow_file` (its pixels follow the PGM header): a valid file
+    that holds other data."""
+    raw = bytearray(arrow_file.read_bytes())
+    at = raw.index(b'P5\n28 28\n255\n') + len(b'P5\n28 28\n255\n') + k
+    raw[at] ^= 0xFF
+    arrow_file.write_bytes(bytes(raw))
+
+
+def swap(a, b):
+    tmp = a.with_name(a.name + '.swap')
+    a.rename(tmp); b.rename(a); tmp.rename(b)
+
+
+def assert_serves(dd, arrs):
+    for split, (x, y) in arrs.items():
+        np.testing.assert_array_equal(pixels(dd[split]), x)
+        np.testing.assert_array_equal(dd[split]['label'], y)
+
+
+def rebuilt_once(folder, cache, arrs, *words):
+    """The next load rebuilds with one warning line holding `words` and serves `arrs`; the load after it is quiet."""
+    dd, w = load_warned(folder, cache)
+    assert len(w) == 1 and '\n' not in w[0] and 'rebuilding the Fashion-MNIST cache' in w[0], w
+    assert all(word in w[0] for word in words), w
+    assert_serves(dd, arrs)
+    dd, w = load_warned(folder, cache)
+    assert w == []
+    assert_serves(dd, arrs)
+
+
+@pytest.mark.parametrize('split', ['train', 'test'])
+def test_a_flipped_byte_in_the_cache_is_caught_and_rebuilt(src, tmp_path, split):
+    folder, arrs = src
+    cache = tmp_path / 'cache'
+    load_fashion_mnist(folder, cache)
+    (arrow,) = (entry_of(cache) / split).glob('data-*.arrow')
+    flip_pixel(arrow, 100)
+    rebuilt_once(folder, cache, arrs, f'{split}/{arrow.name}', 'SHA-256')
+
+
+def test_swapped_split_folders_in_the_cache_are_caught_and_rebuilt(src, tmp_path):
+    folder, arrs = src
+    cache = tmp_path / 'cache'
+    load_fashion_mnist(folder, cache)
+    swap(entry_of(cache) / 'train', entry_of(cache) / 'test')
+    rebuilt_once(folder, cache, arrs, 'SHA-256')
+
+
+def test_swapped_source_files_are_caught_and_rebuilt(tmp_path):
+    """Train and test files of equal sizes and equal mtimes swapped by renaming: the cache serves what the files hold
+    now (what was the test split is now the training split)."""
+    folder = tmp_path / 'src'
+    arrs = make_source(folder, n_train=20, n_test=20)
+    for n in (n for names in NAMES.values() for n in names): os.utime(folder / n, ns=(10**18, 10**18))
+    cache = tmp_path / 'cache'
+    assert_serves(load_fashion_mnist(folder, cache), arrs)
+    for i in 0, 1: swap(folder / NAMES['train'][i], folder / NAMES['test'][i])
+    rebuilt_once(folder, cache, {'train': arrs['test'], 'test': arrs['train']}, 'changed', NAMES['train'][0])
+
+
+@pytest.mark.parametrize('how', ['cut short', 'a FIFO', 'removed'])
+def test_a_cache_without_its_checksums_is_rebuilt(src, tmp_path, how):
+    folder, arrs = src
+    cache = tmp_path / 'cache'
+    load_fashion_mnist(folder, cache)
+    manifest = entry_of(cache) / 'miniai-cache.json'
+    manifest.unlink()
+    if how == 'cut short': manifest.write_text('{"version": 2, "sour')
+    if how == 'a FIFO': os.mkfifo(manifest)                                # reading it would block for ever
+    rebuilt_once(folder, cache, arrs, 'miniai-cache.json is missing or unreadable')
+
+
+def test_a_file_missing_from_the_cache_is_caught_and_rebuilt(src, tmp_path):
+    folder, arrs = src
+    cache = tmp_path / 'cache'
+    load_fashion_mnist(folder, cache)
+    (entry_of(cache) / 'test' / 'state.json').unlink()
+    rebuilt_once(folder, cache, arrs, 'it lacks test/state.json')
+
+
+def test_a_touched_source_file_is_rehashed_not_rebuilt(src, tmp_path, monkeypatch):
+    """New times, same bytes: the cache stays (its SHA-256 still matches), without a warning."""
+    folder, arrs = src
+    cache = tmp_path / 'cache'
+    load_fashion_mnist(folder, cache)
+    os.utime(folder / NAMES['train'][0], ns=(10**18, 10**18))
+    monkeypatch.setattr(mcache, '_build', lambda folder: pytest.fail('rebuilt though the files are the same'))
+    dd, w = load_warned(folder, cache)
+    assert w == []
+    assert_serves(dd, arrs)
+
+
+def test_files_that_dataset_map_adds_to_the_cache_are_not_a_mismatch(src, tmp_path, monkeypatch):
+    folder, arrs = src
+    cache = tmp_path / 'cache'
+    load_fashion_mnist(folder, cache)['train'].map(lambda b: {'label': b['label']}, batched=True)
+    assert list((entry_of(cache) / 'train').glob('cache-*.arrow'))          # what map wrote beside the data
+    monkeypatch.setattr(mcache, '_build', lambda folder: pytest.fail('rebuilt for a file map wrote'))
+    assert load_warned(folder, cache)[1] == []
+
+
+def unsuitable(folder, case):
+    """IDX files in `folder` that are well formed but unsuitable as `case` says; returns the file to be named."""
+    n = {'train': 0 if case == 'no training images' else 12, 'test': 0 if case == 'no test images' else 4}
+    size = 32 if case == '32x32 images' else 28
+    for split in NAMES:
+        write_idx(folder / NAMES[split][0], np.zeros((n[split], size, size)))
+        write_idx(folder / NAMES[split][1], np.zeros(n[split]))
+    return folder / NAMES['test' if case == 'no test images' else 'train'][0]
+
+
+UNSUITABLE = {'no training images': 'holds no images, but the training set needs at least one',
+              'no test images': 'holds no images, but the validation set (the test images) needs at least one',
+              '32x32 images': 'holds 32x32 images, but Fashion-MNIST images are 28x28'}
+
+
+@pytest.mark.parametrize('case', UNSUITABLE)
+def test_unsuitable_files_are_refused_with_what_to_do(case, tmp_path):
+    bad = unsuitable(tmp_path, case)
+    calls = [lambda: load_fashion_mnist(tmp_path, tmp_path / 'cache'), lambda: fashion_mnist_tensors(tmp_path),
+             lambda: get_dls(4, path=tmp_path), lambda: get_dls(4, path=tmp_path, in_memory=False)]
+    for call in calls:
+        with pytest.raises(DataError) as e: call()
+        msg = str(e.value)
+        assert msg.startswith(str(bad)) and UNSUITABLE[case] in msg and '\n' not in msg
+        assert ('resize' if case == '32x32 images' else 'restore the file') in msg
+
+
+@pytest.mark.parametrize('case', UNSUITABLE)
+def test_miniai_train_refuses_unsuitable_files_in_one_line(case, tmp_path, capsys):
+    from miniai.cli import main
+    (tmp_path / 'data').mkdir()
+    unsuitable(tmp_path / 'data', case)
+    assert main(['train', '--data', str(tmp_path / 'data'), '--out', str(tmp_path / 'r'), '--device', 'cpu']) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith('miniai: error: ') and UNSUITABLE[case] in err, err
+    assert not (tmp_path / 'r').exists()
 
 
 def corrupt(folder, case):
@@ -269,7 +429,7 @@ def test_collate_dict_follows_feature_order():
 
 
 @inplace
-def transformi(b): b['image'] = [(TF.to_tensor(o) - 0.28) / 0.35 for o in b['image']]   # the seeds' transform
+def transformi(b): b['image'] = [(TF.to_tensor(o) - 0.28) / 0.35 for o in b['image']]   # the course's transform
 
 
 def batches(dl): return [tuple(t.clone() for t in b) for b in dl]
@@ -305,7 +465,7 @@ def test_from_dd_options(src, tmp_path):
         b = next(iter(DataLoaders.from_dd(tds, 4, as_tuple=False, in_memory=im).valid))
         assert set(b) == {'image', 'label'} and b['image'].shape == (4, 1, 28, 28)
     plain = DataLoaders.from_dd(tds, 16, num_workers=2)
-    assert plain.train.num_workers == 2 and plain.train.worker_init_fn is mds._seed_worker
+    assert plain.train.num_workers == 2 and plain.train.worker_init_fn is mloaders._seed_worker
     assert plain.train.pin_memory == torch.cuda.is_available()
     with pytest.raises(TypeError, match='shufle'): DataLoaders.from_dd(tds, 16, in_memory=True, shufle=False)
 
