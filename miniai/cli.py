@@ -228,8 +228,8 @@ def _finish(learn, valid_dl, out: Path, device):
 
 def _banner(args, dls, model, device, world: int) -> str:
     """What the run trains on: device(s), data source and size, model size."""
-    from .datasets import _source
-    src = _source(args.data)
+    from .datasets import data_source
+    src = data_source(args.data)
     n_train, n_valid = (len(getattr(dl, 'dataset', ())) for dl in (dls.train, dls.valid))
     procs = f" x {world} processes" if world > 1 else ''
     return (f"miniai train: {device}{procs}; Fashion-MNIST from {src or 'the Hugging Face hub'}: {n_train:,} "

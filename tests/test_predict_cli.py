@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import REAL_DATA
 from miniai import cli
 from miniai.cli import main, recipe_model
-from miniai.datasets import FASHION_CLASSES, _normalise, fashion_mnist_tensors, read_idx
+from miniai.datasets import FASHION_CLASSES, fashion_mnist_tensors, normalise_images, read_idx
 from miniai.inference import load_learner
 from miniai.sgd import OneCycleSchedCB
 
@@ -49,7 +49,7 @@ def test_predict_gives_the_classes_and_probabilities_of_get_preds(trained, pngs,
     assert main(['predict', str(trained), *map(str, paths)]) == 0
     got = printed(capsys.readouterr().out)
     learn = load_learner(trained / 'model.pt', recipe_model)
-    preds, _ = learn.get_preds(DataLoader(TensorDataset(_normalise(x), torch.zeros(len(x), dtype=torch.long)), 4))
+    preds, _ = learn.get_preds(DataLoader(TensorDataset(normalise_images(x), torch.zeros(len(x), dtype=torch.long)), 4))
     probs = preds.softmax(1)
     assert [g[0] for g in got] == list(map(str, paths))
     assert [g[1] for g in got] == [FASHION_CLASSES[i] for i in probs.argmax(1)]
@@ -129,7 +129,7 @@ def test_predict_on_real_fashion_mnist_images_matches_get_preds(tmp_path, capsys
     capsys.readouterr()
     assert main(['predict', str(r), *map(str, paths)]) == 0
     got = printed(capsys.readouterr().out)
-    preds, _ = load_learner(r / 'model.pt', recipe_model).get_preds(DataLoader(TensorDataset(_normalise(x), y), 8))
+    preds, _ = load_learner(r / 'model.pt', recipe_model).get_preds(DataLoader(TensorDataset(normalise_images(x), y), 8))
     probs = preds.softmax(1)
     assert [g[1] for g in got] == [FASHION_CLASSES[i] for i in probs.argmax(1)]
     assert [g[2] for g in got] == pytest.approx(probs.max(1).values.tolist(), abs=1e-6)

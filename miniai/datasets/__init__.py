@@ -10,6 +10,7 @@ Parts: `idx` (IDX files to checked arrays), `source` (where the files are; `data
 `data_source`, `normalise_images`, `XMEAN` and `XSTD` are imported from here by name, the parts' other names from
 their part (`from miniai.datasets.idx import read_split`).
 """
+# (`X as X`: names for import by name, kept out of `__all__`)
 from .cache import load_fashion_mnist
 from .idx import FASHION_CLASSES, read_idx
 from .loaders import XMEAN as XMEAN
@@ -22,8 +23,3 @@ from .source import fashion_mnist_tensors
 
 __all__ = ['FASHION_CLASSES', 'read_idx', 'load_fashion_mnist', 'fashion_mnist_tensors', 'inplace', 'collate_dict',
            'InMemoryLoader', 'DataLoaders', 'get_dls', 'show_image', 'subplots', 'get_grid', 'show_images']
-
-# (`X as X` above: names for import by name, kept out of `__all__`.) The names by which code written for the
-# single-file module imported two helpers; new code uses the public ones.
-_source, _normalise = data_source, normalise_images
-
