@@ -46,13 +46,16 @@ def run(data, out, *extra):
 def rows(path): return list(csv.DictReader(open(path)))
 
 
+COLUMNS = ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
+
+
 def test_train_writes_metrics_png_config_and_checkpoints(data, tmp_path, capsys):
     assert run(data, tmp_path / 'r', '--epochs', '2') == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[1].split() == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
+    assert out.splitlines()[1].split() == COLUMNS
     assert 'epoch 1: valid_accuracy' in out                  # the same names in the table, the file and the message
     r = rows(tmp_path / 'r' / 'metrics.csv')
-    assert list(r[0]) == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
+    assert list(r[0]) == COLUMNS
     assert [x['epoch'] for x in r] == ['0', '1']
     assert float(r[-1]['valid_accuracy']) > 0.5  # the synthetic classes are easy
     for png in ('training.png', 'confusion.png'): assert (tmp_path / 'r' / png).read_bytes()[:4] == b'\x89PNG'
@@ -392,7 +395,7 @@ def test_resumed_metrics_csv_keeps_the_lr_column(data, tmp_path, monkeypatch):
     assert main(['train', '--resume', str(tmp_path / 'part')]) == 0
     drop = lambda rs: [{k: v for k, v in r.items() if k != 'time'} for r in rs]  # wall-clock time differs
     full, part = rows(tmp_path / 'full' / 'metrics.csv'), rows(tmp_path / 'part' / 'metrics.csv')
-    assert list(part[0]) == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
+    assert list(part[0]) == COLUMNS
     assert drop(part) == drop(full) and all(float(r['lr']) > 0 for r in part)
 
 

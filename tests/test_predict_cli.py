@@ -129,7 +129,8 @@ def test_predict_on_real_fashion_mnist_images_matches_get_preds(tmp_path, capsys
     capsys.readouterr()
     assert main(['predict', str(r), *map(str, paths)]) == 0
     got = printed(capsys.readouterr().out)
-    preds, _ = load_learner(r / 'model.pt', recipe_model).get_preds(DataLoader(TensorDataset(normalise_images(x), y), 8))
+    dl = DataLoader(TensorDataset(normalise_images(x), y), 8)
+    preds, _ = load_learner(r / 'model.pt', recipe_model).get_preds(dl)
     probs = preds.softmax(1)
     assert [g[1] for g in got] == [FASHION_CLASSES[i] for i in probs.argmax(1)]
     assert [g[2] for g in got] == pytest.approx(probs.max(1).values.tolist(), abs=1e-6)
