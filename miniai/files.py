@@ -101,8 +101,8 @@ def _fail(error, path, problem: str, what: str, advice: str, errno_: int = errno
 
 def _check_regular(st, path, max_bytes, what, advice, error):
     if not stat.S_ISREG(st.st_mode):
-        raise _fail(error, path, f"is {file_kind(st.st_mode)}, not a regular file: miniai reads it only from a "
-                    "regular file", what, advice)
+        raise _fail(error, path, f"is {file_kind(st.st_mode)}, not a regular file, so miniai does not read it", what,
+                    advice)
     if max_bytes is not None and st.st_size > max_bytes:
         raise _fail(error, path, f"is {st.st_size:,} bytes, more than the {max_bytes:,} such a file can hold", what,
                     advice, errno.EFBIG)
