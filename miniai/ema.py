@@ -34,6 +34,9 @@ class EMACB(Callback):
     (`get_preds`, `fit(train=False)`) uses the model's weights as they are.
     """
     order = 1   # after TrainCB (0) has stepped, and before MetricsCB (10) reads validation predictions
+    # an lr sweep's steps (lr_find) are not training: they must not move the average or its step count
+    lr_find_excluded = True
+    run_in_isolated_fits = False
 
     def __init__(self, decay: float = 0.999, warmup: bool = True, apply_at_end: bool = True):
         if not 0 <= decay < 1: raise ValueError(f"decay must be in [0, 1), got {decay}")

@@ -189,3 +189,12 @@ def test_ctrl_c_during_validation_leaves_the_trained_weights_not_the_average(tmp
     with pytest.raises(KeyboardInterrupt): learn.fit(3, cbs=[trained, CtrlC()])
     assert_bitwise_equal(learn.model.state_dict(), trained.seen[-1])   # what an interrupted.pt must hold
     assert not torch.equal(learn.model[0][0].weight, ema.ema['0.0.weight'])
+
+
+def test_lr_find_leaves_the_average_and_its_count_alone():
+    ema = EMACB(0.9, apply_at_end=False)
+    learn = _learner([ema])
+    learn.fit(1)
+    before, n = {k: v.clone() for k, v in ema.ema.items()}, ema.n_updates
+    learn.lr_find(num_it=5, show_plot=False)
+    assert ema.n_updates == n and all(torch.equal(before[k], ema.ema[k]) for k in before)
