@@ -10,13 +10,20 @@ Beside `NAME.pt` lies `NAME.pt.sha256` (the format of `sha256sum`, so `sha256sum
 the checkpoint's bytes. Loading refuses a checkpoint whose bytes do not match it (a flipped bit on disk, a copy cut
 short, an edited file); a checkpoint without one (older miniai, or copied alone) loads with a warning. While a save
 replaces the file, the digest file lists both the old and the new digest, so a kill at any moment leaves a pair that
-loads. Explained in nbs/09_checkpoint.ipynb.
+loads. Both files are read only when they are regular files (a digest file of at most `MAX_DIGEST_BYTES`), so a named
+pipe or a link to a device in their place is refused, never waited on or read without end.
+
+What a checkpoint holds can be trusted: `save_checkpoint` refuses weights or optimizer state holding NaN or inf
+(`NonFiniteWeightsError`), keeping the previous checkpoint, and the model's weights in it are always the ones training
+goes on from, even while a callback has swapped others in for validation (EMACB's average: see `trained_weights`).
+Explained in nbs/09_checkpoint.ipynb.
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import math
+import os
 import pickle
 import random
 import re
@@ -30,12 +37,14 @@ from .callbacks import improved, monitor_mode, resolve_monitor
 from .core import Callback, Order
 from .device import barrier, broadcast_object, is_main_process, unwrap_model
 from .errors import MiniaiError
-from .files import atomic_write, sha256_file
+from .files import atomic_write, read_regular
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'SaveModelCB', 'TerminateOnNaNCB', 'NonFiniteLossError',
-           'CheckpointError', 'digest_path', 'is_main_process', 'unwrap_model', 'callback_keys']
+           'NonFiniteWeightsError', 'CheckpointError', 'digest_path', 'is_main_process', 'unwrap_model',
+           'non_finite_state', 'MAX_DIGEST_BYTES', 'callback_keys']
 
 _FORMAT = 'miniai-checkpoint-1'
+MAX_DIGEST_BYTES = 4096   # a digest file holds one or two lines of 64 hex digits and a file name
 
 
 class CheckpointError(MiniaiError, ValueError):
@@ -44,6 +53,11 @@ class CheckpointError(MiniaiError, ValueError):
 
 class NonFiniteLossError(MiniaiError, FloatingPointError):
     """The loss became NaN or infinite; raised by `TerminateOnNaNCB` before the step could spoil the weights."""
+
+
+class NonFiniteWeightsError(MiniaiError, FloatingPointError):
+    """The model's weights or the optimizer's state hold NaN or inf, so `save_checkpoint` refused to write them: a
+    checkpoint that cannot train on must never replace one that can. The previous checkpoint on disk is kept."""
 
 
 def callback_keys(cbs) -> list[str]:
@@ -82,6 +96,48 @@ def _set_rng_state(st):
 def _class_name(o) -> str: return f'{type(o).__module__}.{type(o).__qualname__}'
 
 
+def _model_state(learn) -> dict:
+    """The model's state_dict, with the weights training goes on from where a callback has swapped others in.
+
+    A callback that puts other weights into the model for a while (EMACB validates with the average) defines
+    `trained_weights()`: None when the model holds its own weights, else the tensors training continues from, keyed
+    as in the (unwrapped) model's state_dict. A checkpoint taken at any moment, whichever callback order saved it,
+    then holds the run's own weights and resumes it exactly.
+    """
+    sd = unwrap_model(learn.model).state_dict()
+    for cb in learn.cbs:
+        trained = cb.trained_weights() if callable(getattr(cb, 'trained_weights', None)) else None
+        if trained: sd.update({k: v for k, v in trained.items() if k in sd})
+    return sd
+
+
+def _floats(o, where: str):
+    """(name, tensor) for every floating-point tensor in nested dicts/lists/tuples `o`."""
+    if isinstance(o, torch.Tensor):
+        if o.is_floating_point() or o.is_complex(): yield where, o
+    elif isinstance(o, dict):
+        for k, v in o.items(): yield from _floats(v, f'{where}.{k}' if where else str(k))
+    elif isinstance(o, (list, tuple)):
+        for i, v in enumerate(o): yield from _floats(v, f'{where}[{i}]')
+
+
+def non_finite_state(learn) -> list[str]:
+    """The names of the model's weights and buffers, and of the optimizer's state tensors, that hold NaN or inf.
+
+    One host sync per device for all of them (a stacked `isfinite(...).all()`), so it costs little beside a save.
+    """
+    named = [(f'model {k}', t) for k, t in _floats(_model_state(learn), '')]
+    if learn.opt is not None and hasattr(learn.opt, 'state_dict'):
+        named += list(_floats(learn.opt.state_dict(), 'optimizer'))
+    flags = [torch.isfinite(t).all() for _, t in named]
+    by_device: dict = {}
+    for i, f in enumerate(flags): by_device.setdefault(f.device, []).append(i)
+    ok = [True] * len(named)
+    for idx in by_device.values():
+        for i, good in zip(idx, torch.stack([flags[i] for i in idx]).cpu().tolist()): ok[i] = good
+    return [k for (k, _), good in zip(named, ok) if not good]
+
+
 def learner_state(learn, epoch_done: bool = True) -> dict:
     """Everything needed to continue `learn` exactly where it stands, as state_dicts and plain values.
 
@@ -89,7 +145,7 @@ def learner_state(learn, epoch_done: bool = True) -> dict:
     """
     opt = learn.opt
     return {'format': _FORMAT,
-            'model': unwrap_model(learn.model).state_dict(),
+            'model': _model_state(learn),
             'opt': opt.state_dict() if opt is not None and hasattr(opt, 'state_dict') else None,
             'opt_class': _class_name(opt) if opt is not None else None,
             'callbacks': {k: cb.state_dict() for k, cb in zip(callback_keys(learn.cbs), learn.cbs)
@@ -106,10 +162,24 @@ def save_checkpoint(learn, path, epoch_done: bool = True, wait: bool = True) -> 
     `wait=False` skips that barrier, for a save after Ctrl-C: the ranks were interrupted at different points of
     the loop, and a collective there could wait for one that never comes.
 
+    Weights or optimizer state holding NaN or inf are never written: every rank checks its own (identical under
+    DistributedDataParallel) before anything is written, so all of them raise and none waits at the barrier.
+
     Raises:
+        NonFiniteWeightsError: the weights or the optimizer state hold NaN or inf; nothing was written, and the
+            checkpoint already at `path` (if any) and its digest file are as they were.
         OutputError: the file could not be written (e.g. no space left on device); the old checkpoint is intact.
     """
     path = Path(path)
+    bad = non_finite_state(learn)
+    if bad:
+        show = ', '.join(bad[:6]) + (f' ... ({len(bad)} in all)' if len(bad) > 6 else '')
+        kept = (f"the previous {path.name} on disk is kept, with its digest" if path.exists() else
+                f"nothing was written to {path}")
+        raise NonFiniteWeightsError(
+            f"not saving checkpoint {path}: the training diverged and these hold NaN or inf: {show}. A checkpoint "
+            f"must be able to train on, so {kept}. Lower the lr, add GradientClipCB or TerminateOnNaNCB, and "
+            "resume from the last good checkpoint")
     try:
         if is_main_process(): _write(learn, path, epoch_done)
     finally:
@@ -123,11 +193,31 @@ def digest_path(path) -> Path:
     return path.with_name(path.name + '.sha256')
 
 
-def _digests(sidecar: Path) -> list[str]:
-    """The hex digests listed in `sidecar` (lines `HEX  NAME`, as sha256sum writes them)."""
-    try: lines = sidecar.read_text().splitlines()
-    except (OSError, UnicodeDecodeError): return []
+def _digest_advice(path: Path) -> str:
+    return (f"delete it to load {path.name} unchecked, or replace it with the output of `sha256sum {path.name}` run "
+            "where the checkpoint was saved")
+
+
+def _digests(sidecar: Path, path: Path) -> list[str]:
+    """The hex digests listed in `sidecar` (lines `HEX  NAME`, as sha256sum writes them), the digest file of `path`.
+
+    Raises:
+        FileNotFoundError: there is no `sidecar`.
+        CheckpointError: `sidecar` is not a regular file of at most MAX_DIGEST_BYTES bytes (a named pipe would block
+            the reader, a link to /dev/zero never ends), or cannot be read; the message says what was found.
+    """
+    data = read_regular(sidecar, MAX_DIGEST_BYTES, what='the digest file', advice=_digest_advice(path),
+                        error=CheckpointError)
+    lines = data.decode('utf-8', errors='replace').splitlines()
     return [ln.split()[0].lower() for ln in lines if ln.split() and re.fullmatch(r'[0-9a-fA-F]{64}', ln.split()[0])]
+
+
+def _old_digests(side: Path, path: Path) -> list[str]:
+    """What `_digests` lists, or nothing when the digest file is missing or unreadable (it is about to be
+    replaced by a regular file, and such a checkpoint could not be checked anyway)."""
+    if not path.exists(): return []
+    try: return _digests(side, path)
+    except (FileNotFoundError, CheckpointError): return []
 
 
 def _write(learn, path: Path, epoch_done: bool = True):
@@ -136,7 +226,7 @@ def _write(learn, path: Path, epoch_done: bool = True):
     torch.save(learner_state(learn, epoch_done), buf)
     data = buf.getbuffer()
     new, side = hashlib.sha256(data).hexdigest(), digest_path(path)
-    old = [d for d in _digests(side) if d != new] if path.exists() else []
+    old = [d for d in _old_digests(side, path) if d != new]
     # the digest file names the new digest before the checkpoint is replaced and drops the old one after: whenever
     # a kill lands, the checkpoint on disk is listed
     if old: atomic_write(side, ''.join(f'{d}  {path.name}\n' for d in [new, *old]))
@@ -144,17 +234,21 @@ def _write(learn, path: Path, epoch_done: bool = True):
     atomic_write(side, f'{new}  {path.name}\n')
 
 
-def _verify(path: Path):
+def _verify(path: Path, data: bytes):
+    """Check `data`, the bytes read from checkpoint `path`, against the digest file beside it."""
     side = digest_path(path)
-    if not side.exists():
+    try: want = _digests(side, path)
+    except FileNotFoundError:
+        if side.is_symlink():
+            raise CheckpointError(f"the digest file {side} is a symlink to a missing file ({os.readlink(side)}); "
+                                  f"{_digest_advice(path)}") from None
         warnings.warn(f"checkpoint {path} has no digest file {side.name} (saved by an older miniai, or copied "
                       "without it): it is loaded without checking that its bytes are intact", stacklevel=4)
         return
-    want = _digests(side)
     if not want:
         raise CheckpointError(f"the digest file {side} of checkpoint {path} holds no SHA-256 digest; restore it, or "
                               "delete it to load the checkpoint unchecked")
-    if sha256_file(path) not in want:
+    if hashlib.sha256(data).hexdigest() not in want:
         raise CheckpointError(f"checkpoint {path} is corrupt: its bytes do not match the SHA-256 digest saved with it "
                               f"in {side.name} (changed on disk or by a copy since it was saved). Use an earlier "
                               "checkpoint (e.g. best.pt or another run's), or restore this file from a backup")
@@ -169,9 +263,14 @@ def _unsafe(e: Exception) -> str | None:
 
 
 def _read(path: Path) -> dict:
-    if not path.is_file(): raise FileNotFoundError(f"no checkpoint at {path}")
-    _verify(path)
-    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
+    """The checkpoint at `path`, read once into memory (so the digest checks exactly the bytes that are loaded), only
+    if it is a regular file: a named pipe or a device in its place is refused, never waited on."""
+    try:
+        data = read_regular(path, what='checkpoint', error=CheckpointError,
+                            advice='give the path of a checkpoint file that miniai saved (e.g. last.pt or best.pt)')
+    except FileNotFoundError: raise FileNotFoundError(f"no checkpoint at {path}") from None
+    _verify(path, data)
+    try: ckpt = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except Exception as e:
         bad = _unsafe(e)
         if bad is not None:

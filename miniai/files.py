@@ -1,9 +1,15 @@
-"""Crash-safe output files: `atomic_write` (temporary file, fsync, rename), `sha256_file`, `clean_stale_temps`.
+"""Crash-safe output files (`atomic_write`: temporary file, fsync, rename; `clean_stale_temps`) and guarded input
+files (`read_regular`, `open_regular`, `sha256_file`).
 
 A file is written beside its destination and renamed over it, so a reader (or a process killed mid-write) sees the
 old file or the new one, never half of one; the rename also replaces a symlink planted at the destination instead
 of writing through it to wherever it points. Temporary names hold the writer's process id, so the next save of the
 same file can remove what a killed writer left behind without touching a live writer's file.
+
+A file that miniai reads back (a checkpoint, its digest, an export) is input like any other: the path may hold a
+named pipe that blocks the reader forever, a link to `/dev/zero` that never ends, a directory, or a regular file far
+larger than such a file can be. `read_regular` reads only regular files, with a size bound, and says what it found
+instead; nothing else is opened (opening a device can have effects of its own).
 Described in docs/reliability.md.
 """
 from __future__ import annotations
@@ -11,12 +17,20 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import OutputError
+from .errors import MiniaiError, OutputError
 
-__all__ = ['atomic_write', 'sha256_file', 'clean_stale_temps']
+__all__ = ['atomic_write', 'sha256_file', 'clean_stale_temps', 'read_regular', 'open_regular', 'file_kind',
+           'InputFileError']
+
+
+class InputFileError(MiniaiError, OSError):
+    """A file miniai reads is not a regular file (a named pipe, a device, a directory...), is larger than such a file
+    can be, or cannot be opened; the message names the file, what was found and what to do."""
+    def __str__(self): return self.strerror or super().__str__()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -69,9 +83,82 @@ def atomic_write(path, data: bytes | str | Callable, fsync: bool = True) -> Path
     return path
 
 
-def sha256_file(path) -> str:
-    """The SHA-256 of the file at `path`, as hex."""
+_KINDS = ((stat.S_ISDIR, 'a directory'), (stat.S_ISFIFO, 'a named pipe (FIFO)'),
+          (stat.S_ISCHR, 'a character device (such as /dev/zero)'), (stat.S_ISBLK, 'a block device'),
+          (stat.S_ISSOCK, 'a socket'), (stat.S_ISREG, 'a regular file'))
+
+
+def file_kind(mode: int) -> str:
+    """What an `os.stat` mode is, in words: 'a regular file', 'a named pipe (FIFO)', 'a directory', ..."""
+    return next((name for test, name in _KINDS if test(mode)), 'not a regular file')
+
+
+def _fail(error, path, problem: str, what: str, advice: str, errno_: int = errno.EINVAL):
+    msg = f"{what} {path} {problem}" + (f"; {advice}" if advice else '')
+    if isinstance(error, type) and issubclass(error, OSError): return error(errno_, msg, str(path))
+    return error(msg)
+
+
+def _check_regular(st, path, max_bytes, what, advice, error):
+    if not stat.S_ISREG(st.st_mode):
+        raise _fail(error, path, f"is {file_kind(st.st_mode)}, not a regular file, so miniai does not read it", what,
+                    advice)
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise _fail(error, path, f"is {st.st_size:,} bytes, more than the {max_bytes:,} such a file can hold", what,
+                    advice, errno.EFBIG)
+
+
+def open_regular(path, max_bytes: int | None = None, what: str = 'file', advice: str = '', error=InputFileError):
+    """`path` opened for reading in binary mode, if it is a regular file (symlinks to one are followed) of at most
+    `max_bytes` bytes; else `error` (a class taking the message) saying what was found and `advice`.
+
+    The kind is checked with `os.stat` before anything is opened, and again on the open descriptor (opened with
+    O_NONBLOCK, so a named pipe swapped in between cannot block), so no path is ever opened as a pipe or device.
+    A missing file raises FileNotFoundError as `open` does; any other failure to open (permissions, a symlink loop)
+    raises `error` with the system's reason.
+    """
+    path = Path(path)
+    try:
+        _check_regular(os.stat(path), path, max_bytes, what, advice, error)
+        fd = os.open(path, os.O_RDONLY | getattr(os, 'O_NONBLOCK', 0) | getattr(os, 'O_BINARY', 0))
+    except FileNotFoundError: raise
+    except OSError as e:
+        if isinstance(e, error): raise
+        raise _fail(error, path, f"cannot be read: {(e.strerror or str(e)).lower()}", what, advice,
+                    e.errno or errno.EIO) from e
+    try:
+        _check_regular(os.fstat(fd), path, max_bytes, what, advice, error)
+        if hasattr(os, 'set_blocking'): os.set_blocking(fd, True)
+        return os.fdopen(fd, 'rb')
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path, max_bytes: int | None = None, what: str = 'file', advice: str = '',
+                 error=InputFileError) -> bytes:
+    """The bytes of `path`, read only if it is a regular file of at most `max_bytes` bytes (see `open_regular`).
+
+    Without `max_bytes` the read still stops at the size the file had when opened: a file that grows while it is
+    read (or claims a size it does not have) is refused, so the read is always bounded.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        error: (`InputFileError` unless given) `path` is not a regular file, is too large, changed while it was read
+            or cannot be opened; the message names the file, what was found and `advice`.
+    """
+    with open_regular(path, max_bytes, what, advice, error) as f:
+        size = os.fstat(f.fileno()).st_size
+        data = f.read(size + 1)
+    if len(data) != size:
+        raise _fail(error, path, f"changed while it was read ({size:,} bytes when opened, {len(data):,} read)", what,
+                    advice, errno.EIO)
+    return data
+
+
+def sha256_file(path, what: str = 'file', error=InputFileError) -> str:
+    """The SHA-256 of the regular file at `path`, as hex (anything else is refused, as in `open_regular`)."""
     h = hashlib.sha256()
-    with open(path, 'rb') as f:
+    with open_regular(path, what=what, error=error) as f:
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
     return h.hexdigest()

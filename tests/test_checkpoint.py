@@ -1,10 +1,13 @@
 """Checkpoints: exact resume, atomic writes, the best model, NaN stops, and errors that say what to do."""
+import contextlib
 import multiprocessing
 import os
 import random
+import re
 import signal
 import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from miniai.augment import get_preds
 from miniai.checkpoint import (
     CheckpointError,
     NonFiniteLossError,
+    NonFiniteWeightsError,
     SaveModelCB,
     TerminateOnNaNCB,
     digest_path,
@@ -24,6 +28,7 @@ from miniai.checkpoint import (
     save_checkpoint,
 )
 from miniai.core import Callback
+from miniai.gradients import GradientClipCB
 from miniai.learner import MetricsCB, TrainLearner, set_seed
 from miniai.sgd import Adam
 
@@ -242,3 +247,112 @@ def test_an_empty_validation_loader_warns_and_skips_validation_instead_of_nan(tm
     assert [list(r)[:2] for r in hist] == [['epoch', 'train_loss']] * 2 and 'valid_loss' not in hist[0]
     assert all(r['train_loss'] == r['train_loss'] for r in hist)  # no NaN
     assert torch.load(tmp_path / 'last.pt', weights_only=True)['epoch'] == 1       # still saved every epoch
+
+
+# ---------------------------------------------------------------- non-finite state never reaches a checkpoint
+def test_non_finite_weights_or_optimizer_state_are_refused_and_the_old_checkpoint_is_kept(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.fit(1)
+    last = tmp_path / 'last.pt'
+    before = last.read_bytes(), digest_path(last).read_bytes()
+    w = learn.model[0][0].weight
+    with torch.no_grad(): w[0, 0, 0, 0] = float('nan')
+    with pytest.raises(NonFiniteWeightsError, match=r'not saving checkpoint .*last\.pt.* model 0\.0\.weight\. '
+                       r'.*the previous last\.pt on disk is kept, with its digest'):
+        save_checkpoint(learn, last)
+    with torch.no_grad(): w[0, 0, 0, 0] = 0.
+    learn.opt.state[w]['exp_avg'][0, 0, 0, 0] = float('inf')
+    with pytest.raises(NonFiniteWeightsError, match=r'optimizer\.state\.0\.exp_avg'): learn.save(last)
+    assert (last.read_bytes(), digest_path(last).read_bytes()) == before
+    with pytest.raises(NonFiniteWeightsError, match='nothing was written to'): learn.save(tmp_path / 'new.pt')
+    assert not (tmp_path / 'new.pt').exists() and not digest_path(tmp_path / 'new.pt').exists()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert load_checkpoint(make_learner(tmp_path / 'x'), last)['epoch'] == 0
+
+
+def test_weights_that_diverge_in_a_fit_never_replace_the_last_good_checkpoint(tmp_path):
+    class Diverge(Callback):
+        def after_step(self, learn):
+            if learn.epoch == 1 and learn.iter == 2:
+                with torch.no_grad(): learn.model[0][0].weight.fill_(float('inf'))
+    learn = make_learner(tmp_path)
+    with pytest.raises(NonFiniteWeightsError, match='not saving checkpoint'): learn.fit(3, cbs=[Diverge()])
+    for name in ('last.pt', 'best.pt'):
+        ck = load_checkpoint(make_learner(tmp_path / 'y'), tmp_path / name)
+        assert ck['epoch'] == 0 and all(torch.isfinite(t).all() for t in ck['model'].values())
+
+
+def test_nan_gradients_with_clipping_never_reach_last_pt(tmp_path):
+    class NanGrad(Callback):
+        def after_backward(self, learn):
+            if learn.epoch == 1 and learn.iter == 1: learn.model[0][0].weight.grad.fill_(float('nan'))
+    learn = make_learner(tmp_path)
+    with pytest.warns(UserWarning, match='GradientClipCB skipped 1 of'):
+        learn.fit(2, cbs=[GradientClipCB(1.0), NanGrad()])
+    ck = load_checkpoint(make_learner(tmp_path / 'y'), tmp_path / 'last.pt')
+    assert ck['epoch'] == 1 and all(torch.isfinite(t).all() for t in ck['model'].values())
+
+
+# ---------------------------------------------------------------- only regular files are read
+class Blocked(Exception):
+    """Raised by `deadline`; not an OSError, so no `except OSError` in the code under test can swallow it."""
+
+
+@contextlib.contextmanager
+def deadline(seconds=10):
+    """Fail (instead of hanging the suite) when the block is blocked for longer than `seconds`."""
+    def stop(*_): raise Blocked(f"still blocked after {seconds} s")
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try: yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _put(kind, path: Path, digest_line: bytes = b''):
+    path.unlink(missing_ok=True)
+    if kind == 'fifo': os.mkfifo(path)
+    elif kind == 'devzero': os.symlink('/dev/zero', path)
+    elif kind == 'dir': path.mkdir()
+    elif kind == 'huge': path.write_bytes(digest_line + b'\n' * (1 << 20))   # the right digest, then 1 MiB more
+    elif kind == 'dangling': os.symlink(path.parent / 'nowhere', path)
+
+
+WHAT = {'fifo': r'is a named pipe \(FIFO\), not a regular file',                  # regexes of what the error says
+        'devzero': r'is a character device \(such as /dev/zero\), not a regular file',
+        'dir': 'is a directory, not a regular file', 'huge': r'is 1,048,6\d\d bytes, more than the 4,096',
+        'dangling': 'is a symlink to a missing file'}
+
+
+@pytest.mark.parametrize('kind', list(WHAT))
+def test_a_digest_file_that_is_not_a_small_regular_file_is_refused_saying_what_it_is(tmp_path, kind):
+    learn = make_learner(tmp_path)
+    learn.save(tmp_path / 'last.pt')
+    side = digest_path(tmp_path / 'last.pt')
+    _put(kind, side, side.read_bytes())
+    with deadline(), pytest.raises(CheckpointError) as ei: make_learner(tmp_path / 'x').load(tmp_path / 'last.pt')
+    assert re.search(f'the digest file {re.escape(str(side))} {WHAT[kind]}', str(ei.value))
+    assert 'delete it to load last.pt unchecked' in str(ei.value)
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'devzero', 'dir'])   # a dangling link is 'no checkpoint at'
+def test_a_checkpoint_path_that_is_not_a_regular_file_is_refused_saying_what_it_is(tmp_path, kind):
+    _put(kind, tmp_path / 'last.pt')
+    path = re.escape(str(tmp_path / 'last.pt'))
+    with deadline(), pytest.raises(CheckpointError, match=f'checkpoint {path} {WHAT[kind]}'):
+        make_learner(tmp_path / 'x').load(tmp_path / 'last.pt')
+
+
+@pytest.mark.parametrize('kind', ['fifo', 'devzero'])
+def test_saving_where_the_digest_file_is_a_fifo_or_device_replaces_it_without_blocking(tmp_path, kind):
+    learn = make_learner(tmp_path)
+    learn.save(tmp_path / 'last.pt')
+    side = digest_path(tmp_path / 'last.pt')
+    _put(kind, side)
+    with deadline(): learn.save(tmp_path / 'last.pt')
+    assert side.is_file() and not side.is_symlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        make_learner(tmp_path / 'x').load(tmp_path / 'last.pt')

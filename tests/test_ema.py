@@ -1,4 +1,5 @@
-"""EMACB: the average follows its closed form, validation sees it, training continues from the live weights."""
+"""EMACB: the average follows its closed form, validation sees it, training continues from the live weights, and
+checkpoints hold the trained weights, so a resume with EMA is exact."""
 from functools import partial
 from types import SimpleNamespace
 
@@ -7,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_cnn, toy_images
+from conftest import StopAfter, tiny_cnn, toy_images
 from miniai.augment import get_preds
+from miniai.checkpoint import SaveModelCB
 from miniai.core import Callback
 from miniai.ema import EMACB
-from miniai.learner import TrainLearner
+from miniai.learner import MetricsCB, TrainLearner, set_seed
 
 
 def _scalar_model(v=0.):
@@ -118,3 +120,81 @@ def test_state_dict_round_trip_continues_the_same_average():
     b.before_fit(SimpleNamespace(model=m))
     for cb in (a, b): _step_to(cb, m, -1.)
     assert b.ema['weight'].item() == pytest.approx(a.ema['weight'].item()) and b.n_updates == a.n_updates == 2
+
+
+class Trained(Callback):
+    """Copies of the model's weights at the end of each training epoch: the trained (live) weights."""
+    def __init__(self): self.seen = []
+    def after_epoch(self, learn):
+        if learn.training: self.seen.append({k: v.clone() for k, v in learn.model.state_dict().items()})
+
+
+def _ema_learner(folder, apply_at_end):
+    set_seed(1, deterministic=True)
+    ema = EMACB(0.9, apply_at_end=apply_at_end)
+    learn = TrainLearner(nn.Sequential(tiny_cnn(), nn.BatchNorm1d(10)), toy_images(n=200, bs=32), F.cross_entropy,
+                         lr=0.05, opt_func=partial(torch.optim.SGD, momentum=0.9),
+                         cbs=[MetricsCB(), ema, SaveModelCB(folder)])
+    return learn, ema
+
+
+def _tensors(o, where=''):
+    """(name, tensor) of every tensor in nested dicts/lists `o`."""
+    if isinstance(o, torch.Tensor): yield where, o
+    elif isinstance(o, dict):
+        for k, v in o.items(): yield from _tensors(v, f'{where}/{k}')
+    elif isinstance(o, (list, tuple)):
+        for i, v in enumerate(o): yield from _tensors(v, f'{where}/{i}')
+
+
+def assert_bitwise_equal(a, b):
+    ta, tb = dict(_tensors(a)), dict(_tensors(b))
+    assert ta.keys() == tb.keys() and ta
+    for k in ta: assert torch.equal(ta[k], tb[k]), k
+
+
+def _ema_state(ckpt): return next(v for k, v in ckpt['callbacks'].items() if k.startswith('EMACB'))
+
+
+@pytest.mark.parametrize('apply_at_end', [False, True])
+def test_resume_with_ema_is_bitwise_identical_to_an_uninterrupted_run(tmp_path, apply_at_end):
+    full, full_ema = _ema_learner(tmp_path / 'full', apply_at_end)
+    full.fit(2)
+
+    part, part_ema = _ema_learner(tmp_path / 'part', apply_at_end)
+    trained = Trained()
+    part.fit(2, cbs=[trained, StopAfter(0)])      # last.pt is written after epoch 0's validation, then it stops
+    saved = torch.load(tmp_path / 'part' / 'last.pt', weights_only=True)
+    assert_bitwise_equal(saved['model'], trained.seen[0])    # the weights training goes on from, not the average...
+    assert not torch.equal(saved['model']['0.0.weight'], _ema_state(saved)['ema']['0.0.weight'])   # ...which is here
+
+    torch.manual_seed(123)  # a new process: whatever the RNG holds now must not matter
+    resumed, resumed_ema = _ema_learner(tmp_path / 'resumed', apply_at_end)
+    resumed.load(tmp_path / 'part' / 'last.pt')
+    resumed.fit(2)
+    assert_bitwise_equal(resumed.model.state_dict(), full.model.state_dict())
+    assert_bitwise_equal(resumed_ema.state_dict(), full_ema.state_dict())
+    assert resumed_ema.n_updates == full_ema.n_updates
+    assert_bitwise_equal(resumed.opt.state_dict(), full.opt.state_dict())
+    a, b = (torch.load(tmp_path / d / 'last.pt', weights_only=True) for d in ('full', 'resumed'))   # after epoch 1
+    for get in (lambda c: c['model'], lambda c: c['opt'], _ema_state): assert_bitwise_equal(get(a), get(b))
+
+
+def test_ctrl_c_during_validation_leaves_the_trained_weights_not_the_average(tmp_path):
+    class CtrlC(Callback):
+        def after_batch(self, learn):
+            if not learn.training and learn.epoch == 1 and learn.iter == 1: raise KeyboardInterrupt
+    learn, ema = _ema_learner(tmp_path, apply_at_end=True)
+    trained = Trained()
+    with pytest.raises(KeyboardInterrupt): learn.fit(3, cbs=[trained, CtrlC()])
+    assert_bitwise_equal(learn.model.state_dict(), trained.seen[-1])   # what an interrupted.pt must hold
+    assert not torch.equal(learn.model[0][0].weight, ema.ema['0.0.weight'])
+
+
+def test_lr_find_leaves_the_average_and_its_count_alone():
+    ema = EMACB(0.9, apply_at_end=False)
+    learn = _learner([ema])
+    learn.fit(1)
+    before, n = {k: v.clone() for k, v in ema.ema.items()}, ema.n_updates
+    learn.lr_find(num_it=5, show_plot=False)
+    assert ema.n_updates == n and all(torch.equal(before[k], ema.ema[k]) for k in before)

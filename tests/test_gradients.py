@@ -1,5 +1,7 @@
-"""GradientClipCB bounds the total norm (also under float16); GradientAccumulationCB matches one big batch."""
+"""GradientClipCB bounds the total norm (also under float16) and never steps on NaN/inf gradients;
+GradientAccumulationCB matches one big batch."""
 import math
+import warnings
 from functools import partial
 
 import pytest
@@ -11,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from conftest import DLs
 from miniai.accel import MixedPrecisionCB
 from miniai.core import Callback
-from miniai.gradients import GradientAccumulationCB, GradientClipCB
+from miniai.gradients import GradientAccumulationCB, GradientClipCB, NonFiniteGradientError
 from miniai.learner import TrainLearner
 from miniai.sgd import BatchSchedCB, RecorderCB
 
@@ -95,3 +97,56 @@ def test_schedulers_and_recorders_advance_once_per_real_step():
 def test_accumulation_rejects_bad_arguments():
     for bad in (0, 1.5, True):
         with pytest.raises(ValueError, match='n_batches must be an integer >= 1'): GradientAccumulationCB(bad)
+
+
+class Poison(Callback):
+    """Writes `value` into one gradient at training batch (`epoch`, `it`), before clipping; `before`/`after` keep
+    copies of the weights at the start and the end of every training batch."""
+    def __init__(self, value, epoch, it):
+        self.value, self.epoch, self.it, self.before, self.after = value, epoch, it, {}, {}
+    def _w(self, learn): return [p.detach().clone() for p in learn.model.parameters()]
+    def before_batch(self, learn):
+        if learn.training: self.before[learn.epoch, learn.iter] = self._w(learn)
+    def after_backward(self, learn):
+        if (learn.epoch, learn.iter) == (self.epoch, self.it): learn.model.weight.grad[0, 0] = self.value
+    def after_batch(self, learn):
+        if learn.training: self.after[learn.epoch, learn.iter] = self._w(learn)
+
+
+def momentum_learner(cbs):
+    torch.manual_seed(0)
+    return TrainLearner(nn.Linear(4, 2), data(), F.mse_loss, lr=0.01, cbs=cbs,
+                        opt_func=partial(torch.optim.SGD, momentum=0.9))
+
+
+@pytest.mark.parametrize('value', [math.nan, math.inf, -math.inf])
+def test_a_non_finite_gradient_skips_its_step_and_the_fit_says_so_once(value):
+    sched = BatchSchedCB(partial(torch.optim.lr_scheduler.LambdaLR, lr_lambda=lambda i: 1 / (i + 1)))
+    clip, poison = GradientClipCB(1.0), Poison(value, 0, 1)
+    learn = momentum_learner([clip, poison, sched])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        learn.fit(2, valid=False)
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b))
+    assert same(poison.before[0, 1], poison.after[0, 1])            # the poisoned batch did not step...
+    assert not same(poison.before[0, 2], poison.after[0, 2])        # ...and its gradient did not spoil the next one
+    assert clip.skipped == 1 and sched.schedo.last_epoch == 7       # 8 batches, 7 scheduler steps
+    msgs = [str(w.message) for w in caught if 'GradientClipCB' in str(w.message)]
+    assert len(msgs) == 1 and 'skipped 1 of 8 optimizer steps' in msgs[0] and 'the first at epoch 0, batch 1' in msgs[0]
+
+
+def test_a_fit_without_non_finite_gradients_warns_nothing():
+    clip = GradientClipCB(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        momentum_learner([clip]).fit(2, valid=False)
+    assert clip.skipped == 0
+
+
+def test_error_if_nonfinite_stops_before_the_step_naming_epoch_and_batch():
+    poison = Poison(math.nan, 1, 2)
+    learn = momentum_learner([GradientClipCB(1.0, error_if_nonfinite=True), poison])
+    with pytest.raises(NonFiniteGradientError, match=r'NaN or inf at epoch 1, batch 2 .*the weights are intact'):
+        learn.fit(2, valid=False)
+    assert all(torch.equal(w, p) for w, p in zip(poison.before[1, 2], learn.model.parameters()))
