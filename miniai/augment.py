@@ -6,8 +6,9 @@
 device: vectorised, with no host sync, and repeatable with `set_seed`. torchvision's v2 transforms draw one set of
 parameters per call, i.e. one crop for a whole batch, which is why these are hand-written. The course's
 `rand_erase`/`rand_copy` (one set of rectangles for the whole batch, in place) are here too. `CapturePreds`,
-`capture_preds` and `get_preds` collect a loader's predictions (with `tta=True`, averaged with those on flipped
-images); `summary` and `show_image_batch` also work on a learner, as the course's `Learner` methods do.
+`capture_preds` and `get_preds` collect a loader's predictions (`get_preds`: probabilities for a cross-entropy
+learner, as fastai's; with `tta=True`, averaged with those on flipped images); `summary` and `show_image_batch`
+also work on a learner, as the course's `Learner` methods do.
 Explained in nbs/07_augment.ipynb.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable
+from functools import partial
 from types import SimpleNamespace
 
 import torch
@@ -27,7 +29,8 @@ from .init import BatchTransformCB, summary
 
 __all__ = ['summary', 'show_image_batch', 'CapturePreds', 'capture_preds', '_rand_erase1', 'rand_erase', 'RandErase',
            '_rand_copy1', 'rand_copy', 'RandCopy', 'BatchTransformCB', 'InputTransformCB', 'random_crop', 'hflip',
-           'random_hflip', 'random_erase', 'RandCrop', 'RandHFlip', 'default_tfms', 'get_preds']
+           'random_hflip', 'random_erase', 'RandCrop', 'RandHFlip', 'default_tfms', 'get_preds', 'loss_activation',
+           'class_probs']
 
 
 class InputTransformCB(Callback):
@@ -276,21 +279,22 @@ class CapturePreds(Callback):
     """Keep the validation phase's predictions `preds`, targets `targs` and inputs `inputs` (unless
     `with_input=False`); `all_preds`, `all_targs`, `all_inps` are the course's names for them.
 
-    Batches stay on the device until the epoch ends, then are concatenated and copied to the CPU once. With
-    `tta_tfm`, `preds` holds softmax probabilities averaged over the inputs and `tta_tfm(inputs)`.
+    `preds` are `act(outputs)` (the model's outputs when `act` is None); with `tta_tfm`, the mean of that on the
+    inputs and on `tta_tfm(inputs)`. Batches stay on the device until the epoch ends, then are concatenated and
+    copied to the CPU once.
     """
-    def __init__(self, with_input: bool = True, tta_tfm: Callable | None = None):
-        self.with_input, self.tta_tfm = with_input, tta_tfm
+    def __init__(self, with_input: bool = True, tta_tfm: Callable | None = None, act: Callable | None = None):
+        self.with_input, self.tta_tfm, self.act = with_input, tta_tfm, act
         self.preds = self.targs = self.inputs = None
 
     def before_epoch(self, learn): self._preds, self._targs, self._inputs = [], [], []
 
     def after_batch(self, learn):
         if learn.training: return
-        x, preds = learn.batch[0], learn.preds.detach()
+        x, act = learn.batch[0], self.act or (lambda o: o)
+        preds = act(learn.preds.detach())
         if self.tta_tfm is not None:
-            with torch.no_grad(): preds2 = learn.model(self.tta_tfm(x))
-            preds = (preds.float().softmax(1) + preds2.float().softmax(1)) / 2
+            with torch.no_grad(): preds = (preds.float() + act(learn.model(self.tta_tfm(x))).float()) / 2
         self._preds.append(preds)
         self._targs.append(learn.batch[-1])
         if self.with_input: self._inputs.append(x)
@@ -315,18 +319,47 @@ def _with_valid(dls, dl):
     return res
 
 
-def get_preds(learn, dl=None, with_input: bool = False, tta: bool = False,
-              tfm: Callable = hflip) -> tuple[torch.Tensor, ...]:
+def class_probs(outputs: torch.Tensor) -> torch.Tensor:
+    """Softmax over the class axis (1) in float32: a classifier's outputs as probabilities."""
+    return outputs.float().softmax(1)
+
+
+def loss_activation(loss_func) -> Callable | None:
+    """What turns a model's outputs into the predictions `get_preds` returns for a learner trained with
+    `loss_func`: `class_probs` (softmax) for cross entropy (`F.cross_entropy`, `nn.CrossEntropyLoss`, or a
+    `functools.partial` of either); the loss's own `activation` where it has one (as fastai's losses do); else
+    None, the raw outputs."""
+    act = getattr(loss_func, 'activation', None)
+    if callable(act): return act
+    f = loss_func.func if isinstance(loss_func, partial) else loss_func
+    return class_probs if f is F.cross_entropy or isinstance(f, nn.CrossEntropyLoss) else None
+
+
+def get_preds(learn, dl=None, with_input: bool = False, tta: bool = False, tfm: Callable = hflip,
+              act: Callable | str | None = 'auto') -> tuple[torch.Tensor, ...]:
     """Predictions and targets over `dl` (default: `learn.dls.valid`) as CPU tensors, one row per item:
     `(preds, targs)`, or `(inputs, preds, targs)` with `with_input`.
 
-    `preds` are the model's outputs; with `tta`, the mean of the softmax probabilities on the images and on
-    `tfm(images)` (default: flipped). The learner's callbacks run (DeviceCB, a `BatchTransformCB` with `on_val`),
-    except those with `run_in_isolated_fits = False` (MetricsCB, ProgressCB): no history row is added. It runs in
-    `learn.isolated()`: the model's weights and mode, the optimizer, `learn.cbs`, `learn.dls`, the counters and the
-    batch state are as before.
+    `preds` are, as in fastai, the outputs after the loss's activation: probabilities (softmax) for a learner
+    trained with cross entropy, the raw outputs for any other loss (`loss_activation` decides). `act` overrides
+    that: a function of the outputs, or None for the raw outputs. With `tta`, `preds` is the mean of those same
+    values on the images and on `tfm(images)` (default: flipped), so both paths return the same kind of values.
+    The learner's callbacks run (DeviceCB, a `BatchTransformCB` with `on_val`), except those with
+    `run_in_isolated_fits = False` (MetricsCB, ProgressCB): no history row is added. It runs in `learn.isolated()`:
+    the model's weights and mode, the optimizer, `learn.cbs`, `learn.dls`, the counters and the batch state are as
+    before.
+
+    Raises:
+        ValueError: no `dl` and the learner has no validation loader (a learner from `load_learner` has no data).
     """
-    cb = CapturePreds(with_input=with_input, tta_tfm=tfm if tta else None)
+    if isinstance(act, str):
+        if act != 'auto': raise ValueError(f"act must be 'auto', None or a function of the outputs, got {act!r}")
+        act = loss_activation(getattr(learn, 'loss_func', None))
+    if dl is None and getattr(learn.dls, 'valid', None) is None:
+        raise ValueError("this learner has no validation loader to predict on (a learner from load_learner has no "
+                         "data): pass one, e.g. learn.get_preds(dl=DataLoader(...)) or "
+                         "Interpretation.from_learner(learn, dl), with the inputs normalised as in training")
+    cb = CapturePreds(with_input=with_input, tta_tfm=tfm if tta else None, act=act)
     with learn.isolated():
         if dl is not None: learn.dls = _with_valid(learn.dls, dl)
         learn.fit(1, train=False, cbs=[cb])
@@ -341,6 +374,6 @@ def capture_preds(learn, cbs=None, inps: bool = False) -> tuple[torch.Tensor, ..
     """
     extra = _cb_list(cbs)
     learn.add_cbs(extra)
-    try: res = get_preds(learn, with_input=inps)
+    try: res = get_preds(learn, with_input=inps, act=None)   # the model's outputs, as in the course
     finally: learn.remove_cbs(extra)
     return (*res[1:], res[0]) if inps else res

@@ -21,13 +21,12 @@ import sys
 import time
 import warnings
 from datetime import timedelta
-from functools import partial
 from pathlib import Path
 
 from .errors import MiniaiError, UsageError
 from .files import atomic_write
 
-__all__ = ['main', 'build_parser', 'train', 'recipe_model']
+__all__ = ['main', 'build_parser', 'train']
 
 def _positive(kind):
     def parse(s):
@@ -313,17 +312,6 @@ def _resume_note(learn, args, saved_epochs: int) -> str:
             "goes on from the step reached, so the lr rises to that schedule's value)")
 
 
-def recipe_model():
-    """The recipe's model, freshly initialised: the course's conv net with GeneralRelu(0.1, -0.4) and BatchNorm."""
-    from torch import nn
-
-    from .activations import GeneralRelu
-    from .conv import get_model
-    from .init import init_weights
-    return get_model(partial(GeneralRelu, leak=0.1, sub=0.4), norm=nn.BatchNorm2d).apply(
-        partial(init_weights, leaky=0.1))
-
-
 def _rewrite_csv(path: Path, history: list[dict]):
     """metrics.csv rewritten from the checkpoint's rows, so that a resumed run's file holds each epoch once (rows
     written after the checkpoint, by a run that was stopped, are dropped)."""
@@ -346,6 +334,7 @@ def build_learner(args, dls, out: Path, device):
     from .checkpoint import SaveModelCB, TerminateOnNaNCB
     from .distributed import DDPCB, is_distributed
     from .learner import TrainLearner
+    from .models import recipe_model
     from .sgd import RecorderCB
 
     model = recipe_model()

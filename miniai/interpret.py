@@ -9,40 +9,54 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
-from .inference import Preprocess
+from .augment import class_probs
+from .predictions import preprocess_of
+from .preprocess import Preprocess
 
 __all__ = ['Interpretation']
 
 
 class Interpretation:
-    """Predictions `preds` (logits, `(N, C)`) of a classifier against targets `targs` (`(N,)` class indices), with the
-    `inputs` (model inputs, for showing) and `classes` (names; default `'0'..'C-1'`); `preprocess` (a
-    `Preprocess`) turns inputs back into images for the plots.
+    """Probabilities `preds` (`(N, C)`, each row >= 0 summing to 1: what `learn.get_preds()` returns for a
+    cross-entropy learner) of a classifier against targets `targs` (`(N,)` class indices), with the `inputs`
+    (model inputs, for showing) and `classes` (names; default `'0'..'C-1'`); `preprocess` (a `Preprocess`) turns
+    inputs back into images for the plots. Raw outputs (logits) are refused: pass `preds.softmax(1)`.
 
-    `probs` (softmax), `decoded` (argmax) and `losses` (per-item cross entropy) are computed once here.
+    `probs` (the same probabilities), `decoded` (argmax) and `losses` (per-item cross entropy, `-log p[target]`)
+    are computed once here.
     """
     def __init__(self, preds: torch.Tensor, targs: torch.Tensor, inputs: torch.Tensor | None = None,
                  classes: Sequence[str] | None = None, preprocess: Preprocess | None = None):
-        if preds.dim() != 2: raise ValueError(f"preds must be (N, n_classes) logits, got shape {tuple(preds.shape)}")
+        if preds.dim() != 2:
+            raise ValueError(f"preds must be (N, n_classes) probabilities, got shape {tuple(preds.shape)}")
         if targs.shape != preds.shape[:1]:
             raise ValueError(f"targs must be (N,) class indices for preds of shape {tuple(preds.shape)}, got "
                              f"{tuple(targs.shape)}")
         if classes is not None and len(classes) != preds.shape[1]:
             raise ValueError(f"{len(classes)} class names for {preds.shape[1]} model outputs")
-        self.preds, self.targs, self.inputs, self.preprocess = preds.float(), targs.long(), inputs, preprocess
+        preds = preds.float()
+        sums = preds.sum(1)
+        if len(preds) and (not bool(torch.isfinite(preds).all()) or bool((preds < 0).any())
+                           or not torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
+            raise ValueError("preds must be probabilities (rows of values >= 0 summing to 1, as learn.get_preds() "
+                             "gives for a cross-entropy learner); for raw model outputs (logits) pass "
+                             "preds.softmax(1), or build it with Interpretation.from_learner(learn)")
+        self.preds, self.targs, self.inputs, self.preprocess = preds, targs.long(), inputs, preprocess
         self.classes = list(classes) if classes is not None else [str(i) for i in range(preds.shape[1])]
-        self.probs, self.decoded = self.preds.softmax(1), self.preds.argmax(1)
-        self.losses = F.cross_entropy(self.preds, self.targs, reduction='none')
+        self.probs, self.decoded = self.preds, self.preds.argmax(1)
+        p_target = self.probs.gather(1, self.targs[:, None]).squeeze(1)
+        self.losses = -p_target.clamp_min(torch.finfo(torch.float32).tiny).log()
 
     @classmethod
     def from_learner(cls, learn, dl=None) -> Interpretation:
-        """Run `learn.get_preds(dl)` (default: the validation set) and keep inputs, predictions and targets; class
+        """Run `learn.get_preds(dl)` (default: the validation set; a learner from `load_learner` needs `dl`) for
+        the softmax probabilities, whatever the learner's loss, and keep inputs, probabilities and targets; class
         names and the preprocessing come from `learn.preprocess` or `learn.dls.preprocess` when set."""
-        inputs, preds, targs = learn.get_preds(dl, with_input=True)
-        pre = learn.preprocess if learn.preprocess is not None else getattr(learn.dls, 'preprocess', None)
-        return cls(preds, targs, inputs, classes=(pre.classes or None) if pre is not None else None, preprocess=pre)
+        inputs, probs, targs = learn.get_preds(dl, with_input=True, act=class_probs)
+        try: pre = preprocess_of(learn)
+        except ValueError: pre = None
+        return cls(probs, targs, inputs, classes=(pre.classes or None) if pre is not None else None, preprocess=pre)
 
     def confusion_matrix(self) -> torch.Tensor:
         """Counts `(C, C)`: row = actual class, column = predicted class (torcheval's convention)."""

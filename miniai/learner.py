@@ -333,24 +333,27 @@ class Learner:
         return capture_preds(self, cbs, inps)
 
     def get_preds(self, dl=None, with_input: bool = False, with_decoded: bool = False, tta: bool = False,
-                  tfm: Callable | None = None) -> tuple[torch.Tensor, ...]:
+                  tfm: Callable | None = None, act: Callable | str | None = 'auto') -> tuple[torch.Tensor, ...]:
         """`(preds, targs)` over `dl` (default `dls.valid`) as CPU tensors; `(inputs, ...)` first with `with_input`,
-        the argmax classes last with `with_decoded`; `tta` averages probabilities with `tfm(inputs)` (default: flips).
-        See `miniai.augment.get_preds`."""
+        the argmax classes last with `with_decoded`. `preds` are probabilities when the loss is cross entropy, the
+        raw outputs otherwise (`act` overrides: a function, or None for raw); `tta` averages the same values with
+        those on `tfm(inputs)` (default: flips). See `miniai.augment.get_preds`."""
         from .augment import get_preds, hflip
-        res = get_preds(self, dl, with_input=with_input, tta=tta, tfm=tfm or hflip)
+        res = get_preds(self, dl, with_input=with_input, tta=tta, tfm=tfm or hflip, act=act)
         return (*res, res[-2].argmax(-1)) if with_decoded else res
 
     def classify(self, items, bs: int = 256):
-        """Class names and probabilities for one new image or a batch; see `miniai.inference.classify`.
+        """Class names and probabilities for one new image or a batch; see `miniai.predictions.classify` for how
+        shapes are read.
 
         Not named `predict`: that is the loop step running the model on `self.batch`, which subclasses override."""
-        from .inference import classify
+        from .predictions import classify
         return classify(self, items, bs=bs)
 
     def export(self, path):
-        """Write the weights and preprocessing for inference to one file; see `miniai.inference.export`."""
-        from .inference import export
+        """Write the weights, preprocessing and (for a built-in architecture) its name and arguments to one file with
+        its SHA-256 beside it; see `miniai.predictions.export`."""
+        from .predictions import export
         return export(self, path)
 
     def fit_one_cycle(self, n_epochs: int, lr_max: float | None = None, pct_start: float = 0.25,

@@ -189,7 +189,7 @@ def test_get_preds_matches_the_model_one_row_per_item():
     preds, targs = get_preds(learn)
     assert preds.shape == (230, 10) and preds.device.type == 'cpu'
     assert torch.equal(targs, y)
-    torch.testing.assert_close(preds, _direct(learn.model, x))
+    torch.testing.assert_close(preds, _direct(learn.model, x).softmax(1))   # cross entropy: probabilities
     inputs, preds2, targs2 = get_preds(learn, with_input=True)
     assert torch.equal(inputs, x) and torch.equal(preds2, preds) and torch.equal(targs2, y)
 
@@ -222,7 +222,7 @@ def test_get_preds_on_another_loader_puts_the_original_back():
     x, y = torch.randn(50, 1, 28, 28), torch.randint(0, 10, (50,))
     preds, targs = get_preds(learn, dl=DataLoader(TensorDataset(x, y), batch_size=16))
     assert preds.shape == (50, 10) and torch.equal(targs, y) and learn.dls is dls
-    torch.testing.assert_close(preds, _direct(learn.model, x))
+    torch.testing.assert_close(preds, _direct(learn.model, x).softmax(1))
     with pytest.raises(ValueError, match='empty'):
         get_preds(learn, dl=DataLoader(TensorDataset(x[:0], y[:0]), batch_size=16))
     assert learn.dls is dls

@@ -18,8 +18,9 @@ import torch
 from test_datasets import NAMES, write_idx
 
 from conftest import StopAfter
-from miniai.cli import main, recipe_model
+from miniai.cli import main
 from miniai.core import Callback, CancelFitException
+from miniai.models import recipe_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

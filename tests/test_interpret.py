@@ -1,4 +1,5 @@
-"""`Interpretation`: confusion matrix against a direct count, most confused pairs, top losses, the plots."""
+"""`Interpretation`: confusion matrix against a direct count, most confused pairs, top losses, the plots, and the
+probabilities it takes from `get_preds`."""
 import matplotlib.pyplot as plt
 import pytest
 import torch
@@ -11,12 +12,16 @@ from miniai.learner import DeviceCB, TrainLearner
 
 
 @pytest.fixture
-def interp(img_dls):
+def learn(img_dls):
     learn = TrainLearner(tiny_cnn(), img_dls, F.cross_entropy, lr=0.02, cbs=[DeviceCB('cpu')],
                          opt_func=torch.optim.Adam)
     learn.fit(1)
     learn.preprocess = fashion_preprocess()
-    return Interpretation.from_learner(learn)
+    return learn
+
+
+@pytest.fixture
+def interp(learn): return Interpretation.from_learner(learn)
 
 
 def test_confusion_matrix_equals_a_direct_count(interp):
@@ -36,12 +41,32 @@ def test_most_confused_lists_the_off_diagonal_counts_largest_first(interp):
     assert all(c >= 3 for *_, c in interp.most_confused(min_val=3))
 
 
-def test_top_losses_are_sorted_per_item_cross_entropy(interp):
+def test_top_losses_are_sorted_per_item_cross_entropy(learn, interp):
+    logits, targs = learn.get_preds(act=None)
     losses, idx = interp.top_losses(5)
     assert torch.all(losses[:-1] >= losses[1:]) and len(idx) == 5
-    assert torch.allclose(losses, F.cross_entropy(interp.preds[idx], interp.targs[idx], reduction='none'))
-    every = F.cross_entropy(interp.preds, interp.targs, reduction='none')
-    assert losses[0] == every.max() and torch.allclose(interp.top_losses()[0].sum(), every.sum())
+    every = F.cross_entropy(logits, targs, reduction='none')
+    assert torch.allclose(losses, every[idx], atol=1e-5)
+    assert torch.allclose(losses[0], every.max(), atol=1e-5)
+    assert torch.allclose(interp.top_losses()[0].sum(), every.sum())
+
+
+def test_from_learner_keeps_the_probabilities_get_preds_gives(learn, interp):
+    probs, targs = learn.get_preds()                      # a cross-entropy learner: probabilities
+    assert torch.equal(interp.probs, probs) and torch.equal(interp.targs, targs)
+    assert torch.equal(interp.decoded, probs.argmax(1))
+    # a loss get_preds does not recognise gives raw outputs there; the interpretation still holds probabilities
+    learn.loss_func = lambda p, y: F.cross_entropy(p, y)
+    logits, _ = learn.get_preds()
+    assert torch.allclose(Interpretation.from_learner(learn).probs, logits.softmax(1), atol=1e-6)
+
+
+def test_raw_outputs_are_refused_with_what_to_pass():
+    logits = torch.tensor([[2., -1., 0.5], [0.1, 0.2, 3.]])
+    with pytest.raises(ValueError, match=r'for raw model outputs \(logits\) pass preds.softmax\(1\)'):
+        Interpretation(logits, torch.tensor([0, 2]))
+    interp = Interpretation(logits.softmax(1), torch.tensor([0, 2]))
+    assert torch.allclose(interp.losses, F.cross_entropy(logits, torch.tensor([0, 2]), reduction='none'))
 
 
 def test_plots_show_the_right_titles(interp):
@@ -60,6 +85,6 @@ def test_plots_show_the_right_titles(interp):
 
 
 def test_bad_shapes_are_clear_errors():
-    with pytest.raises(ValueError, match=r'targs must be \(N,\)'): Interpretation(torch.zeros(4, 3), torch.zeros(5))
-    with pytest.raises(ValueError, match='2 class names for 3'):
-        Interpretation(torch.zeros(4, 3), torch.zeros(4), classes=['a', 'b'])
+    p = torch.full((4, 3), 1 / 3)
+    with pytest.raises(ValueError, match=r'targs must be \(N,\)'): Interpretation(p, torch.zeros(5))
+    with pytest.raises(ValueError, match='2 class names for 3'): Interpretation(p, torch.zeros(4), classes=['a', 'b'])

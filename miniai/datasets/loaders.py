@@ -202,6 +202,7 @@ def get_dls(bs: int = 1024, path: str | os.PathLike | None = None, in_memory: bo
 def _with_preprocess(dls: DataLoaders) -> DataLoaders:
     """`dls` with `preprocess`: the normalisation above and the class names as plain data, which `learn.classify`
     applies to new images and `learn.export` saves (see `miniai.inference.Preprocess`)."""
-    from ..inference import fashion_preprocess
-    dls.preprocess = fashion_preprocess()
+    from ..preprocess import Preprocess
+    from .idx import FASHION_CLASSES, IMAGE_SIZE
+    dls.preprocess = Preprocess(mean=(XMEAN,), std=(XSTD,), size=IMAGE_SIZE, channels=1, classes=FASHION_CLASSES)
     return dls
