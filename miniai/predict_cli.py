@@ -130,8 +130,9 @@ class _Out:
                 os.dup2(devnull, sys.stdout.fileno())
             except (OSError, ValueError): pass
             raise OutputError(errno.EPIPE, f"the output was closed after {self.written} of {self.total} results "
-                                           "(e.g. by `| head`), so the rest were not classified; to keep every "
-                                           "result, write them to a file: miniai predict ... > results.tsv") from None
+                                           "(by head, or another reader that stopped), so the rest were not "
+                                           "classified; to keep every result, write them to a file: "
+                                           "miniai predict ... > results.tsv") from None
         self.written += 1
 
 

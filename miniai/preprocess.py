@@ -74,7 +74,7 @@ class Preprocess:
         for k in ('mean', 'std'):
             v = getattr(self, k)
             if len(v) not in (1, self.channels) or not all(_is_real(o) and math.isfinite(o) for o in v):
-                _bad(f"{k} needs 1 or {self.channels} finite numbers, got {v}")
+                _bad(f"{k} needs {'1' if self.channels == 1 else '1 or 3'} finite number(s), got {v}")
         if any(s <= 0 for s in self.std): _bad(f"std must be > 0, got {self.std}")
         if len(self.size) != 2 or not all(_is_int(s) and 1 <= s <= MAX_SIDE for s in self.size):
             _bad(f"size must be (height, width), each 1 to {MAX_SIDE} pixels, got {self.size}")

@@ -82,7 +82,7 @@ def test_preprocess_matches_get_dls_normalisation_and_roundtrips_as_plain_data()
     (dict(mean=(float('nan'),)), 'finite'), (dict(std=(0.,)), 'std must be > 0'),
     (dict(std=(float('inf'),)), 'finite'), (dict(size=(30000, 30000)), 'each 1 to 4096'),
     (dict(size=(0, 28)), 'each 1 to 4096'), (dict(channels=2), '1 (grey)'),
-    (dict(classes=(1, 2)), 'classes must be strings'), (dict(mean=(0., 0.)), 'needs 1 or 1')])
+    (dict(classes=(1, 2)), 'classes must be strings'), (dict(mean=(0., 0.)), 'mean needs 1 finite number(s)')])
 def test_invalid_preprocessing_values_are_refused(kw, msg):
     with pytest.raises(ValueError, match=msg.replace('(', r'\(').replace(')', r'\)')): Preprocess(**kw)
     with pytest.raises(ValueError, match='unknown preprocessing keys'): Preprocess.from_dict({'sizes': (28, 28)})
@@ -329,7 +329,7 @@ def test_an_export_carries_a_digest_and_a_damaged_one_is_refused(learn, tmp_path
 
 
 @pytest.mark.parametrize('pre,msg', [
-    (dict(mean=(float('nan'),)), 'mean needs 1 or 1 finite'), (dict(std=(0.,)), 'std must be > 0'),
+    (dict(mean=(float('nan'),)), 'mean needs 1 finite number'), (dict(std=(0.,)), 'std must be > 0'),
     (dict(size=(30000, 30000)), 'each 1 to 4096 pixels'), (dict(classes=(3,)), 'classes must be strings'),
     (dict(scale=2), 'unknown preprocessing keys')])
 def test_an_export_with_invalid_preprocessing_is_refused_before_any_allocation(learn, tmp_path, pre, msg):

@@ -1,21 +1,29 @@
-"""`miniai predict` against get_preds on the same PNG files, its errors; extending a run with `--resume --epochs`."""
+"""`miniai predict` against get_preds on the same PNG files, its inputs (run folder or model.pt, folders of images)
+and its errors (one line each, the good images still classified); extending a run with `--resume --epochs`."""
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from test_cli import data, run  # noqa: F401 (data is a fixture)
 from test_datasets import NAMES
+from test_inference import make_unreadable, png_claiming, png_with_text_bomb
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import REAL_DATA
 from miniai import cli
-from miniai.cli import main, recipe_model
+from miniai.cli import main
 from miniai.datasets import FASHION_CLASSES, fashion_mnist_tensors, normalise_images, read_idx
 from miniai.inference import load_learner
 from miniai.sgd import OneCycleSchedCB
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def rows(path): return list(csv.DictReader(open(path)))
@@ -43,14 +51,21 @@ def printed(out):
     return [(path, label, float(p)) for path, label, p in (line.split('\t') for line in out.strip().splitlines())]
 
 
+def predict(capsys, *argv):
+    """`miniai predict *argv`: exit code, stdout lines split on tabs, stderr lines."""
+    capsys.readouterr()
+    code = main(['predict', *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, [line.split('\t') for line in out.splitlines()], err.splitlines()
+
+
 def test_predict_gives_the_classes_and_probabilities_of_get_preds(trained, pngs, capsys):
     paths, x = pngs
     capsys.readouterr()
     assert main(['predict', str(trained), *map(str, paths)]) == 0
     got = printed(capsys.readouterr().out)
-    learn = load_learner(trained / 'model.pt', recipe_model)
-    preds, _ = learn.get_preds(DataLoader(TensorDataset(normalise_images(x), torch.zeros(len(x), dtype=torch.long)), 4))
-    probs = preds.softmax(1)
+    learn = load_learner(trained / 'model.pt')        # a miniai train run's export loads by itself
+    probs, _ = learn.get_preds(DataLoader(TensorDataset(normalise_images(x), torch.zeros(len(x), dtype=torch.long)), 4))
     assert [g[0] for g in got] == list(map(str, paths))
     assert [g[1] for g in got] == [FASHION_CLASSES[i] for i in probs.argmax(1)]
     assert [g[2] for g in got] == pytest.approx(probs.max(1).values.tolist(), abs=1e-6)
@@ -70,19 +85,80 @@ def test_model_pt_holds_the_best_checkpoint_and_predict_falls_back_to_it(trained
     assert capsys.readouterr().out == want
 
 
-@pytest.mark.parametrize('case,msg', [('missing', 'no image file at'), ('text', 'is not an image file'),
-                                      ('no_run', 'no run folder at'), ('empty_run', 'neither model.pt nor best.pt')])
-def test_predict_bad_paths_are_one_line_errors(trained, pngs, tmp_path, capsys, case, msg):
-    good = str(pngs[0][0])
+def test_a_model_file_and_a_folder_of_images_are_accepted(trained, pngs, tmp_path, capsys):
+    paths, _ = pngs
+    code, want, _ = predict(capsys, trained, *paths)
+    assert code == 0 and len(want) == 6
+    folder = paths[0].parent
+    (folder / 'notes.txt').write_text('not an image')               # not an image suffix: not taken
+    (folder / 'sub').mkdir()
+    code, got, err = predict(capsys, trained / 'model.pt', folder)
+    assert code == 0 and err == [] and got == want                   # the folder's images, by name
+    code, got, err = predict(capsys, trained / 'model.pt', folder / 'sub')
+    assert code == 1 and got == [] and len(err) == 1 and 'no image files in the folder' in err[0]
+
+
+def test_one_unreadable_image_among_many_is_reported_and_the_rest_classified(trained, pngs, tmp_path, capsys):
+    paths, _ = pngs
+    code, want, _ = predict(capsys, trained, *paths)
     (tmp_path / 'notes.png').write_text('not an image')
+    code, got, err = predict(capsys, trained, paths[0], tmp_path / 'nope.png', *paths[1:3], tmp_path / 'notes.png',
+                             *paths[3:])
+    assert code == 1 and got == want
+    assert len(err) == 3 and all(e.startswith('miniai: error: ') for e in err)
+    assert f"no image file at {tmp_path / 'nope.png'}" in err[0] and 'notes.png is not an image file' in err[1]
+    assert '2 of 8 images could not be classified' in err[2] and 'the other 6 were' in err[2]
+
+
+@pytest.mark.parametrize('case,msg', [
+    ('missing', 'no image file at'), ('text', 'is not an image file'), ('no_run', 'no run folder or model file at'),
+    ('empty_run', 'neither model.pt nor best.pt'), ('bomb', 'pixels miniai decodes (a decompression bomb'),
+    ('text_bomb', 'a PNG text chunk inflates past'), ('denied', 'permission denied; make it readable (chmod +r)'),
+    ('gpu', "--device 'gpu' is not a device: use cpu, cuda, cuda:N or mps"),
+    ('cuda', '--device cuda: cuda is not available on this machine; available here: cpu'),
+    ('cuda:99', '--device cuda:99: '), ('own_model', 'runs built-in architectures only')])
+def test_predict_errors_are_one_line_each(trained, pngs, tmp_path, capsys, monkeypatch, case, msg):
+    good, bad = str(pngs[0][0]), tmp_path / 'bad.png'
     (tmp_path / 'empty').mkdir()
-    argv = {'missing': [str(trained), good, str(tmp_path / 'nope.png')],
-            'text': [str(trained), str(tmp_path / 'notes.png')],
-            'no_run': [str(tmp_path / 'nope'), good], 'empty_run': [str(tmp_path / 'empty'), good]}[case]
+    model, flags = str(trained), []
+    if case == 'text': bad.write_text('not an image')
+    elif case == 'bomb': bad.write_bytes(png_claiming(20000, 20000))
+    elif case == 'text_bomb': bad.write_bytes(png_with_text_bomb())
+    elif case == 'denied': shutil.copy(good, bad); make_unreadable(bad, monkeypatch)
+    elif case == 'no_run': model = str(tmp_path / 'nope')
+    elif case == 'empty_run': model = str(tmp_path / 'empty')
+    elif case in ('gpu', 'cuda', 'cuda:99'): flags = ['--device', case]
+    elif case == 'own_model':
+        learn = load_learner(trained / 'model.pt')
+        del learn.model.miniai_arch                                  # as a model of one's own
+        model = str(learn.export(tmp_path / 'own.pt'))
+    if case == 'cuda': monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)   # the same on a GPU machine
+    image = good if case in ('no_run', 'empty_run', 'gpu', 'cuda', 'cuda:99', 'own_model') else str(bad)
     capsys.readouterr()
-    assert main(['predict', *argv]) == 1
+    assert main(['predict', model, image, *flags]) == 1
     out, err = capsys.readouterr()
     assert out == '' and err.startswith('miniai: error:') and msg in err and len(err.strip().splitlines()) == 1
+
+
+def test_names_with_tabs_and_newlines_cannot_forge_result_lines(trained, pngs, tmp_path, capsys):
+    src = pngs[0][0]
+    names = ['a\tb.png', 'c\nfake.png\tTrouser\t1.000000', 'back\\slash.png']
+    for n in names: shutil.copy(src, tmp_path / n)
+    code, got, _ = predict(capsys, trained, *(tmp_path / n for n in names))
+    assert code == 0 and len(got) == 3 and all(len(g) == 3 for g in got)
+    assert [g[0] for g in got] == [str(tmp_path / n).replace('\\', '\\\\').replace('\t', '\\t').replace('\n', '\\n')
+                                   for n in names]
+
+
+def test_a_closed_output_pipe_ends_with_one_line_not_a_traceback(trained, pngs):
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
+    p = subprocess.Popen([sys.executable, '-m', 'miniai', 'predict', str(trained), *map(str, pngs[0])], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    p.stdout.close()                                  # as `| head -0`: the reader is gone before the first result
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 1
+    assert err.startswith('miniai: error: the output was closed after 0 of 6 results') and '> results.tsv' in err
+    assert len(err.strip().splitlines()) == 1 and 'Traceback' not in err
 
 
 def test_predict_without_images_is_an_argparse_error(trained, capsys):
@@ -129,9 +205,7 @@ def test_predict_on_real_fashion_mnist_images_matches_get_preds(tmp_path, capsys
     capsys.readouterr()
     assert main(['predict', str(r), *map(str, paths)]) == 0
     got = printed(capsys.readouterr().out)
-    dl = DataLoader(TensorDataset(normalise_images(x), y), 8)
-    preds, _ = load_learner(r / 'model.pt', recipe_model).get_preds(dl)
-    probs = preds.softmax(1)
+    probs, _ = load_learner(r / 'model.pt').get_preds(DataLoader(TensorDataset(normalise_images(x), y), 8))
     assert [g[1] for g in got] == [FASHION_CLASSES[i] for i in probs.argmax(1)]
     assert [g[2] for g in got] == pytest.approx(probs.max(1).values.tolist(), abs=1e-6)
     assert sum(g[1] == FASHION_CLASSES[t] for g, t in zip(got, y)) >= 12   # one epoch on 2000 images: ~75%
