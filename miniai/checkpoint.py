@@ -37,14 +37,13 @@ from .callbacks import improved, monitor_mode, resolve_monitor
 from .core import Callback, Order
 from .device import barrier, broadcast_object, is_main_process, unwrap_model
 from .errors import MiniaiError
-from .files import atomic_write, read_regular
+from .files import MAX_DIGEST_BYTES, digest_path, read_digests, read_regular, write_with_digest
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'SaveModelCB', 'TerminateOnNaNCB', 'NonFiniteLossError',
            'NonFiniteWeightsError', 'CheckpointError', 'digest_path', 'is_main_process', 'unwrap_model',
            'non_finite_state', 'MAX_DIGEST_BYTES', 'callback_keys']
 
 _FORMAT = 'miniai-checkpoint-1'
-MAX_DIGEST_BYTES = 4096   # a digest file holds one or two lines of 64 hex digits and a file name
 
 
 class CheckpointError(MiniaiError, ValueError):
@@ -187,57 +186,22 @@ def save_checkpoint(learn, path, epoch_done: bool = True, wait: bool = True) -> 
     return path if is_main_process() else None
 
 
-def digest_path(path) -> Path:
-    """Where the SHA-256 of checkpoint `path` is kept: `path` + '.sha256'."""
-    path = Path(path)
-    return path.with_name(path.name + '.sha256')
-
-
 def _digest_advice(path: Path) -> str:
     return (f"delete it to load {path.name} unchecked, or replace it with the output of `sha256sum {path.name}` run "
             "where the checkpoint was saved")
-
-
-def _digests(sidecar: Path, path: Path) -> list[str]:
-    """The hex digests listed in `sidecar` (lines `HEX  NAME`, as sha256sum writes them), the digest file of `path`.
-
-    Raises:
-        FileNotFoundError: there is no `sidecar`.
-        CheckpointError: `sidecar` is not a regular file of at most MAX_DIGEST_BYTES bytes (a named pipe would block
-            the reader, a link to /dev/zero never ends), or cannot be read; the message says what was found.
-    """
-    data = read_regular(sidecar, MAX_DIGEST_BYTES, what='the digest file', advice=_digest_advice(path),
-                        error=CheckpointError)
-    lines = data.decode('utf-8', errors='replace').splitlines()
-    return [ln.split()[0].lower() for ln in lines if ln.split() and re.fullmatch(r'[0-9a-fA-F]{64}', ln.split()[0])]
-
-
-def _old_digests(side: Path, path: Path) -> list[str]:
-    """What `_digests` lists, or nothing when the digest file is missing or unreadable (it is about to be
-    replaced by a regular file, and such a checkpoint could not be checked anyway)."""
-    if not path.exists(): return []
-    try: return _digests(side, path)
-    except (FileNotFoundError, CheckpointError): return []
 
 
 def _write(learn, path: Path, epoch_done: bool = True):
     path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()  # in memory first: the digest covers exactly the bytes that reach the disk
     torch.save(learner_state(learn, epoch_done), buf)
-    data = buf.getbuffer()
-    new, side = hashlib.sha256(data).hexdigest(), digest_path(path)
-    old = [d for d in _old_digests(side, path) if d != new]
-    # the digest file names the new digest before the checkpoint is replaced and drops the old one after: whenever
-    # a kill lands, the checkpoint on disk is listed
-    if old: atomic_write(side, ''.join(f'{d}  {path.name}\n' for d in [new, *old]))
-    atomic_write(path, bytes(data))
-    atomic_write(side, f'{new}  {path.name}\n')
+    write_with_digest(path, bytes(buf.getbuffer()))
 
 
 def _verify(path: Path, data: bytes):
     """Check `data`, the bytes read from checkpoint `path`, against the digest file beside it."""
     side = digest_path(path)
-    try: want = _digests(side, path)
+    try: want = read_digests(path, _digest_advice(path), error=CheckpointError)
     except FileNotFoundError:
         if side.is_symlink():
             raise CheckpointError(f"the digest file {side} is a symlink to a missing file ({os.readlink(side)}); "

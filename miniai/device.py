@@ -1,4 +1,4 @@
-"""The ground floor: where tensors live and which process this is. Imports nothing else of miniai.
+"""The ground floor: where tensors live and which process this is. Imports nothing of miniai but its errors.
 
 Device helpers (`def_device`, `to_device`, `to_cpu`) and the torch.distributed rank helpers (`rank`,
 `world_size`, `is_main_process`, `barrier`, ...), which are no-ops outside a process group. `miniai.callbacks`
@@ -14,7 +14,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ['def_device', 'to_device', 'to_cpu', 'is_distributed', 'rank', 'local_rank', 'world_size',
-           'is_main_process', 'barrier', 'all_reduce_sum', 'all_reduce_mean', 'broadcast_object', 'unwrap_model']
+           'is_main_process', 'barrier', 'all_reduce_sum', 'all_reduce_mean', 'broadcast_object', 'unwrap_model',
+           'check_device']
 
 def_device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
@@ -95,3 +96,22 @@ def broadcast_object(obj, src: int = 0):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def check_device(name: str | None, flag: str = '--device') -> torch.device:
+    """`name` (None: `def_device`) as a torch.device available on this machine, else a `UsageError` naming `flag`
+    and the devices there are (what the command line prints as one line)."""
+    from .errors import UsageError
+    try: dev = torch.device(name or def_device)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{flag} {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
+    avail = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + \
+        (['mps'] if torch.backends.mps.is_available() else [])
+    if dev.type not in avail:
+        why = 'is not available on this machine' if dev.type in ('cuda', 'mps') else 'is not supported'
+        raise UsageError(f"{flag} {name}: {dev.type} {why}; available here: {', '.join(avail)} (leave {flag} out "
+                         "to take the first of them)")
+    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UsageError(f"{flag} {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+                         f"cuda:{torch.cuda.device_count() - 1}")
+    return dev

@@ -17,14 +17,15 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import MiniaiError, OutputError
 
-__all__ = ['atomic_write', 'sha256_file', 'clean_stale_temps', 'read_regular', 'open_regular', 'file_kind',
-           'InputFileError']
+__all__ = ['atomic_write', 'write_with_digest', 'read_digests', 'digest_path', 'MAX_DIGEST_BYTES', 'sha256_file',
+           'clean_stale_temps', 'read_regular', 'open_regular', 'file_kind', 'InputFileError']
 
 
 class InputFileError(MiniaiError, OSError):
@@ -162,3 +163,39 @@ def sha256_file(path, what: str = 'file', error=InputFileError) -> str:
     with open_regular(path, what=what, error=error) as f:
         for block in iter(lambda: f.read(1 << 20), b''): h.update(block)
     return h.hexdigest()
+
+
+MAX_DIGEST_BYTES = 4096   # a digest file holds one or two lines of 64 hex digits and a file name
+
+
+def digest_path(path) -> Path:
+    """Where the SHA-256 of `path` (a checkpoint, an export) is kept: `path` + '.sha256', as `sha256sum` writes it."""
+    path = Path(path)
+    return path.with_name(path.name + '.sha256')
+
+
+def read_digests(path, advice: str = '', error=InputFileError) -> list[str]:
+    """The hex digests listed in the digest file of `path` (lines `HEX  NAME`, as sha256sum writes them).
+
+    Raises:
+        FileNotFoundError: there is no digest file.
+        error: it is not a regular file of at most MAX_DIGEST_BYTES bytes (a named pipe would block the reader, a
+            link to /dev/zero never ends), or cannot be read; the message says what was found and `advice`.
+    """
+    data = read_regular(digest_path(path), MAX_DIGEST_BYTES, what='the digest file', advice=advice, error=error)
+    words = (ln.split() for ln in data.decode('utf-8', errors='replace').splitlines())
+    return [w[0].lower() for w in words if w and re.fullmatch(r'[0-9a-fA-F]{64}', w[0])]
+
+
+def write_with_digest(path, data: bytes) -> Path:
+    """`data` to `path` and its SHA-256 to `path.sha256`, both atomically, so that a kill at any moment leaves a
+    pair that matches: the digest file lists the new digest before the file is replaced, and drops the old one
+    after. A digest file that is missing or unreadable (not a regular file) is simply replaced."""
+    path = Path(path)
+    new, side = hashlib.sha256(data).hexdigest(), digest_path(path)
+    try: old = [d for d in read_digests(path) if d != new] if path.exists() else []
+    except (FileNotFoundError, InputFileError): old = []
+    if old: atomic_write(side, ''.join(f'{d}  {path.name}\n' for d in [new, *old]))
+    atomic_write(path, data)
+    atomic_write(side, f'{new}  {path.name}\n')
+    return path

@@ -18,13 +18,11 @@ from torch import nn
 from .activations import Hook
 from .conv import conv, get_model
 from .core import Callback, Order
-from .layers import GeneralRelu
+from .layers import WEIGHTED_LAYERS, GeneralRelu, init_weights
 
 __all__ = ['clean_ipython_hist', 'clean_tb', 'clean_mem', 'BatchTransformCB', 'GeneralRelu', 'plot_func',
            'init_weights', 'lsuv_init', 'conv', 'get_model', 'summary', 'Summary']
 
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_WEIGHTED = _CONVS + (nn.Linear,)
 
 
 def clean_ipython_hist():
@@ -89,12 +87,6 @@ def plot_func(f: Callable, start: float = -5., end: float = 5., steps: int = 100
     plt.axvline(x=0, color='k', linewidth=0.7)
 
 
-def init_weights(m: nn.Module, leaky: float = 0., linear: bool = False):
-    """Kaiming-normal weights for conv layers (and linear ones with `linear=True`), for a (leaky) ReLU of slope
-    `leaky`; use with `.apply`. Linear layers keep torch's default unless asked, as in the course."""
-    if isinstance(m, _WEIGHTED if linear else _CONVS): nn.init.kaiming_normal_(m.weight, a=leaky)
-
-
 def _lsuv_stats(hook, mod, inp, outp):
     """Hook function: keep the mean and std of the output in `hook.mean`, `hook.std` (floats)."""
     o = outp.detach().float()
@@ -113,7 +105,7 @@ def lsuv_init(model: nn.Module, *args, mods=None, outs=None, tol: float = 1e-3, 
     Returns the (mean, std) seen at each layer afterwards.
     """
     xb, mods, outs = _lsuv_args(args, kwargs, mods, outs)
-    mods = list(mods) if mods is not None else [m for m in model.modules() if isinstance(m, _WEIGHTED)]
+    mods = list(mods) if mods is not None else [m for m in model.modules() if isinstance(m, WEIGHTED_LAYERS)]
     outs = list(outs) if outs is not None else mods
     if len(mods) != len(outs): raise ValueError(f"mods and outs must pair up: {len(mods)} vs {len(outs)}")
     res = []

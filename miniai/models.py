@@ -20,7 +20,7 @@ from torch import nn
 
 from .conv import get_model
 from .errors import MiniaiError
-from .layers import GeneralRelu
+from .layers import GeneralRelu, init_weights
 from .resnet import get_resnet
 
 __all__ = ['ARCHITECTURES', 'ArchitectureError', 'register_model', 'build_model', 'architecture_of',
@@ -96,18 +96,12 @@ def build_model(arch: dict) -> nn.Module:
         raise ArchitectureError(f"the {name!r} builder refuses the recorded arguments {kwargs}: {e}") from e
 
 
-def _kaiming(m: nn.Module, leak: float):
-    """Kaiming-normal weights for a (leaky) ReLU of slope `leak` on conv layers: `miniai.init.init_weights`, which
-    sits a layer above the models (its module also holds callbacks)."""
-    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)): nn.init.kaiming_normal_(m.weight, a=leak)
-
-
 @register_model('recipe')
 def recipe_model(nfs: Sequence[int] = (1, 8, 16, 32, 64), leak: float = 0.1, sub: float = 0.4) -> nn.Sequential:
     """The model of `miniai train`, freshly initialised: the course's conv net (`get_model` with `nfs`),
     `GeneralRelu(leak, sub)` and BatchNorm, Kaiming-normal weights for that leak."""
     act = functools.partial(GeneralRelu, leak=leak, sub=sub)
-    return get_model(act, list(nfs), norm=nn.BatchNorm2d).apply(functools.partial(_kaiming, leak=leak))
+    return get_model(act, list(nfs), norm=nn.BatchNorm2d).apply(functools.partial(init_weights, leaky=leak))
 
 
 @register_model('resnet')
@@ -117,4 +111,4 @@ def resnet_model(nfs: Sequence[int] = (16, 32, 64, 128, 256, 512), n_classes: in
     sub)` and BatchNorm, Kaiming-normal weights for that leak."""
     act = functools.partial(GeneralRelu, leak=leak, sub=sub)
     return get_resnet(act, tuple(nfs), norm=nn.BatchNorm2d, n_classes=n_classes, zero_bn=zero_bn).apply(
-        functools.partial(_kaiming, leak=leak))
+        functools.partial(init_weights, leaky=leak))

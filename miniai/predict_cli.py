@@ -43,24 +43,6 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _device(name: str):
-    """`name` as a torch.device available here, else a one-line UsageError saying what is."""
-    import torch
-    try: dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
-    avail = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + \
-        (['mps'] if torch.backends.mps.is_available() else [])
-    if dev.type not in avail:
-        why = 'is not available on this machine' if dev.type in ('cuda', 'mps') else 'is not supported'
-        raise UsageError(f"--device {name}: {dev.type} {why}; available here: {', '.join(avail)} (leave --device out "
-                         "to run on the cpu)")
-    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
-                         f"cuda:{torch.cuda.device_count() - 1}")
-    return dev
-
-
 def run_learner(run: Path, device='cpu'):
     """A learner ready to `classify` from `run`: an exported model file, or a run folder (its model.pt, else its
     best.pt checkpoint with the recipe's model and the Fashion-MNIST preprocessing)."""
@@ -156,7 +138,9 @@ def predict(args) -> list:
     import warnings
 
     import torch
-    device = _device(args.device)
+
+    from .device import check_device
+    device = check_device(args.device)
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated')   # torcheval's import
         learn = run_learner(args.run, device)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +21,10 @@ from typing import NamedTuple
 
 import torch
 
-from .checkpoint import MAX_DIGEST_BYTES, digest_path
 from .datasets import FASHION_CLASSES, XMEAN, XSTD
 from .device import unwrap_model
 from .errors import DataError
-from .files import atomic_write, read_regular
+from .files import digest_path, read_digests, read_regular, write_with_digest
 from .models import architecture_of
 from .preprocess import Preprocess
 
@@ -128,39 +126,23 @@ def export(learn, path) -> Path:
     buf = io.BytesIO()       # in memory first: the digest covers exactly the bytes that reach the disk
     torch.save(state, buf)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_with_digest(path, bytes(buf.getbuffer()))
+    write_with_digest(path, bytes(buf.getbuffer()))
     return path
 
 
-def _write_with_digest(path: Path, data: bytes):
-    """`data` to `path` and its SHA-256 to `path.sha256`, so that a kill at any moment leaves a pair that matches:
-    the digest file lists the new digest before the file is replaced, and drops the old one after (as checkpoints
-    are written)."""
-    new, side = hashlib.sha256(data).hexdigest(), digest_path(path)
-    try: old = [d for d in _digests(side, path) or [] if d != new] if path.exists() else []
-    except DataError: old = []                               # not a readable digest file: it is replaced
-    if old: atomic_write(side, ''.join(f'{d}  {path.name}\n' for d in [new, *old]))
-    atomic_write(path, data)
-    atomic_write(side, f'{new}  {path.name}\n')
-
-
-def _digests(side: Path, path: Path) -> list[str] | None:
-    """The hex digests listed in `side`, the digest file of the export `path` (None when there is none). Only a
-    regular file of at most `MAX_DIGEST_BYTES` is read, so a named pipe or a link to /dev/zero cannot hang or exhaust
-    the reader."""
+def _digests(path: Path) -> list[str] | None:
+    """The hex digests listed in the digest file of the export `path` (None when there is none); only a small
+    regular file is read (`files.read_digests`)."""
     try:
-        data = read_regular(side, MAX_DIGEST_BYTES, what='the digest file', error=DataError,
-                            advice=f"delete it to load {path.name} unchecked, or restore the {side.name} written "
-                                   "with the export")
+        return read_digests(path, error=DataError, advice=f"delete it to load {path.name} unchecked, or restore the "
+                                                           f"{digest_path(path).name} written with the export")
     except FileNotFoundError: return None
-    lines = data.decode('utf-8', 'replace').splitlines()
-    return [w[0].lower() for w in (ln.split() for ln in lines) if w and re.fullmatch(r'[0-9a-fA-F]{64}', w[0])]
 
 
 def _verify(path: Path, data: bytes):
     """Check `data`, the bytes read from the export `path`, against the digest file beside it."""
     side = digest_path(path)
-    want = _digests(side, path)
+    want = _digests(path)
     if want is None:
         warnings.warn(f"exported model {path} has no digest file {side.name} (exported by an older miniai, or "
                       "copied without it): it is loaded without checking that its bytes are intact", stacklevel=4)
