@@ -12,7 +12,7 @@ import time
 import torch
 
 from .core import Callback, CancelFitException, Order
-from .device import is_main_process, world_size
+from .device import is_main_process, unwrap_model, world_size
 from .errors import MiniaiError
 from .tensorboard import step_scalars
 
@@ -39,9 +39,9 @@ def _plain(v) -> bool:
 
 def fit_config(learn) -> dict:
     """What a fit of `learn` is run with, as plain values: `learner`, `model`, `n_params`, `loss_func`, `lr`,
-    `n_epochs`, `batch_size` (of the training loader, times the processes under torch.distributed), `optimizer`
-    and its constructor's hypers under `opt` (`lr`, `weight_decay`, `betas`, `eps`, ...)."""
-    model, opt = learn.model, getattr(learn, 'opt', None)
+    `n_epochs`, `batch_size` (of the training loader, times the processes under torch.distributed: the global
+    one), `optimizer` and its constructor's hypers under `opt` (`lr`, `weight_decay`, `betas`, `eps`, ...)."""
+    model, opt = unwrap_model(learn.model), getattr(learn, 'opt', None)   # the model inside a DDP wrapper
     cfg = {'learner': type(learn).__name__, 'model': type(model).__name__,
            'n_params': sum(p.numel() for p in model.parameters()), 'loss_func': _name(learn.loss_func),
            'lr': learn.lr, 'n_epochs': getattr(learn, 'n_epochs', None)}

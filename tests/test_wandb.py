@@ -9,6 +9,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -23,12 +24,17 @@ from miniai.learner import MetricsCB, TrainLearner
 from miniai.sgd import BatchSchedCB
 from miniai.wandb import WandBCB
 
-wandb = pytest.importorskip('wandb')
+try:
+    import wandb
+except ImportError:   # then only the tests of the messages that say how to install it run
+    wandb = None
+needs_wandb = pytest.mark.skipif(wandb is None, reason="needs wandb: pip install 'miniai[wandb]'")
 
 
 @pytest.fixture(scope='module')
 def wandb_dir(tmp_path_factory):
     """Offline W&B with every folder it writes (runs, artifacts, cache, settings) in a temporary one."""
+    if wandb is None: pytest.skip("needs wandb: pip install 'miniai[wandb]'")
     root = tmp_path_factory.mktemp('wandb')
     env = {'WANDB_MODE': 'offline', 'WANDB_DIR': str(root), 'WANDB_DATA_DIR': str(root / 'data'),
            'WANDB_CACHE_DIR': str(root / 'cache'), 'WANDB_CONFIG_DIR': str(root / 'config'), 'WANDB_SILENT': 'true',
@@ -274,12 +280,39 @@ def test_a_checkpoint_carries_the_run_id(wandb_dir, tmp_path):
     assert [r['step'] for run in (first, second) for r in run['history'] if 'step' in r] == [1, 2, 3, 4]
 
 
+def test_sample_images_undo_the_preprocessing_and_take_its_class_names(wandb_dir, tmp_path):
+    rec = Record()
+    learn = small_learner(WandBCB(dir=str(tmp_path), samples=2), rec)
+    learn.preprocess = SimpleNamespace(mean=(0.5,), std=(0.25,), classes=tuple(f'c{i}' for i in range(10)))
+    learn.fit(1)
+    (run,) = read_runs(tmp_path)
+    (table,) = run['tables']
+    x, preds, y = rec.valid[0]
+    assert [r[2] for r in table['data']] == [f'c{i}' for i in preds[:2].argmax(1)]
+    assert [r[3] for r in table['data']] == [f'c{i}' for i in y[:2]]
+    from PIL import Image
+    for row, xi in zip(table['data'], x):
+        got = np.asarray(Image.open(table['files'][row[1]['path']]).convert('L'), np.float32)
+        assert np.abs(got - (xi[0] * 0.25 + 0.5).clamp(0, 1).numpy() * 255).max() <= 1
+
+
+def test_fit_config_names_the_model_inside_a_wrapper_and_the_global_batch_size(monkeypatch):
+    import miniai.wandb as mw
+    learn = small_learner()
+    learn.model, learn.n_epochs = torch.nn.DataParallel(learn.model), 3     # a wrapper with .module, as DDP
+    learn.make_opt()
+    monkeypatch.setattr(mw, 'world_size', lambda: 4)
+    cfg = mw.fit_config(learn)
+    assert cfg['model'] == 'Sequential' and cfg['batch_size'] == 64 and cfg['n_epochs'] == 3
+
+
 # --- errors ----------------------------------------------------------------------------------------------------
 def test_without_wandb_it_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, 'wandb', None)   # as if wandb were not installed
     with pytest.raises(ImportError, match=r"pip install 'miniai\[wandb\]'"): WandBCB()
 
 
+@needs_wandb
 @pytest.mark.parametrize('bad', [-1, 1.5, True])
 def test_samples_must_be_a_count(bad):
     with pytest.raises(ValueError, match='samples must be an integer >= 0'): WandBCB(samples=bad)
