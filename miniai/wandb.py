@@ -66,8 +66,8 @@ class WandBCB(Callback):
       param groups, the names TensorBoardCB uses. Losses are read from the device once per epoch, not per batch,
       so these steps reach W&B at the end of each training epoch.
     - Per epoch (x axis `epoch`, which goes on across fits): every value of the metrics rows under its own name
-      (`train_loss`, `valid_loss`, `valid_accuracy`, `lr`, `time`, ...), received through the `after_log` event,
-      so it needs a MetricsCB.
+      (`train_loss`, `valid_loss`, `valid_accuracy`, `lr`, `time`, ...), received through the `after_log` event
+      (a learner without MetricsCB has none).
     - `samples=n`: a `wandb.Table` `samples` each epoch of the first n validation items with `image` (scaled back
       with the learner's preprocessing mean/std when it has one), `predicted` and `actual` (class names from
       `classes`, else the preprocessing's, else indices). They come from the validation pass itself, no extra one.
@@ -75,8 +75,8 @@ class WandBCB(Callback):
     If a run is active (`wandb.run`, e.g. from your own `wandb.init`), it is used and left open. Otherwise the
     callback starts one and finishes it at the end of the fit (marked failed when the fit raised); the next fit
     resumes that run by its id, its steps and epochs counting on, and so does a run continued from a checkpoint,
-    which holds the id. Offline, each fit writes its own folder of that run id, which `wandb sync` uploads into
-    one run. Only rank 0 logs under torch.distributed.
+    which holds the id. Offline, each fit writes its own local folder under that run id (upload them with
+    `wandb sync`). Only rank 0 logs under torch.distributed.
     """
     order = Order.LOGGER
     run_in_isolated_fits = False
