@@ -58,6 +58,7 @@ files written to --out:
                   and miniai.inference.load_learner (plain data: torch.load(weights_only=True) reads it)
   interrupted.pt  written on Ctrl-C (the run exits with code 130)
   tensorboard/    event files, with --tensorboard
+  wandb/          the Weights & Biases run's local files, with --wandb
 """
 
 
@@ -112,6 +113,10 @@ def _add_callback_flags(t):
     t.add_argument('--tensorboard', action='store_true',
                    help="also log to OUT/tensorboard (miniai.tensorboard.TensorBoardCB; "
                         "pip install 'miniai[tensorboard]')")
+    t.add_argument('--wandb', action='store_true',
+                   help="also log to Weights & Biases, project $WANDB_PROJECT or miniai, the run's flags as its "
+                        "config (miniai.wandb.WandBCB; pip install 'miniai[wandb]'); WANDB_MODE=offline keeps the run "
+                        "in OUT/wandb for a later `wandb sync`")
 
 
 def _build_callbacks(args, out: Path) -> list:
@@ -132,6 +137,12 @@ def _build_callbacks(args, out: Path) -> list:
                               "(or pip install tensorboard)")
         from .tensorboard import TensorBoardCB
         cbs.append(TensorBoardCB(out / 'tensorboard'))
+    if args.wandb:
+        if importlib.util.find_spec('wandb') is None:
+            raise UsageError("--wandb needs the wandb package: pip install 'miniai[wandb]' (or pip install wandb)")
+        from .wandb import WandBCB
+        flags = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != 'resume'}
+        cbs.append(WandBCB(flags, project=os.environ.get('WANDB_PROJECT', 'miniai'), dir=str(out)))
     return cbs
 
 
