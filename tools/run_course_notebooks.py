@@ -45,8 +45,8 @@ code that ran. The exit status is 1 when any cell failed.
 
 Needs the `dev` extra (nbclient, ipykernel, nbformat) and the `course` extra (timm, which the course's 13_resnet
 trains, and the other packages only the course's notebooks import): `pip install -e '.[dev,course]'`. With the
-defaults (512 training images, one epoch per fit) notebooks 05 and 08 to 14 take about eight minutes on one CPU core
-(`OMP_NUM_THREADS=1`).
+defaults (512 training images, one epoch per fit) notebooks 05 and 08 to 14 (420 cells) took 16 minutes on one
+core (`OMP_NUM_THREADS=1`) of a 2-core machine that others were using too.
 """
 from __future__ import annotations
 
