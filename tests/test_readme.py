@@ -42,7 +42,8 @@ def test_readme_shows_what_the_first_fit_printed(mod):
                 if c.cell_type == 'code' and 'fit_one_cycle' in c.source)
     html = next(o.data['text/html'] for o in cell.outputs if '<table' in o.get('data', {}).get('text/html', ''))
     table = mod.table_text(html)
-    assert table.split()[:4] == ['accuracy', 'loss', 'epoch', 'phase'] and 'time' not in table.split('\n')[0]
+    assert table.split('\n')[0].split() == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy',
+                                           'lr']                     # the time column is dropped
     readme = (ROOT / 'README.md').read_text()
     assert f'```python\n{cell.source.strip()}\n```\n\n```text\n{table}\n```' in readme
 
@@ -58,9 +59,9 @@ def _png():
 
 def _index(path):
     """A small index notebook with every kind of cell and output the README generator handles."""
-    table = ('<div><table class="fastprogress"><thead><tr><th>loss</th><th>phase</th><th>time</th></tr></thead>'
-             '<tbody><tr><td>0.25</td><td>train</td><td>00:41</td></tr>'
-             '<tr><td>0.5</td><td>eval</td><td>00:02</td></tr></tbody></table></div>')
+    table = ('<div><table class="fastprogress"><thead><tr><th>epoch</th><th>train_loss</th><th>time</th></tr>'
+             '</thead><tbody><tr><td>0</td><td>0.25</td><td>00:41</td></tr>'
+             '<tr><td>1</td><td>0.5</td><td>00:02</td></tr></tbody></table></div>')
     png = _png()
     code = nbformat.v4.new_code_cell('fit()', outputs=[
         nbformat.v4.new_output('stream', name='stdout', text='starting\n'),
@@ -84,7 +85,7 @@ def test_render_turns_cells_and_outputs_into_readme_blocks(mod, tmp_path):
     assert images == {'docs/images/loss-plotted.png': png}
     assert text == ('# demo\n\nSee [the learner](nbs/02_learner.ipynb).\n\n## Loss, plotted!\n\n'
                     '```python\nfit()\n```\n\n```text\nstarting\n```\n\n'
-                    '```text\nloss  phase\n0.25  train\n0.5   eval\n```\n\n'
+                    '```text\nepoch  train_loss\n0      0.25\n1      0.5\n```\n\n'
                     '![Loss, plotted!](docs/images/loss-plotted.png)\n\nThe end.\n')
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the fast.ai course's own notebooks against miniai, cell by cell, and count what runs.
 
-    python tools/run_course_notebooks.py --course path/to/course22p2 --notebooks 09 10 11 12 13 14
+    python tools/run_course_notebooks.py --course path/to/course22p2 --notebooks 05 08 09 10 11 12 13 14
     python tools/run_course_notebooks.py --course ... --notebooks 14 --json results.json --save-executed out/
 
 `--course` is a checkout of the course repository ("Practical Deep Learning for Coders, part 2", fastai/course22p2)
@@ -29,15 +29,24 @@ A rewritten cell runs as Python regenerated from its syntax tree (same code, com
 touches runs exactly as written.
 4. Skipped, counted and listed: cells that only serve the course's own build (`nbdev_export()`), and empty cells
    (not counted). Nothing else is skipped.
+5. Environment: the course ran on a CUDA GPU with the torch of 2022. These rewrites change only the machine and
+   the torch version a cell meets, never what it asks of miniai (`ENVIRONMENT` lists them with their reasons):
+   - `<anything>.cuda()` becomes `<anything>.to(<miniai's default device>)`: no GPU is needed to run the cells.
+   - `torch.load(f)` becomes `torch.load(f, weights_only=False)`: since torch 2.6, `torch.load` refuses whole
+     pickled models unless told the file is trusted, and the course loads only models its own cells saved.
+   - A commented-out `# torch.save(obj, path)` line is un-commented when a later line of the notebook
+     `torch.load`s the same `path`: the course saved those models once and commented the line out, so without
+     it the load finds no file.
 
 Outputs: one line per failing cell as it happens, a summary per notebook and overall ("N cells run, N passed,
 N failed"), and with `--json OUT` the details of every code cell: `cell` (its 1-based position among all the
 notebook's cells, as the failures are reported), status, seconds, the error's last line, the traceback's tail, the
 code that ran. The exit status is 1 when any cell failed.
 
-Needs the `dev` extra (nbclient, ipykernel, nbformat) and, for the course's 13_resnet, `timm` (the `course` extra):
-`pip install -e '.[dev,course]'`. With the defaults (512 training images, one epoch per fit) notebooks 09 to 14
-take about six minutes on one CPU core (`OMP_NUM_THREADS=1`).
+Needs the `dev` extra (nbclient, ipykernel, nbformat) and the `course` extra (timm, which the course's 13_resnet
+trains, and the other packages only the course's notebooks import): `pip install -e '.[dev,course]'`. With the
+defaults (512 training images, one epoch per fit) notebooks 05 and 08 to 14 (420 cells) took 16 minutes on one
+core (`OMP_NUM_THREADS=1`) of a 2-core machine that others were using too.
 """
 from __future__ import annotations
 
@@ -54,6 +63,10 @@ from pathlib import Path
 EXPORT = re.compile(r'^\s*#\s*\|\s*export[si]?\b', re.MULTILINE)       # nbdev: `#| export`, `#|exports`, `#| exporti`
 DEFAULT_EXP = re.compile(r'^\s*#\s*\|\s*default_exp\s+([\w.]+)', re.MULTILINE)
 BUILD_ONLY = re.compile(r'\bnbdev_export\s*\(|\bnotebook2script\s*\(')
+# the course's Fashion-MNIST notebooks that run on miniai: the datasets and autoencoder lessons, then the learner
+# to augmentation lessons (18_fid is not among them: it trains nothing, and scores with models saved by other
+# notebooks and with Inception weights downloaded from the internet)
+DEFAULT_NOTEBOOKS = ['05', '08', '09', '10', '11', '12', '13', '14']
 HARNESS = '_course_harness'                                     # the kernel-side helper object (see PRELUDE)
 KERNEL_NAME = 'miniai-course-harness'
 
@@ -117,13 +130,69 @@ class _Rewriter(ast.NodeTransformer):
         return node
 
 
+# ------------------------------------------------------------------------ rule 5: the environment of the cells
+ENVIRONMENT = {
+    '.cuda()': "the course assumes a CUDA GPU; `.to(<default device>)` runs the same code on this machine",
+    'torch.load(weights_only=False)': "torch >= 2.6 refuses pickled models by default; these are the course's own",
+    'un-commented torch.save': "a later cell loads the file that the course's commented-out save line writes",
+}
+
+
+class _EnvRewriter(ast.NodeTransformer):
+    """Rule 5 on one cell's syntax tree: `.cuda()` and `torch.load`; `changed` says whether anything was."""
+
+    def __init__(self): self.changed = False
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == 'cuda' and not node.args and not node.keywords:
+            device = ast.Attribute(ast.Name(HARNESS, ast.Load()), 'device', ast.Load())
+            node = ast.Call(ast.Attribute(f.value, 'to', ast.Load()), [device], []); self.changed = True
+        elif _is_torch_load(node) and not any(kw.arg == 'weights_only' for kw in node.keywords):
+            node.keywords.append(ast.keyword('weights_only', ast.Constant(False))); self.changed = True
+        return node
+
+
+def _is_torch_load(node) -> bool:
+    f = getattr(node, 'func', None)
+    return (isinstance(node, ast.Call) and isinstance(f, ast.Attribute) and f.attr == 'load'
+            and isinstance(f.value, ast.Name) and f.value.id == 'torch')
+
+
+COMMENTED_SAVE = re.compile(r'^(?P<indent>[ \t]*)#\s*(?P<call>torch\.save\(.*\))\s*$', re.MULTILINE)
+
+
+def loaded_paths(src: str) -> set[str]:
+    """The path expressions (as source text) of the `torch.load(path, ...)` calls that `src` runs."""
+    try: tree = ast.parse(python_source(src))
+    except SyntaxError: return set()
+    return {ast.unparse(n.args[0]) for n in ast.walk(tree) if _is_torch_load(n) and n.args}
+
+
+def _saved_path(call: str) -> str | None:
+    try: node = ast.parse(call, mode='eval').body
+    except SyntaxError: return None
+    args = node.args[1:2] or [kw.value for kw in node.keywords if kw.arg == 'f']
+    return ast.unparse(args[0]) if args else None
+
+
+def uncomment_saves(src: str, loaded_later: set[str]) -> str:
+    """`src` with each commented-out `torch.save(obj, path)` line restored when `path` is loaded further down:
+    by a line after it in `src` (each read on its own) or in `loaded_later`, the paths the later cells load."""
+    def restore(m):
+        below = set().union(*(loaded_paths(line.strip()) for line in src[m.end():].splitlines()), loaded_later)
+        return m['indent'] + m['call'] if _saved_path(m['call']) in below else m[0]
+    return COMMENTED_SAVE.sub(restore, src)
+
+
 def rewrite_code(src: str, max_epochs: int = 1) -> str:
-    """`src` with rules 2 and 3 applied; unchanged (comments and all) when neither applies."""
+    """`src` with rules 2, 3 and 5 applied; unchanged (comments and all) when none applies."""
     try: tree = ast.parse(python_source(src))
     except SyntaxError: return src            # the kernel reports it, as it would in the course
-    rw = _Rewriter(max_epochs)
-    tree = rw.visit(tree)
-    return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed else src
+    rw, env = _Rewriter(max_epochs), _EnvRewriter()
+    tree = env.visit(rw.visit(tree))
+    return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed or env.changed else src
 
 
 def plan(nb: dict, max_epochs: int = 1) -> tuple[str | None, list[dict]]:
@@ -134,11 +203,12 @@ def plan(nb: dict, max_epochs: int = 1) -> tuple[str | None, list[dict]]:
     cells = [(i, s) for i, s in cells if s.strip()]
     module = next((m.group(1) for _, s in cells if (m := DEFAULT_EXP.search(s))), None)
     out = []
+    loads = [loaded_paths(s) for _, s in cells]
     for k, (i, src) in enumerate(cells):
         item = {'cell': i + 1, 'source': src, 'code': src, 'skip': None}
         if BUILD_ONLY.search(src): item['skip'] = 'builds the course library (nbdev_export)'
         else:
-            code = src
+            code = uncomment_saves(src, set().union(*loads[k + 1:]))     # rule 5
             if EXPORT.search(src) and module:
                 code = rewrite_export(src, f'miniai.{module}', '\n'.join(s for _, s in cells[k + 1:]))
             item['code'] = rewrite_code(code, max_epochs)
@@ -155,6 +225,7 @@ class _CourseHarness:
     """Helpers the rewritten course cells call (see tools/run_course_notebooks.py)."""
     def __init__(self, n_train, n_valid, max_epochs):
         self.n_train, self.n_valid, self.max_epochs = n_train, n_valid, max_epochs
+        self.device = importlib.import_module('miniai.device').def_device   # where `.cuda()` goes (rule 5)
 
     def take(self, module, names, ns):
         mod = importlib.import_module(module)
@@ -292,8 +363,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n', 1)[1])
     p.add_argument('--course', type=Path, required=True, help="course22p2 checkout or folder of its notebooks")
-    p.add_argument('--notebooks', nargs='+', default=['09', '10', '11', '12', '13', '14'],
-                   help="notebook numbers or names (default: 09 to 14)")
+    p.add_argument('--notebooks', nargs='+', default=DEFAULT_NOTEBOOKS,
+                   help=f"notebook numbers or names (default: {' '.join(DEFAULT_NOTEBOOKS)})")
     p.add_argument('--n-train', type=int, default=512, help="training rows kept (default 512)")
     p.add_argument('--n-valid', type=int, default=256, help="rows kept in every other split (default 256)")
     p.add_argument('--max-epochs', type=int, default=1, help="cap on every fit's epochs (default 1)")

@@ -92,8 +92,8 @@ async def execute(path: Path, kernel_dir: Path, timeout: int):
 _TABLE = re.compile(r'<table\b.*?</table>', re.S)
 _CELL = re.compile(r'(\s*)<(t[hd])>(.*?)</t[hd]>', re.S)
 _ROW = re.compile(r'<tr>(.*?)</tr>', re.S)
-_TEXT_HEAD = re.compile(r'^(.*\bphase) time$', re.M)               # MetricsCB's plain-text table
-_TEXT_ROW = re.compile(r'^(.* (?:train|eval)) \d+:\d\d$', re.M)
+_TEXT_HEAD = re.compile(r'^(epoch\b.*) time$', re.M)                # MetricsCB's plain-text table
+_TEXT_ROW = re.compile(r'^(\d+(?: \S+)+) \d+:\d\d$', re.M)           # epoch, the values, mm:ss
 _BAR_TIME = re.compile(r'\[(\d+/\d+) \d+:\d\d(?::\d\d)?(?:(?:<|&lt;)\d+:\d\d(?::\d\d)?)?([^\]\n]*)\]')
 
 
@@ -115,7 +115,7 @@ def _drop_time_column(table: str) -> str:
 
 def strip_wall_times(text: str) -> str:
     """`text` (an output's HTML, markdown or plain text) without the training tables' `time` column (HTML, or
-    MetricsCB's plain-text rows `0.739 0.732 0 train 00:33`) and without progress bars' elapsed<remaining times
+    MetricsCB's plain-text rows `0 0.739 0.732 0.0012 00:33`) and without progress bars' elapsed<remaining times
     (`[2/2 01:48<00:00]` -> `[2/2]`)."""
     text = _TABLE.sub(lambda m: _drop_time_column(m[0]), text)
     text = _TEXT_ROW.sub(r'\1', _TEXT_HEAD.sub(r'\1', text))
