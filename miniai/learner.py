@@ -94,14 +94,17 @@ def _check_lr(lr):
 
 
 class Learner:
-    """Trains `model` on `dls` with `loss_func`; `opt_func(params, lr=lr)` makes the optimizer, `cbs` do the rest."""
+    """Trains `model` on `dls` with `loss_func`; `opt_func(params, lr=lr)` makes the optimizer, `cbs` do the rest.
+
+    `opt_func=None` makes no optimizer (as in the course): a learner that only evaluates or extracts features.
+    """
     preprocess = None  # a `miniai.inference.Preprocess`: how raw images become inputs (else `dls.preprocess`)
 
     def __init__(self, model: nn.Module, dls=(0,), loss_func=F.mse_loss, lr: float = 0.1, cbs=None,
                  opt_func=torch.optim.SGD):
-        if not callable(opt_func):
+        if opt_func is not None and not callable(opt_func):
             raise TypeError(f"opt_func must be callable as opt_func(params, lr=lr), e.g. torch.optim.SGD or "
-                            f"partial(torch.optim.AdamW, wd=0.01); got {opt_func!r}")
+                            f"partial(torch.optim.AdamW, wd=0.01), or None for no optimizer; got {opt_func!r}")
         self.model, self.dls, self.loss_func, self.opt_func = model, _check_dls(dls), loss_func, opt_func
         self.lr = _check_lr(lr)
         self.cbs, self.opt, self.training, self.epoch, self.iter_count = [], None, False, 0, 0
@@ -217,6 +220,9 @@ class Learner:
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
         if train: self._check_train_loader()
+        if train and self.opt_func is None and self.opt is None:
+            raise ValueError("this learner has no optimizer (it was made with opt_func=None), so it cannot train: "
+                             "pass train=False to only evaluate, or make it with an opt_func such as torch.optim.SGD")
         # only a training fit continues a loaded checkpoint (get_preds' validation-only fit leaves it for the next)
         resuming = train and start_epoch is None and self.resume_epoch is not None
         if start_epoch is None:

@@ -17,7 +17,7 @@ MODULES = sorted(m.name for m in pkgutil.walk_packages(miniai.__path__, 'miniai.
 # by name from each module.
 COURSE = {
     'miniai.datasets': ['inplace', 'collate_dict', 'show_image', 'subplots', 'get_grid', 'show_images', 'DataLoaders',
-                        'get_dls', 'load_fashion_mnist'],
+                        'load_fashion_mnist'],
     'miniai.conv': ['def_device', 'conv', 'to_device', 'collate_device', 'get_model'],
     'miniai.learner': ['CancelFitException', 'CancelBatchException', 'CancelEpochException', 'Callback', 'run_cbs',
                        'SingleBatchCB', 'to_cpu', 'MetricsCB', 'DeviceCB', 'TrainCB', 'ProgressCB', 'with_cbs',
@@ -164,3 +164,14 @@ def test_course_import_line_resolves_shared_names_as_the_course_does():
     assert ns['init'] is torch_init                        # torch.nn.init, not the miniai.init module
     assert ns['conv'] is miniai.init.conv and ns['load_dataset'] is datasets.load_dataset
     assert ns['T'].__name__ == 'torchvision.transforms' and ns['fc'].__name__ == 'fastcore.all'
+
+
+def test_star_imports_in_the_course_order_give_the_course_get_dls():
+    """The course's notebooks star-import `training` and then `datasets`: miniai's Fashion-MNIST `get_dls` (imported
+    by name) must not replace the course's `get_dls(train_ds, valid_ds, bs)`."""
+    ns = {}
+    exec('from miniai.training import *\nfrom miniai.datasets import *', ns)
+    assert ns['get_dls'] is miniai.training.get_dls
+    from miniai.datasets import get_dls
+    assert get_dls is not miniai.training.get_dls
+

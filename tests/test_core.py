@@ -245,3 +245,12 @@ def test_momentum_learner_without_lr_typeerror():
     learn = MomentumLearner(nn.Linear(1, 1), loaders(), F.mse_loss)
     learn.fit(1)
     assert learn.opt.param_groups[0]['lr'] == 0.1
+
+
+def test_a_learner_without_an_optimizer_evaluates_and_says_why_it_cannot_train():
+    learn = TrainLearner(nn.Linear(1, 1), loaders(), F.mse_loss, opt_func=None)   # as the course's ImageEval makes
+    rec = Recorder()
+    learn.fit(1, train=False, cbs=[rec])
+    assert rec.seen.count('after_loss') == 1 and learn.opt is None
+    with pytest.raises(ValueError, match='opt_func=None'): learn.fit(1)
+

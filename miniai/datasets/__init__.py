@@ -15,11 +15,14 @@ from .cache import load_fashion_mnist
 from .idx import FASHION_CLASSES, read_idx
 from .loaders import XMEAN as XMEAN
 from .loaders import XSTD as XSTD
-from .loaders import DataLoaders, InMemoryLoader, collate_dict, get_dls, inplace
+from .loaders import DataLoaders, InMemoryLoader, collate_dict, inplace
+from .loaders import get_dls as get_dls
 from .loaders import normalise_images as normalise_images
 from .plotting import get_grid, show_image, show_images, subplots
 from .source import data_source as data_source
 from .source import fashion_mnist_tensors
 
+# `get_dls` is imported by name, not by `*`: the course's `get_dls` (another function) comes from `miniai.training`, and
+# its notebooks star-import both modules
 __all__ = ['FASHION_CLASSES', 'read_idx', 'load_fashion_mnist', 'fashion_mnist_tensors', 'inplace', 'collate_dict',
-           'InMemoryLoader', 'DataLoaders', 'get_dls', 'show_image', 'subplots', 'get_grid', 'show_images']
+           'InMemoryLoader', 'DataLoaders', 'show_image', 'subplots', 'get_grid', 'show_images']
