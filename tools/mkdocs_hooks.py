@@ -114,8 +114,41 @@ def package():
     """The `miniai` package as griffe reads it from the source, aliases (re-exports) resolved; loaded once."""
     global _griffe
     import griffe
-    if _griffe is None: _griffe = griffe.load('miniai', search_paths=[str(ROOT)], resolve_aliases=True)
+    if _griffe is None:
+        _griffe = griffe.load('miniai', search_paths=[str(ROOT)], resolve_aliases=True)
+        inherit_docstrings(_griffe)
     return _griffe
+
+
+def _classes(mod):
+    for m in mod.members.values():
+        if m.is_alias: continue
+        if m.is_module: yield from _classes(m)
+        elif m.is_class: yield m; yield from _classes(m)
+
+
+def inherit_docstrings(mod):
+    """A method or attribute without a docstring of its own takes the one of the same member of its nearest base
+    class in the package that has one: an override documented by its base is worth listing, with that text."""
+    import griffe
+    for cls in _classes(mod):
+        try: mro = cls.mro()
+        except Exception: continue            # a base griffe cannot follow: nothing to inherit from
+        for name, member in cls.members.items():
+            if member.is_alias or member.docstring: continue
+            base = next((b.members[name] for b in mro if name in b.members and not b.members[name].is_alias
+                         and b.members[name].docstring), None)
+            if base is not None: member.docstring = griffe.Docstring(base.docstring.value, parent=member)
+
+
+try:
+    import griffe as _g
+
+    class InheritedDocstrings(_g.Extension):
+        """The griffe extension that mkdocstrings loads (mkdocs.yml) to apply `inherit_docstrings` on its side."""
+        def on_package(self, *, pkg, **kwargs): inherit_docstrings(pkg)
+except ImportError:                            # (griffe comes with mkdocstrings[python]: only `make docs` needs it)
+    pass
 
 
 def lookup(path: str):
@@ -188,12 +221,16 @@ def api_index(mods: list[str]) -> str:
     for mod in mods:
         short, py = mod.removeprefix('miniai.'), module_file(mod)
         rows.append(f"| [{short}]({short}.md) | {summary(mod).replace('|', '&#124;')} | "
-                    f"[{py.relative_to(ROOT).as_posix()}](../{source_uri(py)}) |")
+                    f"[`{py.relative_to(ROOT).as_posix()}`](../{source_uri(py)}) |")
     intro = ('One page per module: the names of its `__all__`, the main ones first, each with its signature, its '
              'docstring and a `[source]` link to the line that defines it. The notebooks explain the same names with '
              'examples.')
     table = '| module | what it holds | source |\n|---|---|---|\n' + '\n'.join(rows)
-    return f"# API reference\n\n{intro}\n\n{table}\n"
+    documented = {module_file(m) for m in mods}
+    others = [f"[`{py.relative_to(ROOT).as_posix()}`](../{source_uri(py)})"
+              for py in source_files() if py not in documented]
+    more = f"\n\nThe package's other files: {', '.join(others)}." if others else ''
+    return f"# API reference\n\n{intro}\n\n{table}{more}\n"
 
 
 # ---------------------------------------------------------------- show_doc entries on notebook pages
