@@ -103,10 +103,11 @@ def test_tensorboard_without_the_package_says_how_to_install_it(data, tmp_path, 
 def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
     """Needs miniai.stopping and miniai.gradients (issue 12, the callbacks part)."""
     from miniai import cli
+    from miniai.cli.recipe import build_callbacks
     from miniai.gradients import GradientAccumulationCB, GradientClipCB
     from miniai.stopping import EarlyStoppingCB
     args = cli.build_parser().parse_args(['train', '--early-stop', '2', '--clip', '1.5', '--accumulate', '3'])
-    cbs = cli._build_callbacks(args, tmp_path)
+    cbs = build_callbacks(args, tmp_path)
     assert [type(c) for c in cbs] == [EarlyStoppingCB, GradientClipCB, GradientAccumulationCB]
     assert 2 in vars(cbs[0]).values() and 1.5 in vars(cbs[1]).values() and 3 in vars(cbs[2]).values()
     assert run(data, tmp_path / 'r', '--epochs', '2', '--early-stop', '1', '--clip', '1', '--accumulate', '2') == 0
@@ -144,15 +145,8 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
 def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     assert run(data, tmp_path / 'full', '--epochs', '3', '--deterministic') == 0
     # a run that died after epoch 2: keep its folder as it was then, by training 3 epochs and stopping early
-    from miniai import cli
-    orig = cli.build_learner
-
-    def stopping(*a, **k):
-        learn = orig(*a, **k)
-        learn.add_cbs([StopAfter(1)])
-        return learn
     with monkeypatch.context() as m:
-        m.setattr(cli, 'build_learner', stopping)
+        _with_cb(m, StopAfter(1))
         assert run(data, tmp_path / 'part', '--epochs', '3', '--deterministic') == 0
     assert len(rows(tmp_path / 'part' / 'metrics.csv')) == 4
     assert main(['train', '--resume', str(tmp_path / 'part')]) == 0
@@ -195,11 +189,11 @@ N_THREADS, N_PROCS = 16, 4           # docs/reliability.md quotes these counts
 
 def _pick_together(n, out, results):
     """`n` threads that pick a run folder at the same instant (one clock second: the default names collide)."""
-    from miniai import cli
+    from miniai.cli.run_dir import new_out_dir
     gate = threading.Barrier(n)
     def pick():
         gate.wait()
-        try: results.append(cli._new_out_dir(out)[0])
+        try: results.append(new_out_dir(out)[0])
         except Exception as e: results.append(e)
     ts = [threading.Thread(target=pick) for _ in range(n)]
     for t in ts: t.start()
@@ -216,9 +210,9 @@ def test_runs_started_at_the_same_instant_get_distinct_folders(tmp_path, monkeyp
 
 
 def _pick_in_process(gate, q):
-    from miniai import cli
+    from miniai.cli.run_dir import new_out_dir
     gate.wait()
-    q.put(str(cli._new_out_dir(None)[0]))
+    q.put(str(new_out_dir(None)[0]))
 
 
 def test_processes_started_at_the_same_instant_get_distinct_folders(tmp_path, monkeypatch):
@@ -299,9 +293,9 @@ def test_a_full_disk_while_saving_names_the_file_and_keeps_the_old_one(data, tmp
 
 
 def test_internal_bugs_keep_their_traceback(data, tmp_path, monkeypatch):
-    from miniai import cli
+    from miniai.cli import run as cli_run
     def bug(*a, **k): raise ValueError("a bug in miniai")
-    monkeypatch.setattr(cli, 'build_learner', bug)
+    monkeypatch.setattr(cli_run, 'build_learner', bug)
     with pytest.raises(ValueError, match='a bug in miniai'): run(data, tmp_path / 'r', '--epochs', '1')
 
 
@@ -324,13 +318,14 @@ class CrashInEval(Callback):
 
 
 def _with_cb(monkeypatch, cb):
-    from miniai import cli
-    orig = cli.build_learner
+    """`miniai train` with `cb` added to the recipe's learner."""
+    from miniai.cli import run as cli_run
+    orig = cli_run.build_learner
     def adding(*a, **k):
         learn = orig(*a, **k)
         learn.add_cbs([cb])
         return learn
-    monkeypatch.setattr(cli, 'build_learner', adding)
+    monkeypatch.setattr(cli_run, 'build_learner', adding)
 
 
 def test_metrics_csv_holds_each_row_once_after_a_crash_and_resume(data, tmp_path, monkeypatch):
@@ -369,10 +364,11 @@ def test_ctrl_c_inside_an_epoch_saves_a_checkpoint_that_repeats_the_epoch(data, 
     _with_cb(monkeypatch, Interrupt())
     assert run(data, tmp_path / 'r', '--epochs', '3') == 130
     assert 'inside epoch 1' in capsys.readouterr().err
-    from miniai import cli
+    from miniai.cli import build_learner
+    from miniai.cli.resume import resume_args
     from miniai.datasets import get_dls
-    args = cli._resume_args(argparse.Namespace(resume=tmp_path / 'r', device='cpu'))
-    learn = cli.build_learner(args, get_dls(64, path=data, limit=None), tmp_path / 'x', 'cpu')
+    args, _ = resume_args(argparse.Namespace(resume=tmp_path / 'r', device='cpu'))
+    learn = build_learner(args, get_dls(64, path=data, limit=None), tmp_path / 'x', 'cpu')
     learn.load(tmp_path / 'r' / 'interrupted.pt')
     assert learn.resume_epoch == 1
     assert [(r['epoch'], r['phase']) for r in learn.cbs[1].history] == [(0, 'train'), (0, 'eval')]
