@@ -47,7 +47,7 @@ examples:
 
 _OUTPUTS = """\
 files written to --out:
-  config.json     the flags of the run, its data (absolute path, size and SHA-256 of each split), read by --resume
+  config.json     the flags of the run and its data (absolute path; images and SHA-256 per split), read by --resume
   metrics.csv     one row per epoch and phase: epoch, phase, loss, accuracy, lr, seconds
   training.png    three panels: loss, accuracy and learning rate
   confusion.png   the test set's confusion matrix, with the best epoch's weights
@@ -62,9 +62,9 @@ files written to --out:
 
 _RESUME_HELP = ("continue the run in DIR from its last complete epoch, with the run's own flags from DIR/config.json. "
                 "Only --epochs (a larger number extends the run), --device, --data (the run's data moved: the files "
-                "are checked to be the same) and --dist-timeout may be given with it; any other flag would change "
-                "the run and is refused. A run whose epochs are all trained but whose final files are missing "
-                "(interrupted while writing them) gets them written")
+                "are checked to be the same) and --dist-timeout may be given with it; any other flag with a value "
+                "other than the run's would change the run and is refused. A run whose epochs are all trained but "
+                "whose final files are missing (stopped while writing them) gets them written")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,8 @@
 
 - Its flags are its own, read from DIR/config.json (`resume_args`). Only `RESUME_FLAGS` may be given with --resume:
   `--epochs` (a larger number extends the run), `--device`, `--data` (the run's data, moved) and `--dist-timeout`;
-  any other flag would change what the run computes and is refused, naming it.
+  any other flag given with a value other than the run's would change what the run computes and is refused, naming
+  it (the run's own command line with --resume added is accepted).
 - Its data are its own: config.json records where they were read from (an absolute path) and what identifies them
   (`data_identity`: the number of images and the SHA-256 of each split); a resume whose data differ is refused
   (`check_same_data`).
@@ -51,15 +52,24 @@ def _read_config(run: Path) -> dict:
     return saved
 
 
-def _refuse_changes(run: Path, given: set[str], saved: dict):
-    """Refuse the flags in `given` that --resume does not take, showing the run's own values of them."""
-    bad = sorted(given - set(RESUME_FLAGS))
+def _same(k: str, given, own, run: Path) -> bool:
+    if k == 'out': return given is not None and Path(given).resolve() == run.resolve()
+    return given == own or (isinstance(given, Path) and own is not None and str(given) == str(own))
+
+
+def _refuse_changes(run: Path, given: set[str], args, saved: dict, defaults: dict):
+    """Refuse the flags in `given` that --resume does not take and whose value is not the run's own (the same
+    command line with --resume added is accepted), showing the run's values of them."""
+    bad = sorted(k for k in given - set(RESUME_FLAGS)
+                 if not _same(k, getattr(args, k, None), saved.get(k, defaults.get(k)), run))
     if not bad: return
-    own = ', '.join(f"{flag_name(k)} {saved[k]}" for k in bad if saved.get(k) not in (None, False))
+    own = ', '.join(f"{flag_name(k)} {saved.get(k, defaults.get(k))}" for k in bad
+                    if saved.get(k, defaults.get(k)) not in (None, False))
     allowed = ', '.join(flag_name(k) for k in RESUME_FLAGS if k != 'resume')
     raise UsageError(f"--resume {run}: {', '.join(flag_name(k) for k in bad)} would change the run, which goes on "
                      f"with its own flags from {run / 'config.json'}" + (f" ({own})" if own else '') +
-                     f"; with --resume give only {allowed}. To train with other flags, start a new run")
+                     f"; with --resume give only {allowed} (or the run's own values). To train with other flags, "
+                     "start a new run")
 
 
 def resume_args(args, given: set[str] | None = None) -> tuple[argparse.Namespace, dict]:
@@ -76,7 +86,7 @@ def resume_args(args, given: set[str] | None = None) -> tuple[argparse.Namespace
     saved = _read_config(run)
     defaults = vars(build_parser().parse_args(['train']))
     if given is None: given = {k for k, v in vars(args).items() if k in defaults and v != defaults[k]}
-    _refuse_changes(run, given, saved)
+    _refuse_changes(run, given, args, saved, defaults)
     facts = {k: saved.pop(k) for k in RUN_FACTS if k in saved}
     for k in ('data', 'out'): saved[k] = Path(saved[k]) if saved.get(k) else None
     facts.update(epochs=saved['epochs'], data=saved['data'])

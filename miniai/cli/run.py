@@ -63,7 +63,10 @@ def _torch_flags_kept():
     import torch
     algos, bench = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
     try: yield
-    finally: torch.use_deterministic_algorithms(algos); torch.backends.cudnn.benchmark = bench
+    finally:
+        # only when changed: the call imports torch's compiler, seconds of a short run's start
+        if torch.are_deterministic_algorithms_enabled() != algos: torch.use_deterministic_algorithms(algos)
+        torch.backends.cudnn.benchmark = bench
 
 
 def train(args, given: set[str] | None = None) -> Path:
