@@ -166,6 +166,15 @@ def test_two_deterministic_runs_give_identical_metrics(data, tmp_path):
     a, b = rows(tmp_path / 'a' / 'metrics.csv'), rows(tmp_path / 'b' / 'metrics.csv')
     drop = lambda rs: [{k: v for k, v in r.items() if k != 'seconds'} for r in rs]  # wall-clock time differs
     assert drop(a) == drop(b) and len(a) == 4
+    assert not torch.are_deterministic_algorithms_enabled()     # the run's setting ended with the run
+
+
+def test_train_leaves_warning_filters_and_signal_handlers_as_they_were(tmp_path):
+    import warnings
+    filters, handlers = list(warnings.filters), [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    assert main(['train', '--resume', str(tmp_path)]) == 1         # fails after the filters were set
+    assert warnings.filters == filters
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(data, tmp_path):
