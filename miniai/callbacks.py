@@ -311,7 +311,7 @@ class ProgressCB(Callback):
         self.plot, self.min_interval, self.interactive, self.plot_path = plot, min_interval, interactive, plot_path
         self.losses, self.val_losses, self.main, self.first_step = [], [], True, 0
         # what cleanup_fit reads, so it also runs when an earlier callback's before_fit raised
-        self._pending, self.live, self.notebook, self._resumed = [], False, False, None
+        self._pending, self.live, self.notebook, self._resumed = [], False, False, False
 
     def before_fit(self, learn):
         from fastprogress import master_bar
@@ -319,12 +319,11 @@ class ProgressCB(Callback):
         self.notebook = in_notebook()
         self.live = self.main and (self.interactive if self.interactive is not None else
                                    (self.notebook or sys.stdout.isatty()))
-        r, self._resumed = self._resumed, None   # a loaded checkpoint's curve continues; a new fit starts anew
-        if r:   # the losses of the steps done before the checkpoint, no more (an interrupted epoch runs again)
-            self.first_step = r.get('first_step', 0)
-            self.losses = list(r['losses'])[:max(learn.iter_count - self.first_step, 0)]
-            self.val_losses = list(r['val_losses'])
+        # a loaded checkpoint's curve continues, with the losses of the steps done before it and no more (an
+        # interrupted epoch runs again); a new fit starts anew
+        if self._resumed: self.losses = self.losses[:max(learn.iter_count - self.first_step, 0)]
         else: self.losses, self.val_losses, self.first_step = [], [], learn.iter_count
+        self._resumed = False
         self._pending, self._last, self._first = [], 0., True
         self._has_rows = any(isinstance(cb, MetricsCB) for cb in learn.cbs)
         if self.live: learn.epochs = self.mbar = master_bar(learn.epochs)
@@ -403,4 +402,7 @@ class ProgressCB(Callback):
         self._flush()
         return {'losses': list(self.losses), 'val_losses': list(self.val_losses), 'first_step': self.first_step}
 
-    def load_state_dict(self, sd): self._resumed = sd
+    def load_state_dict(self, sd):
+        """Take the losses of a checkpoint: the next fit goes on from them (and a plot made before it shows them)."""
+        self.losses, self.val_losses = list(sd['losses']), list(sd['val_losses'])
+        self.first_step, self._resumed = sd.get('first_step', 0), True

@@ -1,8 +1,9 @@
 """`python -m miniai.launch ...`: torchrun (same arguments) that exits like a single process on Ctrl-C.
 
-torchrun answers Ctrl-C by stopping its workers (each `miniai train` saves `interrupted.pt` and exits 130) and then
-exits 1 with a `SignalException` traceback of its own. This runs torchrun's `main` and turns that into exit code
-128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), with no traceback, as a one-process run does:
+torchrun answers Ctrl-C, SIGTERM or SIGHUP by passing the signal on to its workers (each `miniai train` saves
+`interrupted.pt` and exits 130, 143 or 129) and then exits 1 with a `SignalException` traceback of its own. This runs
+torchrun's `main` and turns that into exit code 128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM, 129 for
+SIGHUP), with no traceback, as a one-process run does:
 
     python -m miniai.launch --nproc_per_node 2 -m miniai train --epochs 5
 Described in docs/reliability.md.

@@ -1,6 +1,7 @@
 """`miniai train` end to end on a tiny synthetic Fashion-MNIST: outputs, flags, errors, resume, reproducibility."""
 import argparse
 import csv
+import errno
 import importlib.util
 import json
 import os
@@ -108,10 +109,11 @@ def test_tensorboard_without_the_package_says_how_to_install_it(data, tmp_path, 
 def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
     """Needs miniai.stopping and miniai.gradients (issue 12, the callbacks part)."""
     from miniai import cli
+    from miniai.cli.recipe import build_callbacks
     from miniai.gradients import GradientAccumulationCB, GradientClipCB
     from miniai.stopping import EarlyStoppingCB
     args = cli.build_parser().parse_args(['train', '--early-stop', '2', '--clip', '1.5', '--accumulate', '3'])
-    cbs = cli._build_callbacks(args, tmp_path)
+    cbs = build_callbacks(args, tmp_path)
     assert [type(c) for c in cbs] == [EarlyStoppingCB, GradientClipCB, GradientAccumulationCB]
     assert 2 in vars(cbs[0]).values() and 1.5 in vars(cbs[1]).values() and 3 in vars(cbs[2]).values()
     assert run(data, tmp_path / 'r', '--epochs', '2', '--early-stop', '1', '--clip', '1', '--accumulate', '2') == 0
@@ -149,15 +151,8 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
 def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     assert run(data, tmp_path / 'full', '--epochs', '3', '--deterministic') == 0
     # a run that died after epoch 2: keep its folder as it was then, by training 3 epochs and stopping early
-    from miniai import cli
-    orig = cli.build_learner
-
-    def stopping(*a, **k):
-        learn = orig(*a, **k)
-        learn.add_cbs([StopAfter(1)])
-        return learn
     with monkeypatch.context() as m:
-        m.setattr(cli, 'build_learner', stopping)
+        _with_cb(m, StopAfter(1))
         assert run(data, tmp_path / 'part', '--epochs', '3', '--deterministic') == 0
     assert len(rows(tmp_path / 'part' / 'metrics.csv')) == 2
     assert main(['train', '--resume', str(tmp_path / 'part')]) == 0
@@ -179,6 +174,15 @@ def test_two_deterministic_runs_give_identical_metrics(data, tmp_path):
     a, b = rows(tmp_path / 'a' / 'metrics.csv'), rows(tmp_path / 'b' / 'metrics.csv')
     drop = lambda rs: [{k: v for k, v in r.items() if k != 'time'} for r in rs]  # wall-clock time differs
     assert drop(a) == drop(b) and len(a) == 2
+    assert not torch.are_deterministic_algorithms_enabled()     # the run's setting ended with the run
+
+
+def test_train_leaves_warning_filters_and_signal_handlers_as_they_were(tmp_path):
+    import warnings
+    filters, handlers = list(warnings.filters), [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)]
+    assert main(['train', '--resume', str(tmp_path)]) == 1         # fails after the filters were set
+    assert warnings.filters == filters
+    assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(data, tmp_path):
@@ -203,11 +207,11 @@ N_THREADS, N_PROCS = 16, 4           # docs/reliability.md quotes these counts
 
 def _pick_together(n, out, results):
     """`n` threads that pick a run folder at the same instant (one clock second: the default names collide)."""
-    from miniai import cli
+    from miniai.cli.run_dir import new_out_dir
     gate = threading.Barrier(n)
     def pick():
         gate.wait()
-        try: results.append(cli._new_out_dir(out)[0])
+        try: results.append(new_out_dir(out)[0])
         except Exception as e: results.append(e)
     ts = [threading.Thread(target=pick) for _ in range(n)]
     for t in ts: t.start()
@@ -224,9 +228,9 @@ def test_runs_started_at_the_same_instant_get_distinct_folders(tmp_path, monkeyp
 
 
 def _pick_in_process(gate, q):
-    from miniai import cli
+    from miniai.cli.run_dir import new_out_dir
     gate.wait()
-    q.put(str(cli._new_out_dir(None)[0]))
+    q.put(str(new_out_dir(None)[0]))
 
 
 def test_processes_started_at_the_same_instant_get_distinct_folders(tmp_path, monkeypatch):
@@ -307,9 +311,9 @@ def test_a_full_disk_while_saving_names_the_file_and_keeps_the_old_one(data, tmp
 
 
 def test_internal_bugs_keep_their_traceback(data, tmp_path, monkeypatch):
-    from miniai import cli
+    from miniai.cli import run as cli_run
     def bug(*a, **k): raise ValueError("a bug in miniai")
-    monkeypatch.setattr(cli, 'build_learner', bug)
+    monkeypatch.setattr(cli_run, 'build_learner', bug)
     with pytest.raises(ValueError, match='a bug in miniai'): run(data, tmp_path / 'r', '--epochs', '1')
 
 
@@ -332,13 +336,14 @@ class CrashInEval(Callback):
 
 
 def _with_cb(monkeypatch, cb):
-    from miniai import cli
-    orig = cli.build_learner
+    """`miniai train` with `cb` added to the recipe's learner."""
+    from miniai.cli import run as cli_run
+    orig = cli_run.build_learner
     def adding(*a, **k):
         learn = orig(*a, **k)
         learn.add_cbs([cb])
         return learn
-    monkeypatch.setattr(cli, 'build_learner', adding)
+    monkeypatch.setattr(cli_run, 'build_learner', adding)
 
 
 def test_metrics_csv_holds_each_row_once_after_a_crash_and_resume(data, tmp_path, monkeypatch):
@@ -377,10 +382,11 @@ def test_ctrl_c_inside_an_epoch_saves_a_checkpoint_that_repeats_the_epoch(data, 
     _with_cb(monkeypatch, Interrupt())
     assert run(data, tmp_path / 'r', '--epochs', '3') == 130
     assert 'inside epoch 1' in capsys.readouterr().err
-    from miniai import cli
+    from miniai.cli import build_learner
+    from miniai.cli.resume import resume_args
     from miniai.datasets import get_dls
-    args = cli._resume_args(argparse.Namespace(resume=tmp_path / 'r', device='cpu'))
-    learn = cli.build_learner(args, get_dls(64, path=data, limit=None), tmp_path / 'x', 'cpu')
+    args, _ = resume_args(argparse.Namespace(resume=tmp_path / 'r', device='cpu'))
+    learn = build_learner(args, get_dls(64, path=data, limit=None), tmp_path / 'x', 'cpu')
     learn.load(tmp_path / 'r' / 'interrupted.pt')
     assert learn.resume_epoch == 1
     assert [r['epoch'] for r in learn.cbs[1].history] == [0]
@@ -425,3 +431,285 @@ def test_interrupted_pt_holds_the_one_cycle_schedule(data, tmp_path, monkeypatch
     last, intr = (torch.load(tmp_path / 'r' / f, weights_only=True)['callbacks'] for f in ('last.pt', 'interrupted.pt'))
     assert last['OneCycleSchedCB']['i'] == 10               # 600 images, batches of 64: epoch 0's 10 steps
     assert intr['OneCycleSchedCB.0']['i'] == 10 + 3           # and the 3 batches of epoch 1 before the interrupt
+
+
+# ---------------------------------------------------------------- signals, one writer per run folder, resume rules
+ENV = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
+
+
+def _training(data, out, *extra):
+    """`python -m miniai train` into `out` in a process of its own, long enough to be stopped after an epoch."""
+    return subprocess.Popen([sys.executable, '-m', 'miniai', 'train', '--data', str(data), '--out', str(out), '--bs',
+                             '8', '--epochs', '50', '--device', 'cpu', *extra], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path, p, timeout=90):
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline and p.poll() is None: time.sleep(0.1)
+    assert path.exists(), p.communicate(timeout=30)
+
+
+@pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_save_like_ctrl_c_and_a_second_writer_is_refused(sig, data, tmp_path, capsys):
+    out = tmp_path / 'r'
+    p = _training(data, out)
+    try:
+        _wait_for(out / 'last.pt', p)                   # an epoch is done; the run is still training
+        before = (out / 'metrics.csv').read_text()
+        capsys.readouterr()
+        assert main(['train', '--resume', str(out)]) == 1
+        err = _one_line_error(capsys)
+        assert f'pid {p.pid} on host' in err and 'in use by another' in err and str(out) in err
+        assert (out / 'metrics.csv').read_text().startswith(before)     # the refused resume wrote nothing
+        p.send_signal(sig)
+        _, err = p.communicate(timeout=60)
+    finally: p.kill()
+    assert p.returncode == 128 + sig, err
+    assert f'interrupted by {signal.Signals(sig).name}: state saved to {out / "interrupted.pt"}' in err
+    assert f'miniai train --resume {out}' in err and 'Traceback' not in err
+    assert torch.load(out / 'interrupted.pt', weights_only=True)['format'] == 'miniai-checkpoint-1'
+
+
+LOCK_HOLDER = """
+import sys, time
+from miniai.cli.run_dir import RunLock
+lock = RunLock(sys.argv[1])
+print('held', flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_killed_run_leaves_no_stale_lock(tmp_path):
+    from miniai.cli.run_dir import RunInUseError, RunLock
+    p = subprocess.Popen([sys.executable, '-c', LOCK_HOLDER, str(tmp_path)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == 'held'
+        with pytest.raises(RunInUseError, match=f'pid {p.pid} on host .*, started 20'): RunLock(tmp_path)
+        p.kill()                                         # kill -9: no cleanup runs in the holder
+        p.wait(timeout=30)
+    finally: p.kill()
+    lock = RunLock(tmp_path)                             # the OS released the dead holder's lock
+    assert lock.held
+    lock.release()
+
+
+def _on_write(monkeypatch, name: str, act):
+    """Run `act(open_it)` in place of opening the temporary file that `miniai.files.atomic_write` writes `name` to."""
+    import miniai.files as files
+    real = open
+    def fake(path, mode='r', *a, **k):
+        if os.path.basename(str(path)).startswith(f'.{name}.{os.getpid()}.') and 'x' in mode:
+            return act(lambda: real(path, mode, *a, **k))
+        return real(path, mode, *a, **k)
+    monkeypatch.setattr(files, 'open', fake, raising=False)
+
+
+def _ctrl_c(times: int):
+    """An action for `_on_write`: `times` Ctrl-Cs a fraction of a second apart, then the file is opened."""
+    def act(open_it):
+        for _ in range(times): os.kill(os.getpid(), signal.SIGINT); time.sleep(0.05)
+        return open_it()
+    return act
+
+
+class CtrlC(Callback):
+    """Ctrl-C (a real SIGINT to this process) at batch `i` of epoch `n`."""
+    def __init__(self, n, i=2): self.n, self.i = n, i
+    def after_batch(self, learn):
+        if learn.training and learn.epoch == self.n and learn.iter == self.i: os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_a_second_ctrl_c_while_saving_is_held_until_the_save_is_done(data, tmp_path, monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        _with_cb(m, CtrlC(1))
+        _on_write(m, 'interrupted.pt', _ctrl_c(1))
+        assert run(data, tmp_path / 'r', '--epochs', '3') == 130
+    err = capsys.readouterr().err
+    assert 'interrupted: state saved to' in err and 'SIGINT received meanwhile: held until this save was done' in err
+    assert torch.load(tmp_path / 'r' / 'interrupted.pt', weights_only=True)['epoch_done'] is False
+    assert main(['train', '--resume', str(tmp_path / 'r')]) == 0                      # and the run goes on
+
+
+def test_a_third_ctrl_c_stops_at_once_and_keeps_the_last_epoch(data, tmp_path, monkeypatch, capsys):
+    with monkeypatch.context() as m:
+        _with_cb(m, CtrlC(1))
+        _on_write(m, 'interrupted.pt', _ctrl_c(2))
+        assert run(data, tmp_path / 'r', '--epochs', '3') == 130
+    err = capsys.readouterr().err
+    assert 'again while saving' in err and 'it was not written' in err and f'--resume {tmp_path / "r"}' in err
+    assert not (tmp_path / 'r' / 'interrupted.pt').exists()
+    assert not [p for p in os.listdir(tmp_path / 'r') if p.endswith('.tmp')]
+    assert main(['train', '--resume', str(tmp_path / 'r')]) == 0
+
+
+def _final_files_are_whole(run_dir):
+    from miniai.inference import load_learner
+    for png in ('training.png', 'confusion.png'): assert (run_dir / png).read_bytes()[:4] == b'\x89PNG'
+    assert load_learner(run_dir / 'model.pt').preprocess is not None
+    assert not [p for p in os.listdir(run_dir) if p.endswith('.tmp')]
+
+
+@pytest.mark.parametrize('name', ['training.png', 'model.pt'])
+def test_ctrl_c_while_writing_the_final_files_leaves_a_run_that_resume_finishes(name, data, tmp_path, monkeypatch,
+                                                                             capsys):
+    with monkeypatch.context() as m:
+        _on_write(m, name, _ctrl_c(1))
+        assert run(data, tmp_path / 'r', '--epochs', '2') == 130
+    err = capsys.readouterr().err
+    assert 'interrupted while writing the final files' in err and 'without training again' in err, err
+    csv_before = (tmp_path / 'r' / 'metrics.csv').read_text()
+    assert main(['train', '--resume', str(tmp_path / 'r')]) == 0
+    std = capsys.readouterr()
+    assert 'writing them now' in std.err and 'valid_accuracy' in std.out
+    _final_files_are_whole(tmp_path / 'r')
+    assert (tmp_path / 'r' / 'metrics.csv').read_text() == csv_before          # nothing was trained again
+    assert main(['train', '--resume', str(tmp_path / 'r')]) == 1                  # now it is complete
+    assert 'already trained 2 epochs' in capsys.readouterr().err
+
+
+class _FullDisk:
+    """A file that takes `room` bytes, then fails as a full disk does."""
+    def __init__(self, f, room): self.f, self.room = f, room
+    def write(self, b):
+        n = memoryview(b).nbytes
+        if n > self.room: raise OSError(errno.ENOSPC, 'No space left on device')
+        self.room -= n
+        return self.f.write(b)
+    def flush(self): self.f.flush()
+    def fileno(self): return self.f.fileno()
+    def __enter__(self): return self
+    def __exit__(self, *a): self.f.close()
+
+
+def _full_after(room):
+    return lambda open_it: _FullDisk(open_it(), room)
+
+
+def _denied(open_it): raise PermissionError(errno.EACCES, 'Permission denied')
+
+
+# a full disk at any fill level (nothing written; a few bytes: torch's zip writer raises RuntimeError
+# "[enforce fail at inline_container.cc]"; most of the file), and a denied permission
+WRITE_FAILURES = {'full-at-0': (_full_after(0), 'no space left on device'),
+                  'full-at-200': (_full_after(200), 'no space left on device'),
+                  'full-at-20000': (_full_after(20000), 'no space left on device'),
+                  'permission': (_denied, 'permission denied')}
+
+
+@pytest.mark.parametrize('case', WRITE_FAILURES)
+def test_a_failed_write_of_model_pt_names_file_and_cause_and_loses_nothing(case, data, tmp_path, monkeypatch,
+                                                                           capsys):
+    act, cause = WRITE_FAILURES[case]
+    r = tmp_path / 'r'
+    assert run(data, r, '--epochs', '1') == 0
+    model_before, csv_before = (r / 'model.pt').read_bytes(), (r / 'metrics.csv').read_text()
+    capsys.readouterr()
+    with monkeypatch.context() as m:                        # extend the run; writing the new model.pt fails
+        _on_write(m, 'model.pt', act)
+        assert main(['train', '--resume', str(r), '--epochs', '2']) == 1
+    err = _one_line_error(capsys)
+    assert f'could not write {r / "model.pt"}: {cause}' in err and 'without training again' in err
+    if case == 'permission': assert 'free some space' not in err.lower() and 'permission' in err
+    assert (r / 'model.pt').read_bytes() == model_before                 # the previous model.pt is intact
+    assert (r / 'metrics.csv').read_text().startswith(csv_before.rstrip('\r\n'))
+    assert torch.load(r / 'last.pt', weights_only=True)['epoch'] == 1     # epoch 1 is trained and kept
+    assert main(['train', '--resume', str(r)]) == 0                        # writes the final files, trains nothing
+    assert 'writing them now' in capsys.readouterr().err
+    _final_files_are_whole(r)
+    assert main(['train', '--resume', str(r)]) == 1 and 'already trained 2 epochs' in capsys.readouterr().err
+
+
+def test_a_run_with_seed_0_resumes(data, tmp_path):
+    with pytest.MonkeyPatch.context() as m:
+        _with_cb(m, StopAfter(0))
+        assert run(data, tmp_path / 'r', '--epochs', '2', '--seed', '0') == 0
+    assert main(['train', '--resume', str(tmp_path / 'r')]) == 0
+    assert torch.load(tmp_path / 'r' / 'last.pt', weights_only=True)['epoch'] == 1
+
+
+def test_seed_out_of_torchs_range_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit) as e: main(['train', '--seed', str(10**23)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and 'Traceback' not in err
+    assert err.strip().splitlines()[-1] == (f"miniai train: error: argument --seed: must be an integer from {-2**63} "
+                                            f"to {2**64 - 1}, got {10**23}")
+
+
+def test_resume_reads_the_runs_data_by_absolute_path_and_refuses_other_data(data, tmp_path, monkeypatch, capsys):
+    import shutil
+    (tmp_path / 'a').mkdir()
+    shutil.copytree(data, tmp_path / 'a' / 'fm')
+    monkeypatch.chdir(tmp_path / 'a')
+    with monkeypatch.context() as m:
+        _with_cb(m, StopAfter(0))
+        assert main(['train', '--data', 'fm', '--out', 'r', '--bs', '64', '--epochs', '3', '--device', 'cpu']) == 0
+    r = tmp_path / 'a' / 'r'
+    assert json.loads((r / 'config.json').read_text())['data'] == str(tmp_path / 'a' / 'fm')
+    # another folder holding other files under the same relative name: the run's own data are still the ones read
+    (tmp_path / 'b' / 'fm').mkdir(parents=True)
+    for name in NAMES['train'] + NAMES['test']: (tmp_path / 'b' / 'fm' / name).write_bytes((data / name).read_bytes())
+    rng = np.random.default_rng(1)
+    write_idx(tmp_path / 'b' / 'fm' / NAMES['train'][0], rng.integers(0, 255, (600, 28, 28)))
+    monkeypatch.chdir(tmp_path / 'b')
+    capsys.readouterr()
+    assert main(['train', '--resume', str(r), '--data', 'fm']) == 1
+    err = _one_line_error(capsys)
+    assert "are not the run's: its training set had 600 images" in err and str(tmp_path / 'a' / 'fm') in err
+    assert torch.load(r / 'last.pt', weights_only=True)['epoch'] == 0        # nothing was trained
+    shutil.move(tmp_path / 'a' / 'fm', tmp_path / 'moved')                   # the run's data moved: say where
+    assert main(['train', '--resume', str(r), '--epochs', '2']) == 1
+    assert 'pass --data with the folder that holds them now' in _one_line_error(capsys)
+    assert main(['train', '--resume', str(r), '--epochs', '2', '--data', str(tmp_path / 'moved')]) == 0
+    assert json.loads((r / 'config.json').read_text())['data'] == str(tmp_path / 'moved')
+    assert main(['train', '--resume', str(r), '--epochs', '3']) == 0         # the new place is remembered
+
+
+def test_flags_that_would_change_a_resumed_run_are_refused(data, tmp_path, capsys):
+    with pytest.MonkeyPatch.context() as m:
+        _with_cb(m, StopAfter(0))
+        assert run(data, tmp_path / 'r', '--epochs', '2', '--seed', '3') == 0
+    csv_before = (tmp_path / 'r' / 'metrics.csv').read_text()
+    capsys.readouterr()
+    for flags, named in ((['--lr', '0.06'], '--lr'), (['--bs', '32', '--clip', '1', '--accumulate', '2'],
+                                                     '--accumulate, --bs, --clip'), (['--seed', '42'], '--seed')):
+        assert main(['train', '--resume', str(tmp_path / 'r'), *flags]) == 1    # 0.06 and 42: miniai's defaults
+        err = _one_line_error(capsys)
+        assert f'{named} would change the run' in err and 'give only --epochs, --device, --data' in err, err
+    assert "its own flags from" in err and '(--seed 3)' in err                  # the run's value, shown
+    assert (tmp_path / 'r' / 'metrics.csv').read_text() == csv_before
+    # the run's own command line with --resume added is the same run
+    assert run(data, tmp_path / 'r', '--seed', '3', '--resume', str(tmp_path / 'r')) == 0
+
+
+def _concurrent(data, outs):
+    ps = [subprocess.Popen([sys.executable, '-m', 'miniai', 'train', '--data', str(data), '--out', str(o), '--limit',
+                            '120', '--bs', '40', '--epochs', '1', '--device', 'cpu'], env=ENV,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for o in outs]
+    return [(p.returncode, err) for p in ps for _, err in [p.communicate(timeout=300)]]
+
+
+def _intact(run_dir):
+    assert [x['epoch'] for x in rows(run_dir / 'metrics.csv')] == ['0']
+    assert torch.load(run_dir / 'last.pt', weights_only=True)['epoch'] == 0
+    _final_files_are_whole(run_dir)
+
+
+N_CONCURRENT = 6                     # docs/reliability.md quotes this count
+
+
+def test_concurrent_runs_into_distinct_folders_all_finish_intact(data, tmp_path):
+    outs = [tmp_path / f'r{i}' for i in range(N_CONCURRENT)]
+    got = _concurrent(data, outs)
+    assert [rc for rc, _ in got] == [0] * N_CONCURRENT, got
+    for o in outs: _intact(o)
+
+
+def test_concurrent_runs_into_the_same_folder_give_one_run_and_one_line_refusals(data, tmp_path):
+    got = _concurrent(data, [tmp_path / 'r'] * N_CONCURRENT)
+    assert sorted(rc for rc, _ in got) == [0] + [1] * (N_CONCURRENT - 1), got
+    for rc, err in got:
+        if rc == 0: continue
+        assert len(err.strip().splitlines()) == 1 and err.startswith(f'miniai: error: --out {tmp_path / "r"}'), err
+        assert any(w in err for w in ('is in use by another', 'already holds files', 'just taken')), err
+    _intact(tmp_path / 'r')

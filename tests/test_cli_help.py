@@ -24,3 +24,12 @@ def test_help_shows_examples_and_output_files():
     assert len([ln for ln in examples.splitlines() if 'miniai train' in ln]) >= 2, text
     for name in ('metrics.csv', 'config.json', 'last.pt', 'best.pt'):
         assert re.search(rf'^\s+{re.escape(name)}\s', text, re.M), f"{name} missing from --help:\n{text}"
+
+
+def test_help_states_the_resume_rule_and_the_signals():
+    text = ' '.join(train_help().split())           # argparse wraps lines anywhere
+    resume = text.split('options:', 1)[1].split('--resume DIR', 1)[1].split('--dist-timeout SECONDS', 1)[0]
+    for words in ('--epochs', '--device', '--data', '--dist-timeout', 'is refused'):
+        assert words in resume, f"--resume's help lacks {words!r}: {resume}"
+    assert 'SIGTERM or SIGHUP' in text and '143' in text and '129' in text, text
+    assert re.search(r'run\.lock held by the process training in the folder', text), text

@@ -65,7 +65,7 @@ def learner(bs, kind='memory', cbs=(), shuffle=False):
 
 def rows(learn):
     metrics = next(cb for cb in learn.cbs if isinstance(cb, MetricsCB))
-    return [{k: v for k, v in r.items() if k != 'seconds'} for r in metrics.history]
+    return [{k: v for k, v in r.items() if k != 'time'} for r in metrics.history]
 
 
 def weights(learn): return {k: v.clone() for k, v in learn.model.state_dict().items()}
@@ -288,11 +288,12 @@ STALL = """
 import os, sys, time
 from pathlib import Path
 from miniai import cli
+from miniai.cli import run as cli_run
 if os.environ['RANK'] == '1':                     # this rank stops answering once both have joined
     def stall(*a, **k):
         Path(sys.argv[1], 'stalled').write_text(str(time.time()))
         time.sleep(300)
-    cli.build_learner = stall
+    cli_run.build_learner = stall
 sys.exit(cli.main(['train', '--data', sys.argv[2], '--out', sys.argv[1] + '/run', '--bs', '64', '--epochs', '1',
                    '--device', 'cpu', '--dist-timeout', sys.argv[3]]))
 """

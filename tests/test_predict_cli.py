@@ -170,8 +170,9 @@ def test_resume_with_more_epochs_extends_the_run_on_a_rebuilt_one_cycle(data, tm
     r = tmp_path / 'r'
     assert run(data, r, '--epochs', '1') == 0
     seen = []
-    orig = cli.build_learner
-    monkeypatch.setattr(cli, 'build_learner', lambda *a, **k: seen.append(orig(*a, **k)) or seen[-1])
+    from miniai.cli import run as cli_run
+    orig = cli_run.build_learner
+    monkeypatch.setattr(cli_run, 'build_learner', lambda *a, **k: seen.append(orig(*a, **k)) or seen[-1])
     assert main(['train', '--resume', str(r), '--epochs', '3']) == 0
     assert [x['epoch'] for x in rows(r / 'metrics.csv')] == ['0', '1', '2']
     assert torch.load(r / 'last.pt', weights_only=True)['epoch'] == 2
