@@ -17,7 +17,6 @@ from test_inference import make_unreadable, png_claiming, png_with_text_bomb
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import REAL_DATA
-from miniai import cli
 from miniai.cli import main
 from miniai.datasets import FASHION_CLASSES, fashion_mnist_tensors, normalise_images, read_idx
 from miniai.inference import load_learner
