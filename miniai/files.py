@@ -54,10 +54,18 @@ def clean_stale_temps(path) -> list[Path]:
     return removed
 
 
+_ADVICE = {errno.ENOSPC: 'free some space, or write to another disk',
+           errno.EDQUOT: 'free some space within your quota, or write to another disk',
+           errno.EACCES: 'write to a folder you may write to, or change its permissions',
+           errno.EPERM: 'write to a folder you may write to, or change its permissions',
+           errno.EROFS: 'write to a disk that is not mounted read-only'}
+
+
 def _describe(e: OSError, path: Path) -> str:
+    """The one-line message for a failed write of `path`: its real cause and advice that fits that cause."""
     what = 'no space left on device' if e.errno == errno.ENOSPC else (e.strerror or str(e)).lower()
-    return (f"could not write {path}: {what}; the previous {path.name}, if any, is intact. Free some space or "
-            "choose another folder (--out)")
+    advice = _ADVICE.get(e.errno, 'check the folder and the disk')
+    return f"could not write {path}: {what}; the previous {path.name}, if any, is intact. To fix it: {advice}"
 
 
 def atomic_write(path, data: bytes | str | Callable, fsync: bool = True) -> Path:

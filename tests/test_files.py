@@ -1,5 +1,6 @@
 """read_regular and sha256_file read only regular files, bounded: anything else is named and refused, not waited on."""
 import contextlib
+import errno
 import hashlib
 import os
 import signal
@@ -73,3 +74,22 @@ def test_a_missing_file_is_file_not_found_and_errors_take_the_callers_class(tmp_
     class Mine(ValueError): pass
     make('fifo', tmp_path / 'p')
     with deadline(), pytest.raises(Mine, match='named pipe'): read_regular(tmp_path / 'p', error=Mine)
+
+
+@pytest.mark.parametrize('err,cause,advice', [
+    (errno.ENOSPC, 'no space left on device', 'free some space'),
+    (errno.EACCES, 'permission denied', 'folder you may write to'),
+    (errno.EROFS, 'read-only file system', 'not mounted read-only')])
+def test_a_failed_write_names_the_file_its_cause_and_advice_for_that_cause(tmp_path, monkeypatch, err, cause,
+                                                                           advice):
+    from miniai.errors import OutputError
+    from miniai.files import atomic_write
+    path = tmp_path / 'model.pt'
+    path.write_bytes(b'old')
+    def failing(src, dst): raise OSError(err, os.strerror(err))
+    monkeypatch.setattr(os, 'replace', failing)
+    with pytest.raises(OutputError) as e: atomic_write(path, b'new')
+    msg = str(e.value)
+    assert str(path) in msg and cause in msg.lower() and advice in msg
+    assert ('free some space' in msg) == (err == errno.ENOSPC)       # never the wrong advice
+    assert path.read_bytes() == b'old' and [p.name for p in tmp_path.iterdir()] == ['model.pt']
