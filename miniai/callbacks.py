@@ -368,7 +368,9 @@ class ProgressCB(Callback):
             graphs.append([[self.first_step + n * (i + 1) for i in range(len(self.val_losses))], self.val_losses])
         return graphs
 
-    def _draw(self): self.mbar.update_graph(self._curves())
+    def _draw(self):
+        self.mbar.names = ['train_loss', 'valid_loss']   # the legend in the rows' names (fastprogress: train, valid)
+        self.mbar.update_graph(self._curves())
 
     def after_epoch(self, learn):
         if not self._has_rows and not self.live and self.main:  # no MetricsCB: a line of our own
