@@ -34,6 +34,9 @@ COURSE = {
     'miniai.augment': ['summary', 'show_image_batch', 'CapturePreds', 'capture_preds', '_rand_erase1', 'rand_erase',
                        'RandErase', '_rand_copy1', 'rand_copy', 'RandCopy', 'BatchTransformCB', 'get_preds'],
     'miniai.accel': ['MixedPrecision', 'AccelerateCB'],
+    'miniai.diffusion': ['abar', 'inv_abar', 'noisify', 'collate_ddpm', 'dl_ddpm', 'timestep_embedding', 'pre_conv',
+                         'upsample', 'lin', 'SelfAttention', 'SelfAttention2D', 'EmbResBlock', 'saved', 'DownBlock',
+                         'UpBlock', 'EmbUNetModel', 'ddim_step', 'sample', 'cond_sample'],
 }
 
 # Private names that the course's notebooks define in exported cells and later use; the only `_` names a module may
@@ -45,7 +48,8 @@ E = inspect.Parameter.empty
 
 
 def _course_signatures():
-    from miniai import accel, activations, augment, conv, init, learner, resnet, sgd
+    from miniai import accel, activations, augment, conv, diffusion, init, learner, resnet, sgd
+    D, silu = diffusion, torch.nn.SiLU
     return [
         (conv.conv, dict(ni=E, nf=E, ks=3, stride=2)),
         (learner.Learner, dict(model=E, dls=(0,), loss_func=F.mse_loss, lr=0.1, cbs=None, opt_func=torch.optim.SGD)),
@@ -81,6 +85,26 @@ def _course_signatures():
         (accel.AccelerateCB, dict(n_inp=1, mixed_precision='fp16')),
         (sgd.RecorderCB, dict()),
         (sgd.BatchSchedCB, dict(sched=E)),
+        (D.abar, dict(t=E)),
+        (D.inv_abar, dict(x=E)),
+        (D.noisify, dict(x0=E)),
+        (D.collate_ddpm, dict(b=E)),
+        (D.dl_ddpm, dict(ds=E)),
+        (D.timestep_embedding, dict(tsteps=E, emb_dim=E, max_period=10000)),
+        (D.pre_conv, dict(ni=E, nf=E, ks=3, stride=1, act=silu, norm=None, bias=True)),
+        (D.upsample, dict(nf=E)),
+        (D.lin, dict(ni=E, nf=E, act=silu, norm=None, bias=True)),
+        (D.SelfAttention, dict(ni=E, attn_chans=E, transpose=True)),
+        (D.SelfAttention2D, dict(ni=E, attn_chans=E, transpose=True)),
+        (D.EmbResBlock, dict(n_emb=E, ni=E, nf=None, ks=3, act=silu, norm=torch.nn.BatchNorm2d, attn_chans=0)),
+        (D.saved, dict(m=E, blk=E)),
+        (D.DownBlock, dict(n_emb=E, ni=E, nf=E, add_down=True, num_layers=1, attn_chans=0)),
+        (D.UpBlock, dict(n_emb=E, ni=E, prev_nf=E, nf=E, add_up=True, num_layers=2, attn_chans=0)),
+        (D.EmbUNetModel, dict(in_channels=3, out_channels=3, nfs=(224, 448, 672, 896), num_layers=1, attn_chans=8,
+                              attn_start=1)),
+        (D.ddim_step, dict(x_t=E, noise=E, abar_t=E, abar_t1=E, bbar_t=E, bbar_t1=E, eta=E, sig=E, clamp=True)),
+        (D.sample, dict(f=E, model=E, sz=E, steps=E, eta=1., clamp=True)),
+        (D.cond_sample, dict(c=E, f=E, model=E, sz=E, steps=E, eta=1.)),
     ]
 
 
