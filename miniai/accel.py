@@ -236,21 +236,43 @@ class ChannelsLastCB(Callback):
 
 
 # ---------------------------------------------------------------- the course's accelerated TrainCBs
+_SAID: set[str] = set()
+
+
+def _say_once(key: str, msg: str):
+    """Warn `msg` the first time `key` comes up in this process (a notebook builds many learners)."""
+    if key not in _SAID:
+        _SAID.add(key)
+        warnings.warn(msg, stacklevel=2)
+
+
 class MixedPrecision(TrainCB):
     """The course's mixed precision: a `TrainCB` (use it instead of one) whose predict and loss run under
-    `torch.autocast(device_type, dtype)` with a `GradScaler` for float16. Off CUDA, torch turns both off with a
-    warning and it trains in float32. `MixedPrecisionCB` is the one that works beside any learner and checks the
-    device first."""
+    `torch.autocast(device_type, dtype)`, with a `GradScaler` for float16 (the course's float16 on CUDA by
+    default). `MixedPrecisionCB` is the one that works beside any learner and checks the device first.
+
+    Without CUDA, the default `device_type='cuda'` trains in plain float32 (no autocast, no scaler: the same
+    numbers as `TrainCB`) and says so once per process. float32 is exact, and on a CPU without bfloat16 or
+    float16 units it is also the fastest; for bfloat16 autocast on a CPU that has them, pass
+    `dtype=torch.bfloat16, device_type='cpu'` or use `MixedPrecisionCB()`.
+    """
     order = -10  # after DeviceCB (-20)
 
     def __init__(self, n_inp: int = 1, dtype: torch.dtype = torch.float16, device_type: str = 'cuda'):
         super().__init__(n_inp=n_inp)
-        self.dtype, self.device_type = dtype, device_type
+        self.dtype, self.device_type, self.active = dtype, device_type, True
         self._in_autocast = False  # cleanup_batch also runs for a batch an earlier before_batch cancelled
 
-    def before_fit(self, learn): self.scaler = torch.amp.GradScaler(self.device_type)
+    def before_fit(self, learn):
+        self.active = self.device_type != 'cuda' or torch.cuda.is_available()
+        if not self.active:
+            _say_once('MixedPrecision', "MixedPrecision: CUDA is not available, so this trains in float32 (no "
+                      "autocast, no GradScaler). For bfloat16 on a CPU with bfloat16 units use MixedPrecisionCB().")
+        # a disabled scaler passes the loss through and steps the optimizer plainly
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.active and self.dtype == torch.float16)
 
     def before_batch(self, learn):
+        if not self.active: return
         self.autocast = torch.autocast(self.device_type, dtype=self.dtype)
         self.autocast.__enter__()
         self._in_autocast = True
@@ -269,7 +291,11 @@ class MixedPrecision(TrainCB):
 
 class AccelerateCB(TrainCB):
     """The course's Hugging Face Accelerate `TrainCB`: `Accelerator(mixed_precision=...)` prepares the model, the
-    optimizer and both loaders at `before_fit` and does the backward pass. Needs `pip install accelerate`."""
+    optimizer and both loaders at `before_fit` and does the backward pass. Needs `pip install accelerate`.
+
+    Accelerate picks the device. On a CPU it runs `'bf16'` under bfloat16 autocast and `'fp16'` (the default) in
+    plain float32; in that second case this says so once per process.
+    """
     order = -10
 
     def __init__(self, n_inp: int = 1, mixed_precision: str = "fp16"):
@@ -281,7 +307,11 @@ class AccelerateCB(TrainCB):
         self.acc = Accelerator(mixed_precision=mixed_precision)
 
     def before_fit(self, learn):
-        learn.model, learn.opt, learn.dls.train, learn.dls.valid = self.acc.prepare(
+        acc = self.acc
+        if acc.device.type == 'cpu' and acc.mixed_precision == 'fp16' and not getattr(acc, 'native_amp', True):
+            _say_once('AccelerateCB', "AccelerateCB: Accelerate runs mixed_precision='fp16' in float32 on a CPU "
+                      "(no CUDA here); mixed_precision='bf16' would use bfloat16 autocast.")
+        learn.model, learn.opt, learn.dls.train, learn.dls.valid = acc.prepare(
             learn.model, learn.opt, learn.dls.train, learn.dls.valid)
 
     def backward(self, learn): self.acc.backward(learn.loss)

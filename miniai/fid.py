@@ -123,8 +123,8 @@ def _sqrtm_newton_schulz(mat: torch.Tensor, num_iters: int = 100) -> torch.Tenso
 
 
 def _calc_stats(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The mean and covariance of the rows of `feats` (the Gaussian that FID fits)."""
-    feats = _features(feats, 'feats')
+    """The mean and covariance of the rows of `feats` (the Gaussian that FID fits), in float64."""
+    feats = _features(feats, 'feats').double()
     return feats.mean(0), feats.T.cov()
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
 import miniai.accel as accel
-from conftest import linear_data, tiny_cnn, toy_images
+from conftest import DLs, linear_data, tiny_cnn, toy_images
 from miniai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB
 from miniai.core import Callback, CancelBatchException
 from miniai.learner import Learner, MetricsCB, TrainCB, TrainLearner
@@ -276,3 +277,88 @@ def test_course_mixed_precision_survives_a_batch_cancelled_before_its_before_bat
         warnings.simplefilter('ignore')   # GradScaler('cpu') may warn where it is unavailable
         learn.fit(1)
     assert learn.iter == 3 and not torch.is_autocast_enabled('cpu')
+
+
+# ---------------------------------------------------------------- the course's MixedPrecision and AccelerateCB off CUDA
+def _train_cb_twin(cb, monkeypatch=None):
+    """Weights after one epoch with `cb` as the TrainCB, and after the same epoch with a plain TrainCB."""
+    ws = []
+    for c in (cb, TrainCB()):
+        torch.manual_seed(0)
+        learn = Learner(tiny_cnn(), toy_images(n=96, bs=32), F.cross_entropy, lr=0.1, cbs=[c])
+        learn.fit(1)
+        ws.append([p.detach().clone() for p in learn.model.parameters()])
+    return ws, learn
+
+
+def test_course_mixed_precision_without_cuda_trains_in_float32_and_says_so_once(monkeypatch):
+    from miniai.accel import MixedPrecision
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    monkeypatch.setattr(accel, '_SAID', set())
+    dtypes = []
+
+    class Spy(Callback):
+        def after_predict(self, learn): dtypes.append((learn.preds.dtype, torch.is_autocast_enabled('cpu')))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        (mixed, plain), _ = _train_cb_twin(MixedPrecision())
+        learn = Learner(tiny_cnn(), toy_images(n=64, bs=32), F.cross_entropy, lr=0.1, cbs=[MixedPrecision(), Spy()])
+        learn.fit(2)
+    assert all(torch.equal(a, b) for a, b in zip(mixed, plain))     # exactly the float32 steps of a TrainCB
+    assert set(dtypes) == {(torch.float32, False)}
+    said = [str(w.message) for w in caught]
+    assert len(said) == 1 and 'CUDA is not available' in said[0] and 'float32' in said[0]
+
+
+class _StubAccelerator:
+    """What AccelerateCB uses of Accelerate's `Accelerator`, as Accelerate sets it up on a CPU."""
+    def __init__(self, mixed_precision='fp16'):
+        self.mixed_precision, self.device = mixed_precision, torch.device('cpu')
+        self.native_amp = mixed_precision == 'bf16'     # Accelerate has no float16 autocast on a CPU
+    def prepare(self, *objs): return objs
+    def backward(self, loss): loss.backward()
+
+
+@pytest.mark.parametrize('precision,warns', [('fp16', True), ('bf16', False)])
+def test_accelerate_cb_on_a_cpu_says_once_when_fp16_runs_in_float32(monkeypatch, precision, warns):
+    import sys
+    import types
+
+    from miniai.accel import AccelerateCB
+    monkeypatch.setitem(sys.modules, 'accelerate', types.SimpleNamespace(Accelerator=_StubAccelerator))
+    monkeypatch.setattr(accel, '_SAID', set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        (acc, plain), learn = _train_cb_twin(AccelerateCB(mixed_precision=precision))
+        _train_cb_twin(AccelerateCB(mixed_precision=precision))
+    assert all(torch.equal(a, b) for a, b in zip(acc, plain))
+    said = [str(w.message) for w in caught]
+    assert said == (["AccelerateCB: Accelerate runs mixed_precision='fp16' in float32 on a CPU (no CUDA here); "
+                     "mixed_precision='bf16' would use bfloat16 autocast."] if warns else [])
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Accelerate keeps one precision per process; each test that makes an Accelerator starts and ends afresh."""
+    state = pytest.importorskip('accelerate.state', reason='AccelerateCB needs the course extra (accelerate)')
+    state.AcceleratorState._reset_state(True)
+    yield
+    state.AcceleratorState._reset_state(True)
+
+
+def test_accelerate_cb_trains_with_the_real_accelerate_on_this_machine(fresh_accelerate_state, monkeypatch):
+    from miniai.accel import AccelerateCB
+    monkeypatch.setattr(accel, '_SAID', set())
+    x = torch.randn(96, 4)
+    dls = DLs(DataLoader(TensorDataset(x, x @ torch.ones(4, 1)), batch_size=32),
+              DataLoader(TensorDataset(x, x @ torch.ones(4, 1)), batch_size=32))
+    model = nn.Linear(4, 1)
+    def loss():
+        with torch.no_grad(): return F.mse_loss(model(x), x @ torch.ones(4, 1)).item()
+    before, learn = loss(), Learner(model, dls, F.mse_loss, lr=0.1, cbs=[AccelerateCB()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        learn.fit(3)
+    assert loss() < before / 10
+    cpu_fp16 = not torch.cuda.is_available()
+    assert any('AccelerateCB: Accelerate runs' in str(w.message) for w in caught) == cpu_fp16

@@ -34,6 +34,22 @@ COURSE = {
     'miniai.augment': ['summary', 'show_image_batch', 'CapturePreds', 'capture_preds', '_rand_erase1', 'rand_erase',
                        'RandErase', '_rand_copy1', 'rand_copy', 'RandCopy', 'BatchTransformCB', 'get_preds'],
     'miniai.accel': ['MixedPrecision', 'AccelerateCB'],
+    'miniai.training': ['accuracy', 'report', 'Dataset', 'fit', 'get_dls'],
+    'miniai.fid': ['ImageEval', '_sqrtm_newton_schulz', '_calc_stats', '_calc_fid', '_squared_mmd', '_calc_kid'],
+    # the course's module has no `__all__`, so its star import gives every public name it imports
+    'miniai.imports': [
+        'AccelerateCB', 'ActivationStats', 'BaseSchedCB', 'BatchSchedCB', 'BatchTransformCB', 'Callback',
+        'CancelBatchException', 'CancelEpochException', 'CancelFitException', 'CapturePreds', 'DataLoader',
+        'DataLoaders', 'Dataset', 'DeviceCB', 'EpochSchedCB', 'F', 'GeneralRelu', 'HasLearnCB', 'Hook', 'Hooks',
+        'HooksCallback', 'ImageReadMode', 'L', 'LRFinderCB', 'Learner', 'MetricsCB', 'MixedPrecision',
+        'MomentumLearner', 'Path', 'ProgressCB', 'RandCopy', 'RandErase', 'RecorderCB', 'ResBlock', 'SingleBatchCB',
+        'T', 'TF', 'TrainCB', 'TrainLearner', 'accuracy', 'act_gr', 'append_stats', 'attrgetter', 'capture_preds',
+        'clean_ipython_hist', 'clean_mem', 'clean_tb', 'collate_device', 'collate_dict', 'conv', 'datasets',
+        'def_device', 'default_collate', 'fc', 'fit', 'get_dls', 'get_grid', 'get_hist', 'get_min', 'get_model',
+        'init', 'init_weights', 'inplace', 'itemgetter', 'load_dataset', 'lr_find', 'lr_scheduler', 'lsuv_init',
+        'math', 'mpl', 'nn', 'np', 'optim', 'partial', 'plot_func', 'plt', 'rand_copy', 'rand_erase', 'random',
+        'read_image', 'report', 'run_cbs', 'set_seed', 'show_image', 'show_image_batch', 'show_images', 'subplots',
+        'summary', 'tensor', 'to_cpu', 'to_device', 'torch', 'with_cbs', 'wraps'],
     'miniai.diffusion': ['abar', 'inv_abar', 'noisify', 'collate_ddpm', 'dl_ddpm', 'timestep_embedding', 'pre_conv',
                          'upsample', 'lin', 'SelfAttention', 'SelfAttention2D', 'EmbResBlock', 'saved', 'DownBlock',
                          'UpBlock', 'EmbUNetModel', 'ddim_step', 'sample', 'cond_sample'],
@@ -41,14 +57,15 @@ COURSE = {
 
 # Private names that the course's notebooks define in exported cells and later use; the only `_` names a module may
 # list in `__all__`.
-COURSE_PRIVATE = {'miniai.resnet': {'_conv_block'}, 'miniai.augment': {'_rand_erase1', '_rand_copy1'}}
+COURSE_PRIVATE = {'miniai.resnet': {'_conv_block'}, 'miniai.augment': {'_rand_erase1', '_rand_copy1'},
+                  'miniai.fid': {'_sqrtm_newton_schulz', '_calc_stats', '_calc_fid', '_squared_mmd', '_calc_kid'}}
 
 # The course's signatures: every parameter with its default (inspect.Parameter.empty when it has none).
 E = inspect.Parameter.empty
 
 
 def _course_signatures():
-    from miniai import accel, activations, augment, conv, diffusion, init, learner, resnet, sgd
+    from miniai import accel, activations, augment, conv, diffusion, fid, init, learner, resnet, sgd, training
     D, silu = diffusion, torch.nn.SiLU
     return [
         (conv.conv, dict(ni=E, nf=E, ks=3, stride=2)),
@@ -85,6 +102,20 @@ def _course_signatures():
         (accel.AccelerateCB, dict(n_inp=1, mixed_precision='fp16')),
         (sgd.RecorderCB, dict()),
         (sgd.BatchSchedCB, dict(sched=E)),
+        (training.accuracy, dict(out=E, yb=E)),
+        (training.report, dict(loss=E, preds=E, yb=E)),
+        (training.Dataset, dict(x=E, y=E)),
+        (training.fit, dict(epochs=E, model=E, loss_func=E, opt=E, train_dl=E, valid_dl=E)),
+        (training.get_dls, dict(train_ds=E, valid_ds=E, bs=E)),
+        (fid.ImageEval, dict(model=E, dls=E, cbs=None)),
+        (fid.ImageEval.get_feats, dict(self=E, samp=E)),
+        (fid.ImageEval.fid, dict(self=E, samp=E)),
+        (fid.ImageEval.kid, dict(self=E, samp=E)),
+        (fid._sqrtm_newton_schulz, dict(mat=E, num_iters=100)),
+        (fid._calc_stats, dict(feats=E)),
+        (fid._calc_fid, dict(m1=E, c1=E, m2=E, c2=E)),
+        (fid._squared_mmd, dict(x=E, y=E)),
+        (fid._calc_kid, dict(x=E, y=E, maxs=50)),
         (D.abar, dict(t=E)),
         (D.inv_abar, dict(x=E)),
         (D.noisify, dict(x0=E)),
@@ -122,7 +153,8 @@ def test_star_import_gives_exactly_all(name):
 @pytest.mark.parametrize('name,names', COURSE.items())
 def test_course_names_are_where_course_users_look(name, names):
     mod = importlib.import_module(name)
-    assert set(names) <= set(mod.__all__)
+    assert {n for n in names if not n.startswith('_')} <= set(mod.__all__)
+    assert all(hasattr(mod, n) for n in names)     # private helpers a notebook uses by name: there, if not exported
 
 
 @pytest.mark.parametrize('i', range(len(_course_signatures())))
@@ -141,3 +173,18 @@ def test_import_miniai_stays_light():
             "print(sorted(m for m in ('matplotlib', 'datasets', 'fastprogress', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == '[]'
+
+
+def test_course_import_line_resolves_shared_names_as_the_course_does():
+    # where two sources give one name, the course's import order decides: the later import wins
+    import datasets
+    from torch.nn import init as torch_init
+
+    import miniai.init
+    import miniai.training
+    ns = {}
+    exec('from miniai.imports import *', ns)
+    assert ns['get_dls'] is miniai.training.get_dls       # not miniai.datasets' Fashion-MNIST loaders
+    assert ns['init'] is torch_init                        # torch.nn.init, not the miniai.init module
+    assert ns['conv'] is miniai.init.conv and ns['load_dataset'] is datasets.load_dataset
+    assert ns['T'].__name__ == 'torchvision.transforms' and ns['fc'].__name__ == 'fastcore.all'
