@@ -30,14 +30,36 @@ touches runs exactly as written.
 4. Skipped, counted and listed: cells that only serve the course's own build (`nbdev_export()`), and empty cells
    (not counted). Nothing else is skipped.
 
+The course ran on a CUDA GPU with files it kept between notebooks. These environment rules make its diffusion
+notebooks (15 on) run on any machine; none changes which miniai name or argument a cell uses (`EnvRules`):
+
+5. Device: `x.cuda()` becomes `x.to(<the default device>)`, miniai's `def_device` (the course assumes a GPU).
+6. Saved models: `torch.load(f)` gets `weights_only=False`: the course saves whole models with
+   `torch.save(learn.model, ...)`, which torch 2.6 and later refuse to unpickle by default. A commented-out
+   `# torch.save(...)` line is un-commented when a later line of the notebook loads the same file (the course saved
+   once, commented the line out, and kept the load). Every notebook of a run sees one shared `models/` folder, and
+   a notebook that loads a file made by an earlier course notebook (`models/data_aug2.pkl`, the Fashion-MNIST
+   classifier 14_augment trains and FID uses) has that notebook run first, as a prerequisite, unless the run made
+   the file already. Prerequisites are reported but not counted in the overall total.
+7. Diffusion cut (notebooks 15 on): each split keeps `--n-diffusion` rows (their U-Nets cost far more per image
+   than 09 to 14's classifiers); a literal batch of samples, `sz = (N, ...)` or `n_samples = N`, is cut to
+   `--n-samples`, and a literal `steps=N` argument to `--sample-steps`. So is `n_steps = N`, the number of noise
+   levels that a DDPM notebook's sampler walks one model call at a time: its schedule keeps all 1000 levels
+   (`linear_sched`'s own default), and training and sampling use the first N, the least noisy.
+8. `import k_diffusion as K` is dropped where no cell uses `K`: the notebooks never do, and the package's
+   dependency dctorch requires numpy below 2.
+9. Course order: 26_diffusion_unet calls `sample_lms` (cell 58 on) before the cells that import `integrate` and
+   define it (64 and 65); the course ran those first, so the runner does too (`ORDER_FIXES`).
+
 Outputs: one line per failing cell as it happens, a summary per notebook and overall ("N cells run, N passed,
 N failed"), and with `--json OUT` the details of every code cell: `cell` (its 1-based position among all the
 notebook's cells, as the failures are reported), status, seconds, the error's last line, the traceback's tail, the
 code that ran. The exit status is 1 when any cell failed.
 
-Needs the `dev` extra (nbclient, ipykernel, nbformat) and, for the course's 13_resnet, `timm` (the `course` extra):
-`pip install -e '.[dev,course]'`. With the defaults (512 training images, one epoch per fit) notebooks 09 to 14
-take about six minutes on one CPU core (`OMP_NUM_THREADS=1`).
+Needs the `dev` extra (nbclient, ipykernel, nbformat) and the `course` extra (`timm` for 13_resnet; `diffusers`,
+`einops`, `seaborn` and `scipy` for the diffusion notebooks): `pip install -e '.[dev,course]'`. With the defaults
+(512 training images, one epoch per fit) notebooks 09 to 14 take about six minutes on one CPU core
+(`OMP_NUM_THREADS=1`).
 """
 from __future__ import annotations
 
@@ -126,7 +148,7 @@ def rewrite_code(src: str, max_epochs: int = 1) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed else src
 
 
-def plan(nb: dict, max_epochs: int = 1) -> tuple[str | None, list[dict]]:
+def plan(nb: dict, max_epochs: int = 1, env: EnvRules | None = None) -> tuple[str | None, list[dict]]:
     """The notebook's `default_exp` module and, for each non-empty code cell, what runs: a dict with `cell` (its 1-based
     position among the notebook's cells), `source`, `code` (what the kernel runs) and `skip` (a reason, or None)."""
     cells = [(i, ''.join(c['source']) if isinstance(c['source'], list) else c['source'])
@@ -143,7 +165,172 @@ def plan(nb: dict, max_epochs: int = 1) -> tuple[str | None, list[dict]]:
                 code = rewrite_export(src, f'miniai.{module}', '\n'.join(s for _, s in cells[k + 1:]))
             item['code'] = rewrite_code(code, max_epochs)
         out.append(item)
-    return module, out
+    return module, env.apply(out) if env else out
+
+
+# ------------------------------------------------------------------------ environment rules 5 to 9 (diffusion)
+COMMENTED_SAVE = re.compile(r'^(?P<indent>[ \t]*)#[ \t]*(?P<call>torch\.save\(.*\))[ \t]*$', re.MULTILINE)
+LOAD_CALL = re.compile(r'torch\.load\((?P<args>[^)]*)\)')
+SAVE_CALL = re.compile(r'torch\.save\((?P<args>[^)]*)\)')
+FILE_NAME = re.compile(r"""['"]([^'"]+)['"]""")
+ORDER_FIXES = {  # notebook: (cells to run earlier, the cell they must precede), as the course ran them
+    '26_diffusion_unet': ((64, 65), 58),
+}
+
+
+def _files(pattern, code: str) -> set[str]:
+    """Base names of the files that the (uncommented) `torch.save`/`torch.load` calls of `code` name."""
+    lines = '\n'.join(ln for ln in code.splitlines() if not ln.lstrip().startswith('#'))
+    return {n.rsplit('/', 1)[-1] for m in pattern.finditer(lines) for n in FILE_NAME.findall(m['args'])}
+
+
+def uncomment_saves(src: str, loaded_later: set[str]) -> str:
+    """`src` with each `# torch.save(...)` line un-commented whose file is in `loaded_later` (rule 6)."""
+    def sub(m):
+        return f"{m['indent']}{m['call']}" if _files(SAVE_CALL, m['call']) & loaded_later else m.group(0)
+    return COMMENTED_SAVE.sub(sub, src)
+
+
+class _EnvRewriter(ast.NodeTransformer):
+    """Rules 5 to 8 on one cell's syntax tree."""
+
+    def __init__(self, rules: EnvRules, unused_modules: set[str]):
+        self.rules, self.unused, self.changed = rules, unused_modules, False
+
+    def cap(self, node, limit):
+        if isinstance(node, ast.Constant) and type(node.value) is int and node.value > limit:
+            self.changed = True
+            return ast.Constant(limit)
+        return node
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == 'cuda' and not node.args and not node.keywords:
+            self.changed = True
+            return ast.Call(ast.Attribute(f.value, 'to', ast.Load()),
+                            [ast.Attribute(ast.Name(HARNESS, ast.Load()), 'device', ast.Load())], [])
+        if (isinstance(f, ast.Attribute) and f.attr == 'load' and isinstance(f.value, ast.Name)
+                and f.value.id == 'torch' and not any(k.arg == 'weights_only' for k in node.keywords)):
+            node.keywords.append(ast.keyword('weights_only', ast.Constant(False))); self.changed = True
+        if self.rules.cut_sampling:
+            for kw in node.keywords:
+                if kw.arg == 'steps': kw.value = self.cap(kw.value, self.rules.sample_steps)
+        return node
+
+    def visit_Assign(self, node):
+        self.generic_visit(node)
+        names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        if self.rules.cut_sampling and 'sz' in names and isinstance(node.value, ast.Tuple) and node.value.elts:
+            node.value.elts[0] = self.cap(node.value.elts[0], self.rules.n_samples)
+        if self.rules.cut_sampling and 'n_samples' in names:
+            node.value = self.cap(node.value, self.rules.n_samples)
+        if self.rules.cut_sampling and 'n_steps' in names:
+            node.value = self.cap(node.value, self.rules.sample_steps)
+        return node
+
+    def visit_Import(self, node):
+        keep = [a for a in node.names if a.name not in self.unused]
+        if len(keep) == len(node.names): return node
+        self.changed = True
+        return ast.Import(keep) if keep else ast.Pass()
+
+
+class EnvRules:
+    """Rules 5 to 9 for the notebook `stem` (its file name without `.ipynb`): `apply` rewrites `plan`'s cells."""
+    UNUSED_IMPORTS = {'k_diffusion': 'K'}             # module: the alias the course imports it as
+
+    def __init__(self, stem: str, n_samples: int = 16, sample_steps: int = 10):
+        self.stem, self.n_samples, self.sample_steps = stem, n_samples, sample_steps
+        self.cut_sampling = stem[:2].isdigit() and int(stem[:2]) >= 15
+
+    def apply(self, cells: list[dict]) -> list[dict]:
+        run = [c for c in cells if c['skip'] is None]
+        every = '\n'.join(c['code'] for c in run)
+        unused = {m for m, alias in self.UNUSED_IMPORTS.items() if not re.search(rf'\b{alias}\.', every)}
+        for k, c in enumerate(run):
+            later = ''.join(ln + '\n' for x in run[k:] for ln in x['code'].splitlines())
+            c['code'] = self.rewrite(uncomment_saves(c['code'], _files(LOAD_CALL, later)), unused)
+        return self.reorder(cells)
+
+    def rewrite(self, src: str, unused: set[str]) -> str:
+        try: tree = ast.parse(python_source(src))
+        except SyntaxError: return src
+        rw = _EnvRewriter(self, unused)
+        tree = rw.visit(tree)
+        return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed else src
+
+    def reorder(self, cells: list[dict]) -> list[dict]:
+        if self.stem not in ORDER_FIXES: return cells
+        early, before = ORDER_FIXES[self.stem]
+        moved = [c for c in cells if c['cell'] in early]
+        rest = [c for c in cells if c['cell'] not in early]
+        at = next(i for i, c in enumerate(rest) if c['cell'] == before)
+        return rest[:at] + moved + rest[at:]
+
+    def saves_and_loads(self, cells: list[dict]) -> tuple[set[str], set[str]]:
+        """The base names of the files the planned `cells` save and load."""
+        code = '\n'.join(c['code'] for c in cells if c['skip'] is None)
+        return _files(SAVE_CALL, code), _files(LOAD_CALL, code)
+
+
+def env_rules(path: Path, args) -> EnvRules:
+    return EnvRules(path.stem, getattr(args, 'n_samples', 16), getattr(args, 'sample_steps', 10))
+
+
+def providers(course: Path, max_epochs: int = 1) -> dict[str, Path]:
+    """For each file a course notebook saves (after rule 6), the first notebook (in file-name order) saving it."""
+    import nbformat
+    found = {}
+    for path in sorted({p for d in (course, course / 'nbs') for p in d.glob('[0-9]*.ipynb')}, key=lambda p: p.name):
+        rules = env_rules(path, None)
+        for name in rules.saves_and_loads(plan(nbformat.read(path, as_version=4), max_epochs, rules)[1])[0]:
+            found.setdefault(name, path)
+    return found
+
+
+def run_with_prerequisites(path: Path, args, kernel_dir: Path, root: Path, ran: dict, needed_by: str | None = None,
+                           known: dict | None = None) -> list[dict]:
+    """Run `path` in its own folder under `root`, with `models/` linked to the run's shared `root/models`; first,
+    each notebook that makes a file `path` loads and the run has not made (rule 6). Returns the new records
+    (a prerequisite's has `prerequisite_for`); `ran` maps each notebook run so far to its record."""
+    import nbformat
+    if path.stem in ran:                                # already run as a prerequisite: now it counts
+        ran[path.stem].pop('prerequisite_for', None) if needed_by is None else None
+        return []
+    rules = env_rules(path, args)
+    saves, loads = rules.saves_and_loads(plan(nbformat.read(path, as_version=4), args.max_epochs, rules)[1])
+    out, shared = [], root / 'models'
+    shared.mkdir(exist_ok=True)
+    missing = sorted(f for f in loads - saves if not (shared / f).exists())
+    if missing:
+        known = known if known is not None else providers(args.course, args.max_epochs)
+        for f in missing:
+            prov = known.get(f)
+            if prov is not None and prov.stem not in ran and prov != path:
+                out += run_with_prerequisites(prov, args, kernel_dir, root, ran, needed_by=path.stem, known=known)
+    workdir = root / path.stem
+    workdir.mkdir()                                      # the files a notebook writes
+    (workdir / 'models').symlink_to(shared, target_is_directory=True)
+    t1 = time.perf_counter()
+    rec = run_notebook(path, args, kernel_dir, workdir)
+    rec['seconds'] = round(time.perf_counter() - t1, 1)
+    if needed_by: rec['prerequisite_for'] = needed_by
+    ran[path.stem] = rec
+    skipped = '; '.join(f"cell {c['cell']}: {c['skip']}" for c in rec['cells'] if c['skip'])
+    print(summary(path.stem, rec['counts']) + f" in {rec['seconds']:.0f}s"
+          + (f" (skipped {skipped})" if skipped else '')
+          + (f" [prerequisite of {needed_by}, not in the total]" if needed_by else ''), flush=True)
+    return out + [rec]
+
+
+def env_prelude(rules: EnvRules, args) -> str:
+    """Kernel-side setup for rules 5 and 7: where `.cuda()` goes, and the diffusion notebooks' smaller splits."""
+    code = f"import miniai.device\n{HARNESS}.device = miniai.device.def_device\n"
+    if rules.cut_sampling:
+        n = getattr(args, 'n_diffusion', 64)
+        code += f"{HARNESS}.n_train, {HARNESS}.n_valid = min({HARNESS}.n_train, {n}), min({HARNESS}.n_valid, {n})\n"
+    return code
 
 
 # ---------------------------------------------------------------------------------------- what the kernel holds
@@ -232,8 +419,9 @@ def run_notebook(path: Path, args, kernel_dir: Path, workdir: Path) -> dict:
     """Execute `path` cell by cell (errors allowed); returns its record: module, cells, counts, miniai path."""
     import nbformat
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    module, cells = plan(nbformat.read(path, as_version=4), args.max_epochs)
+    module, cells = plan(nbformat.read(path, as_version=4), args.max_epochs, env_rules(path, args))
     prelude = PRELUDE + (f"{HARNESS} = _CourseHarness({args.n_train}, {args.n_valid}, {args.max_epochs})\n"
+                         + env_prelude(env_rules(path, args), args) +
                          "print('miniai from', os.path.dirname(miniai.__file__), '| python', sys.executable)")
     run = [c for c in cells if c['skip'] is None]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [prelude] + [c['code'] for c in run]])
@@ -297,6 +485,12 @@ def main(argv=None) -> int:
     p.add_argument('--n-train', type=int, default=512, help="training rows kept (default 512)")
     p.add_argument('--n-valid', type=int, default=256, help="rows kept in every other split (default 256)")
     p.add_argument('--max-epochs', type=int, default=1, help="cap on every fit's epochs (default 1)")
+    p.add_argument('--n-samples', type=int, default=16,
+                   help="cap on the images a diffusion notebook generates at once (default 16)")
+    p.add_argument('--sample-steps', type=int, default=10,
+                   help="cap on a sampler's literal steps=N and a DDPM notebook's n_steps=N (default 10)")
+    p.add_argument('--n-diffusion', type=int, default=64,
+                   help="rows kept in each split by the diffusion notebooks, 15 on (default 64)")
     p.add_argument('--timeout', type=int, default=600, help="seconds allowed per cell (default 600)")
     p.add_argument('--json', type=Path, help="write every cell's record here")
     p.add_argument('--save-executed', help="write the executed (rewritten) notebooks to this folder")
@@ -306,24 +500,17 @@ def main(argv=None) -> int:
     if args.show_rewrites:
         import nbformat
         for path in paths:
-            for c in plan(nbformat.read(path, as_version=4), args.max_epochs)[1]:
+            for c in plan(nbformat.read(path, as_version=4), args.max_epochs, env_rules(path, args))[1]:
                 if c['skip'] or c['code'] != c['source']:
                     print(f"--- {path.stem} cell {c['cell']}: " + (f"skipped: {c['skip']}" if c['skip'] else
                           f"\n{c['source']}\n--- becomes:\n{c['code']}"))
         return 0
-    results, t0 = [], time.perf_counter()
+    results, t0, ran = [], time.perf_counter(), {}
     with tempfile.TemporaryDirectory(prefix='course-nbs-') as d:
         kernel_dir = write_kernelspec(Path(d) / 'kernels')
         for path in paths:
-            workdir = Path(d) / path.stem; workdir.mkdir()       # models/ and other files a notebook writes
-            t1 = time.perf_counter()
-            rec = run_notebook(path, args, kernel_dir, workdir)
-            rec['seconds'] = round(time.perf_counter() - t1, 1)
-            results.append(rec)
-            skipped = '; '.join(f"cell {c['cell']}: {c['skip']}" for c in rec['cells'] if c['skip'])
-            print(summary(path.stem, rec['counts']) + f" in {rec['seconds']:.0f}s"
-                  + (f" (skipped {skipped})" if skipped else ''), flush=True)
-    total = counts([c for r in results for c in r['cells']])
+            results += run_with_prerequisites(path, args, kernel_dir, Path(d), ran)
+    total = counts([c for r in results if not r.get('prerequisite_for') for c in r['cells']])
     print(f"miniai: {results[0]['miniai'] if results else '?'}")
     print(summary('overall', total) + f" in {time.perf_counter() - t0:.0f}s")
     if args.json:
