@@ -80,8 +80,9 @@ def test_providers_name_the_first_notebook_saving_each_file(tmp_path):
 
 def test_a_notebook_loading_an_earlier_notebooks_file_runs_that_one_first(tmp_path, capsys):
     for mod in ('nbclient', 'ipykernel', 'nbformat'): pytest.importorskip(mod)
-    _write(tmp_path, '14_maker.ipynb', "import pickle, torch\nfrom pathlib import Path\nPath('models').mkdir(exist_ok=True)",
-           "torch.save({'w': 3}, 'models/clf.pkl')")
+    _write(tmp_path, '14_maker.ipynb', "import torch\nfrom pathlib import Path\nPath('models').mkdir(exist_ok=True)",
+           "torch.save({'w': 3}, 'models/clf.pkl')",
+           "assert _course_harness.n_train == 64   # a prerequisite only makes the file: diffusion-sized data")
     _write(tmp_path, '19_user.ipynb', "import torch", "assert torch.load('models/clf.pkl')['w'] == 3",
            "x = torch.zeros(2).cuda()")
     out = tmp_path / 'res.json'
@@ -90,4 +91,4 @@ def test_a_notebook_loading_an_earlier_notebooks_file_runs_that_one_first(tmp_pa
     assert res['total'] == {'run': 3, 'passed': 3, 'failed': 0, 'skipped': 0}     # the prerequisite is not counted
     assert [(r['notebook'], r.get('prerequisite_for')) for r in res['notebooks']] == [
         ('14_maker.ipynb', '19_user'), ('19_user.ipynb', None)]
-    assert '14_maker: 2 cells run, 2 passed, 0 failed in' in capsys.readouterr().out
+    assert '14_maker: 3 cells run, 3 passed, 0 failed in' in capsys.readouterr().out

@@ -40,7 +40,8 @@ notebooks (15 on) run on any machine; none changes which miniai name or argument
    once, commented the line out, and kept the load). Every notebook of a run sees one shared `models/` folder, and
    a notebook that loads a file made by an earlier course notebook (`models/data_aug2.pkl`, the Fashion-MNIST
    classifier 14_augment trains and FID uses) has that notebook run first, as a prerequisite, unless the run made
-   the file already. Prerequisites are reported but not counted in the overall total.
+   the file already. A prerequisite keeps `--n-diffusion` rows per split (it only has to make the file), and is
+   reported but not counted in the overall total.
 7. Diffusion cut (notebooks 15 on): each split keeps `--n-diffusion` rows (their U-Nets cost far more per image
    than 09 to 14's classifiers); a literal batch of samples, `sz = (N, ...)` or `n_samples = N`, is cut to
    `--n-samples`, and a literal `steps=N` argument to `--sample-steps`. So is `n_steps = N`, the number of noise
@@ -240,8 +241,8 @@ class EnvRules:
     """Rules 5 to 9 for the notebook `stem` (its file name without `.ipynb`): `apply` rewrites `plan`'s cells."""
     UNUSED_IMPORTS = {'k_diffusion': 'K'}             # module: the alias the course imports it as
 
-    def __init__(self, stem: str, n_samples: int = 16, sample_steps: int = 10):
-        self.stem, self.n_samples, self.sample_steps = stem, n_samples, sample_steps
+    def __init__(self, stem: str, n_samples: int = 16, sample_steps: int = 10, prerequisite: bool = False):
+        self.stem, self.n_samples, self.sample_steps, self.prerequisite = stem, n_samples, sample_steps, prerequisite
         self.cut_sampling = stem[:2].isdigit() and int(stem[:2]) >= 15
 
     def apply(self, cells: list[dict]) -> list[dict]:
@@ -274,8 +275,8 @@ class EnvRules:
         return _files(SAVE_CALL, code), _files(LOAD_CALL, code)
 
 
-def env_rules(path: Path, args) -> EnvRules:
-    return EnvRules(path.stem, getattr(args, 'n_samples', 16), getattr(args, 'sample_steps', 10))
+def env_rules(path: Path, args, prerequisite: bool = False) -> EnvRules:
+    return EnvRules(path.stem, getattr(args, 'n_samples', 16), getattr(args, 'sample_steps', 10), prerequisite)
 
 
 def providers(course: Path, max_epochs: int = 1) -> dict[str, Path]:
@@ -298,7 +299,7 @@ def run_with_prerequisites(path: Path, args, kernel_dir: Path, root: Path, ran: 
     if path.stem in ran:                                # already run as a prerequisite: now it counts
         ran[path.stem].pop('prerequisite_for', None) if needed_by is None else None
         return []
-    rules = env_rules(path, args)
+    rules = env_rules(path, args, prerequisite=needed_by is not None)
     saves, loads = rules.saves_and_loads(plan(nbformat.read(path, as_version=4), args.max_epochs, rules)[1])
     out, shared = [], root / 'models'
     shared.mkdir(exist_ok=True)
@@ -313,7 +314,7 @@ def run_with_prerequisites(path: Path, args, kernel_dir: Path, root: Path, ran: 
     workdir.mkdir()                                      # the files a notebook writes
     (workdir / 'models').symlink_to(shared, target_is_directory=True)
     t1 = time.perf_counter()
-    rec = run_notebook(path, args, kernel_dir, workdir)
+    rec = run_notebook(path, args, kernel_dir, workdir, rules)
     rec['seconds'] = round(time.perf_counter() - t1, 1)
     if needed_by: rec['prerequisite_for'] = needed_by
     ran[path.stem] = rec
@@ -327,7 +328,7 @@ def run_with_prerequisites(path: Path, args, kernel_dir: Path, root: Path, ran: 
 def env_prelude(rules: EnvRules, args) -> str:
     """Kernel-side setup for rules 5 and 7: where `.cuda()` goes, and the diffusion notebooks' smaller splits."""
     code = f"import miniai.device\n{HARNESS}.device = miniai.device.def_device\n"
-    if rules.cut_sampling:
+    if rules.cut_sampling or rules.prerequisite:
         n = getattr(args, 'n_diffusion', 64)
         code += f"{HARNESS}.n_train, {HARNESS}.n_valid = min({HARNESS}.n_train, {n}), min({HARNESS}.n_valid, {n})\n"
     return code
@@ -415,13 +416,14 @@ def _error(cell, timeout: int) -> tuple[str, str] | None:
     return (msg.splitlines() or [''])[0][:400], plain('\n'.join(e.get('traceback', [])))[-3000:]
 
 
-def run_notebook(path: Path, args, kernel_dir: Path, workdir: Path) -> dict:
+def run_notebook(path: Path, args, kernel_dir: Path, workdir: Path, env: EnvRules | None = None) -> dict:
     """Execute `path` cell by cell (errors allowed); returns its record: module, cells, counts, miniai path."""
     import nbformat
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    module, cells = plan(nbformat.read(path, as_version=4), args.max_epochs, env_rules(path, args))
+    env = env or env_rules(path, args)
+    module, cells = plan(nbformat.read(path, as_version=4), args.max_epochs, env)
     prelude = PRELUDE + (f"{HARNESS} = _CourseHarness({args.n_train}, {args.n_valid}, {args.max_epochs})\n"
-                         + env_prelude(env_rules(path, args), args) +
+                         + env_prelude(env, args) +
                          "print('miniai from', os.path.dirname(miniai.__file__), '| python', sys.executable)")
     run = [c for c in cells if c['skip'] is None]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [prelude] + [c['code'] for c in run]])
