@@ -423,11 +423,13 @@ def show_image(im, ax=None, figsize: tuple | None = None, title: str | None = No
 
 def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple | None = None, imsize: float = 3,
              suptitle: str | None = None, **kwargs):
-    """`plt.subplots` sized `imsize` inches per image; returns `(fig, axs)` with `axs` always an array."""
+    """`plt.subplots` sized `imsize` inches per image; returns `(fig, axs)` with `axs` always an array: shaped as
+    `plt.subplots` shapes it (one axis per row or column of 1 dropped, unless `squeeze=False`), and a single axes
+    in an array of one. `kwargs` go to `plt.subplots`."""
     import matplotlib.pyplot as plt
-    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (ncols * imsize, nrows * imsize), squeeze=False, **kwargs)
+    fig, axs = plt.subplots(nrows, ncols, figsize=figsize or (ncols * imsize, nrows * imsize), **kwargs)
     if suptitle is not None: fig.suptitle(suptitle)
-    return fig, axs
+    return fig, axs if isinstance(axs, np.ndarray) else np.array([axs])
 
 
 def get_grid(n: int, nrows: int | None = None, ncols: int | None = None, title: str | None = None,
@@ -446,7 +448,8 @@ def show_images(ims: Sequence, nrows: int | None = None, ncols: int | None = Non
                 **kwargs):
     """Show `ims` in a grid (`kwargs` go to `get_grid`/`subplots`), with optional `titles`; returns the figure."""
     fig, axs = get_grid(len(ims), nrows, ncols, **kwargs)
-    if len(ims) > axs.size: raise ValueError(f"{len(ims)} images do not fit a {axs.shape[0]}x{axs.shape[1]} grid")
+    if len(ims) > axs.size: raise ValueError(f"{len(ims)} images do not fit a grid of {axs.size} (nrows={nrows}, "
+                                             f"ncols={ncols}): leave one of them out to fit the grid to the images")
     for im, t, ax in zip_longest(ims, list(titles or [])[:len(ims)], axs.flat[:len(ims)]):
         show_image(im, ax=ax, title=t)
     return fig

@@ -14,6 +14,7 @@ validation set of `dls` once, keeps those features as the reference, and then sc
 
 The figures depend on the feature model: they compare runs scored with the same classifier, not with published
 Inception-based numbers. `fid_from_features` and `kid_from_features` score two feature tensors directly.
+How the course's notebooks use it, and how it differs from the course's module: docs/course.md.
 """
 from __future__ import annotations
 

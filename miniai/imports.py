@@ -8,6 +8,7 @@ one wins as it does there (`miniai.training`'s `get_dls(train_ds, valid_ds, bs)`
 Fashion-MNIST `get_dls`). `miniai.fid` is not included, as in the course: `from miniai.fid import ImageEval`.
 
 Meant for notebooks and quick experiments; library code imports the names it needs from their modules.
+The names it gives: docs/course.md.
 """
 import math
 import random

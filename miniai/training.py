@@ -4,6 +4,7 @@
 These are the pieces a reader meets first (the course's notebooks 04 to 08 build on them): a loop that a single
 screen shows whole, with nothing hidden behind callbacks. Everything here takes plain tensors, models and
 loaders; `miniai.learner.Learner` is the same loop with events. Only torch and the standard library are used.
+How the course's notebooks use it: docs/course.md.
 """
 from __future__ import annotations
 

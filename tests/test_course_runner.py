@@ -64,6 +64,34 @@ def test_build_cells_are_skipped_with_a_reason_and_empty_cells_ignored():
     assert cells[1]['skip'] is None and cells[1]['code'] == '%time y = 2'   # magics are fine
 
 
+def test_cuda_calls_go_to_the_default_device_and_course_pickles_load():
+    code = rc.rewrite_code("m = torch.load(path).cuda()\nx.cuda(0)\ny = torch.load(p, weights_only=True)")
+    assert code.splitlines() == ["m = torch.load(path, weights_only=False).to(_course_harness.device)",
+                                 "x.cuda(0)",                               # an explicit GPU index stays
+                                 "y = torch.load(p, weights_only=True)"]    # an explicit choice stays
+
+
+def test_a_commented_save_comes_back_only_where_a_later_line_loads_its_file():
+    _, cells = rc.plan(nb_of(
+        "# torch.save(learn.model, mdl_path/'a.pkl')\n#torch.save(m, 'unused.pkl')",
+        "  # torch.save(m, 'b.pkl')\nm = torch.load('b.pkl')",
+        "m = torch.load(mdl_path / 'a.pkl')",
+        "# torch.save(m, 'c.pkl')\n# m = torch.load('c.pkl')",            # the load is commented out too
+        "m2 = torch.load('d.pkl')\n# torch.save(m2, 'd.pkl')"))          # saved after its only load
+    a, b, _, c, d = (c['code'].splitlines() for c in cells)
+    assert a == ["torch.save(learn.model, mdl_path/'a.pkl')", "#torch.save(m, 'unused.pkl')"]
+    assert b[0] == "  torch.save(m, 'b.pkl')"
+    assert c == ["# torch.save(m, 'c.pkl')", "# m = torch.load('c.pkl')"]
+    assert d == ["m2 = torch.load('d.pkl', weights_only=False)"]     # the save stays a comment (then dropped)
+    assert "# torch.save(m2, 'd.pkl')" in rc.uncomment_saves(cells[4]['source'], set())
+
+
+def test_every_environment_rewrite_has_its_reason():
+    assert set(rc.ENVIRONMENT) == {'.cuda()', 'torch.load(weights_only=False)', 'un-commented torch.save'}
+    assert all(len(reason) > 30 for reason in rc.ENVIRONMENT.values())
+    assert all(k in rc.__doc__ for k in ('.cuda()', 'weights_only=False', '# torch.save(obj, path)'))
+
+
 @pytest.fixture
 def harness():
     ns = {}
@@ -88,6 +116,11 @@ def test_take_binds_what_exists_and_names_what_is_missing_or_unexported(harness,
     with pytest.raises(ImportError, match=r"has no Absent.*__all__ leaves out Unlisted"):
         harness.take('fake_course_mod', ['Public', 'Absent', 'Unlisted'], ns)
     assert set(ns) == {'Public', 'Unlisted'}                   # later cells still get what exists
+
+
+def test_cuda_goes_to_miniais_default_device(harness):
+    from miniai.device import def_device
+    assert harness.device == def_device
 
 
 def test_epochs_caps_ints_only(harness):

@@ -29,10 +29,12 @@ from miniai.datasets import (
     collate_dict,
     fashion_mnist_tensors,
     get_dls,
+    get_grid,
     inplace,
     load_fashion_mnist,
     read_idx,
     show_images,
+    subplots,
 )
 
 NAMES = {'train': ('train-images-idx3-ubyte.gz', 'train-labels-idx1-ubyte.gz'),
@@ -398,3 +400,16 @@ def test_real_fashion_mnist(tmp_path):
     torch.manual_seed(42); a = next(iter(seeds.train))
     torch.manual_seed(42); b = next(iter(dls.train))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_subplots_shapes_axes_as_matplotlib_does():
+    # a row of axes indexes as a row (`axs[0]` is an Axes), a grid as a grid, one axes as an array of one
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+    fig, axs = subplots(1, 3, imsize=1)
+    assert axs.shape == (3,) and isinstance(axs[0], Axes) and tuple(fig.get_size_inches()) == (3, 1)
+    assert subplots(2, 2)[1].shape == (2, 2) and subplots(2, 3, squeeze=False)[1].shape == (2, 3)
+    assert subplots()[1].shape == (1,) and subplots(1, 1, squeeze=False)[1].shape == (1, 1)
+    fig, axs = get_grid(3, ncols=3)
+    assert axs.shape == (3,) and isinstance(axs[2], Axes)
+    plt.close('all')

@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / 'miniai'
 NBS = ROOT / 'nbs'
 _SKIP_MODULES = {'_modidx', '__main__'}
+# modules that only gather other modules' names (torch's, numpy's, miniai's): their page is their docstring
+_DOCSTRING_ONLY = {'miniai.imports'}
 _NB_LINK = re.compile(r'(\]\(|href=")(?:\.\./)?(?:nbs/)?(\d+[a-zA-Z0-9]*_[\w-]+|index)\.ipynb(#[^)"\s]*)?')
 _tmp: Path | None = None
 
@@ -127,7 +129,7 @@ def on_files(files, config):
         files.append(File(name, str(_tmp), config['site_dir'], config['use_directory_urls']))
     for mod in modules():
         short = mod.removeprefix('miniai.')
-        doc = f"# {mod}\n\n::: {mod}\n"
+        doc = f"# {mod}\n\n::: {mod}\n" + ("    options:\n      members: false\n" if mod in _DOCSTRING_ONLY else '')
         files.append(File.generated(config, f'api/{short}.md', content=doc))
     for py in sorted(p for p in PKG.rglob('*.py') if p.name != '_modidx.py'):   # (nbdev's generated index)
         rel = py.relative_to(ROOT).as_posix()

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run the fast.ai course's own notebooks against miniai, cell by cell, and count what runs.
 
-    python tools/run_course_notebooks.py --course path/to/course22p2 --notebooks 09 10 11 12 13 14
+    python tools/run_course_notebooks.py --course path/to/course22p2 --notebooks 05 08 09 10 11 12 13 14
     python tools/run_course_notebooks.py --course ... --notebooks 14 --json results.json --save-executed out/
 
 `--course` is a checkout of the course repository ("Practical Deep Learning for Coders, part 2", fastai/course22p2)
@@ -29,19 +29,23 @@ A rewritten cell runs as Python regenerated from its syntax tree (same code, com
 touches runs exactly as written.
 4. Skipped, counted and listed: cells that only serve the course's own build (`nbdev_export()`), and empty cells
    (not counted). Nothing else is skipped.
+5. Environment: the course ran on a CUDA GPU with the torch of 2022. These rewrites change only the machine and
+   the torch version a cell meets, never what it asks of miniai (`ENVIRONMENT` lists them with their reasons):
+   - `<anything>.cuda()` becomes `<anything>.to(<miniai's default device>)`: no GPU is needed to run the cells.
+   - `torch.load(f)` becomes `torch.load(f, weights_only=False)`: since torch 2.6, `torch.load` refuses whole
+     pickled models unless told the file is trusted, and the course loads only models its own cells saved.
+   - A commented-out `# torch.save(obj, path)` line is un-commented when a later line of the notebook
+     `torch.load`s the same `path`: the course saved those models once and commented the line out, so without
+     it the load finds no file.
 
-The course ran on a CUDA GPU with files it kept between notebooks. These environment rules make its diffusion
-notebooks (15 on) run on any machine; none changes which miniai name or argument a cell uses (`EnvRules`):
+The diffusion notebooks (15 on) also need files that earlier notebooks made, and far more compute per image; these
+rules (`EnvRules`) change the data, the sizes and the files a cell meets, never what it asks of miniai:
 
-5. Device: `x.cuda()` becomes `x.to(<the default device>)`, miniai's `def_device` (the course assumes a GPU).
-6. Saved models: `torch.load(f)` gets `weights_only=False`: the course saves whole models with
-   `torch.save(learn.model, ...)`, which torch 2.6 and later refuse to unpickle by default. A commented-out
-   `# torch.save(...)` line is un-commented when a later line of the notebook loads the same file (the course saved
-   once, commented the line out, and kept the load). Every notebook of a run sees one shared `models/` folder, and
-   a notebook that loads a file made by an earlier course notebook (`models/data_aug2.pkl`, the Fashion-MNIST
-   classifier 14_augment trains and FID uses) has that notebook run first, as a prerequisite, unless the run made
-   the file already. A prerequisite keeps `--n-diffusion` rows per split (it only has to make the file), and is
-   reported but not counted in the overall total.
+6. Shared files: every notebook of a run sees one shared `models/` folder, and a notebook that loads a file made
+   by an earlier course notebook (`models/data_aug2.pkl`, the Fashion-MNIST classifier that 14_augment trains and
+   the FID cells use) has that notebook run first, as a prerequisite, unless the run made the file already. A
+   prerequisite keeps `--n-diffusion` rows per split (it only has to make the file), and is reported but not
+   counted in the overall total.
 7. Diffusion cut (notebooks 15 on): each split keeps `--n-diffusion` rows (their U-Nets cost far more per image
    than 09 to 14's classifiers); a literal batch of samples, `sz = (N, ...)` or `n_samples = N`, is cut to
    `--n-samples`, and a literal `steps=N` argument to `--sample-steps`. So is `n_steps = N`, the number of noise
@@ -57,10 +61,12 @@ N failed"), and with `--json OUT` the details of every code cell: `cell` (its 1-
 notebook's cells, as the failures are reported), status, seconds, the error's last line, the traceback's tail, the
 code that ran. The exit status is 1 when any cell failed.
 
-Needs the `dev` extra (nbclient, ipykernel, nbformat) and the `course` extra (`timm` for 13_resnet; `diffusers`,
-`einops`, `seaborn` and `scipy` for the diffusion notebooks): `pip install -e '.[dev,course]'`. With the defaults
-(512 training images, one epoch per fit) notebooks 09 to 14 take about six minutes on one CPU core
-(`OMP_NUM_THREADS=1`).
+Needs the `dev` extra (nbclient, ipykernel, nbformat) and the `course` extra (timm, which the course's 13_resnet
+trains, and the other packages only the course's notebooks import: scipy, diffusers, einops, seaborn):
+`pip install -e '.[dev,course]'`. With the defaults (512 training images, one epoch per fit) notebooks 05 and 08 to
+14 (420 cells) took 16 minutes on one core (`OMP_NUM_THREADS=1`) of a 2-core machine that others were using too;
+19_DDPM_v3, 22_cosine, 23_karras and 26_diffusion_unet (64 rows, 16 samples, 10 sampling steps) about 13 minutes,
+with 14_augment first as their prerequisite.
 """
 from __future__ import annotations
 
@@ -77,6 +83,10 @@ from pathlib import Path
 EXPORT = re.compile(r'^\s*#\s*\|\s*export[si]?\b', re.MULTILINE)       # nbdev: `#| export`, `#|exports`, `#| exporti`
 DEFAULT_EXP = re.compile(r'^\s*#\s*\|\s*default_exp\s+([\w.]+)', re.MULTILINE)
 BUILD_ONLY = re.compile(r'\bnbdev_export\s*\(|\bnotebook2script\s*\(')
+# the course's Fashion-MNIST notebooks that run on miniai: the datasets and autoencoder lessons, then the learner
+# to augmentation lessons (18_fid is not among them: it trains nothing, and scores with models saved by other
+# notebooks and with Inception weights downloaded from the internet)
+DEFAULT_NOTEBOOKS = ['05', '08', '09', '10', '11', '12', '13', '14']
 HARNESS = '_course_harness'                                     # the kernel-side helper object (see PRELUDE)
 KERNEL_NAME = 'miniai-course-harness'
 
@@ -140,13 +150,69 @@ class _Rewriter(ast.NodeTransformer):
         return node
 
 
+# ------------------------------------------------------------------------ rule 5: the environment of the cells
+ENVIRONMENT = {
+    '.cuda()': "the course assumes a CUDA GPU; `.to(<default device>)` runs the same code on this machine",
+    'torch.load(weights_only=False)': "torch >= 2.6 refuses pickled models by default; these are the course's own",
+    'un-commented torch.save': "a later cell loads the file that the course's commented-out save line writes",
+}
+
+
+class _EnvRewriter(ast.NodeTransformer):
+    """Rule 5 on one cell's syntax tree: `.cuda()` and `torch.load`; `changed` says whether anything was."""
+
+    def __init__(self): self.changed = False
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == 'cuda' and not node.args and not node.keywords:
+            device = ast.Attribute(ast.Name(HARNESS, ast.Load()), 'device', ast.Load())
+            node = ast.Call(ast.Attribute(f.value, 'to', ast.Load()), [device], []); self.changed = True
+        elif _is_torch_load(node) and not any(kw.arg == 'weights_only' for kw in node.keywords):
+            node.keywords.append(ast.keyword('weights_only', ast.Constant(False))); self.changed = True
+        return node
+
+
+def _is_torch_load(node) -> bool:
+    f = getattr(node, 'func', None)
+    return (isinstance(node, ast.Call) and isinstance(f, ast.Attribute) and f.attr == 'load'
+            and isinstance(f.value, ast.Name) and f.value.id == 'torch')
+
+
+COMMENTED_SAVE = re.compile(r'^(?P<indent>[ \t]*)#\s*(?P<call>torch\.save\(.*\))\s*$', re.MULTILINE)
+
+
+def loaded_paths(src: str) -> set[str]:
+    """The path expressions (as source text) of the `torch.load(path, ...)` calls that `src` runs."""
+    try: tree = ast.parse(python_source(src))
+    except SyntaxError: return set()
+    return {ast.unparse(n.args[0]) for n in ast.walk(tree) if _is_torch_load(n) and n.args}
+
+
+def _saved_path(call: str) -> str | None:
+    try: node = ast.parse(call, mode='eval').body
+    except SyntaxError: return None
+    args = node.args[1:2] or [kw.value for kw in node.keywords if kw.arg == 'f']
+    return ast.unparse(args[0]) if args else None
+
+
+def uncomment_saves(src: str, loaded_later: set[str]) -> str:
+    """`src` with each commented-out `torch.save(obj, path)` line restored when `path` is loaded further down:
+    by a line after it in `src` (each read on its own) or in `loaded_later`, the paths the later cells load."""
+    def restore(m):
+        below = set().union(*(loaded_paths(line.strip()) for line in src[m.end():].splitlines()), loaded_later)
+        return m['indent'] + m['call'] if _saved_path(m['call']) in below else m[0]
+    return COMMENTED_SAVE.sub(restore, src)
+
+
 def rewrite_code(src: str, max_epochs: int = 1) -> str:
-    """`src` with rules 2 and 3 applied; unchanged (comments and all) when neither applies."""
+    """`src` with rules 2, 3 and 5 applied; unchanged (comments and all) when none applies."""
     try: tree = ast.parse(python_source(src))
     except SyntaxError: return src            # the kernel reports it, as it would in the course
-    rw = _Rewriter(max_epochs)
-    tree = rw.visit(tree)
-    return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed else src
+    rw, env = _Rewriter(max_epochs), _EnvRewriter()
+    tree = env.visit(rw.visit(tree))
+    return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed or env.changed else src
 
 
 def plan(nb: dict, max_epochs: int = 1, env: EnvRules | None = None) -> tuple[str | None, list[dict]]:
@@ -157,11 +223,12 @@ def plan(nb: dict, max_epochs: int = 1, env: EnvRules | None = None) -> tuple[st
     cells = [(i, s) for i, s in cells if s.strip()]
     module = next((m.group(1) for _, s in cells if (m := DEFAULT_EXP.search(s))), None)
     out = []
+    loads = [loaded_paths(s) for _, s in cells]
     for k, (i, src) in enumerate(cells):
         item = {'cell': i + 1, 'source': src, 'code': src, 'skip': None}
         if BUILD_ONLY.search(src): item['skip'] = 'builds the course library (nbdev_export)'
         else:
-            code = src
+            code = uncomment_saves(src, set().union(*loads[k + 1:]))     # rule 5
             if EXPORT.search(src) and module:
                 code = rewrite_export(src, f'miniai.{module}', '\n'.join(s for _, s in cells[k + 1:]))
             item['code'] = rewrite_code(code, max_epochs)
@@ -169,8 +236,7 @@ def plan(nb: dict, max_epochs: int = 1, env: EnvRules | None = None) -> tuple[st
     return module, env.apply(out) if env else out
 
 
-# ------------------------------------------------------------------------ environment rules 5 to 9 (diffusion)
-COMMENTED_SAVE = re.compile(r'^(?P<indent>[ \t]*)#[ \t]*(?P<call>torch\.save\(.*\))[ \t]*$', re.MULTILINE)
+# ------------------------------------------------------------------ rules 6 to 9: the diffusion notebooks
 LOAD_CALL = re.compile(r'torch\.load\((?P<args>[^)]*)\)')
 SAVE_CALL = re.compile(r'torch\.save\((?P<args>[^)]*)\)')
 FILE_NAME = re.compile(r"""['"]([^'"]+)['"]""")
@@ -185,15 +251,8 @@ def _files(pattern, code: str) -> set[str]:
     return {n.rsplit('/', 1)[-1] for m in pattern.finditer(lines) for n in FILE_NAME.findall(m['args'])}
 
 
-def uncomment_saves(src: str, loaded_later: set[str]) -> str:
-    """`src` with each `# torch.save(...)` line un-commented whose file is in `loaded_later` (rule 6)."""
-    def sub(m):
-        return f"{m['indent']}{m['call']}" if _files(SAVE_CALL, m['call']) & loaded_later else m.group(0)
-    return COMMENTED_SAVE.sub(sub, src)
-
-
-class _EnvRewriter(ast.NodeTransformer):
-    """Rules 5 to 8 on one cell's syntax tree."""
+class _DiffusionRewriter(ast.NodeTransformer):
+    """Rules 7 and 8 on one cell's syntax tree."""
 
     def __init__(self, rules: EnvRules, unused_modules: set[str]):
         self.rules, self.unused, self.changed = rules, unused_modules, False
@@ -206,14 +265,6 @@ class _EnvRewriter(ast.NodeTransformer):
 
     def visit_Call(self, node):
         self.generic_visit(node)
-        f = node.func
-        if isinstance(f, ast.Attribute) and f.attr == 'cuda' and not node.args and not node.keywords:
-            self.changed = True
-            return ast.Call(ast.Attribute(f.value, 'to', ast.Load()),
-                            [ast.Attribute(ast.Name(HARNESS, ast.Load()), 'device', ast.Load())], [])
-        if (isinstance(f, ast.Attribute) and f.attr == 'load' and isinstance(f.value, ast.Name)
-                and f.value.id == 'torch' and not any(k.arg == 'weights_only' for k in node.keywords)):
-            node.keywords.append(ast.keyword('weights_only', ast.Constant(False))); self.changed = True
         if self.rules.cut_sampling:
             for kw in node.keywords:
                 if kw.arg == 'steps': kw.value = self.cap(kw.value, self.rules.sample_steps)
@@ -238,7 +289,7 @@ class _EnvRewriter(ast.NodeTransformer):
 
 
 class EnvRules:
-    """Rules 5 to 9 for the notebook `stem` (its file name without `.ipynb`): `apply` rewrites `plan`'s cells."""
+    """Rules 6 to 9 for the notebook `stem` (its file name without `.ipynb`): `apply` rewrites `plan`'s cells."""
     UNUSED_IMPORTS = {'k_diffusion': 'K'}             # module: the alias the course imports it as
 
     def __init__(self, stem: str, n_samples: int = 16, sample_steps: int = 10, prerequisite: bool = False):
@@ -249,15 +300,13 @@ class EnvRules:
         run = [c for c in cells if c['skip'] is None]
         every = '\n'.join(c['code'] for c in run)
         unused = {m for m, alias in self.UNUSED_IMPORTS.items() if not re.search(rf'\b{alias}\.', every)}
-        for k, c in enumerate(run):
-            later = ''.join(ln + '\n' for x in run[k:] for ln in x['code'].splitlines())
-            c['code'] = self.rewrite(uncomment_saves(c['code'], _files(LOAD_CALL, later)), unused)
+        for c in run: c['code'] = self.rewrite(c['code'], unused)
         return self.reorder(cells)
 
     def rewrite(self, src: str, unused: set[str]) -> str:
         try: tree = ast.parse(python_source(src))
         except SyntaxError: return src
-        rw = _EnvRewriter(self, unused)
+        rw = _DiffusionRewriter(self, unused)
         tree = rw.visit(tree)
         return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed else src
 
@@ -280,7 +329,7 @@ def env_rules(path: Path, args, prerequisite: bool = False) -> EnvRules:
 
 
 def providers(course: Path, max_epochs: int = 1) -> dict[str, Path]:
-    """For each file a course notebook saves (after rule 6), the first notebook (in file-name order) saving it."""
+    """For each file a course notebook saves (after rule 5), the first notebook (in file-name order) saving it."""
     import nbformat
     found = {}
     for path in sorted({p for d in (course, course / 'nbs') for p in d.glob('[0-9]*.ipynb')}, key=lambda p: p.name):
@@ -296,8 +345,8 @@ def run_with_prerequisites(path: Path, args, kernel_dir: Path, root: Path, ran: 
     each notebook that makes a file `path` loads and the run has not made (rule 6). Returns the new records
     (a prerequisite's has `prerequisite_for`); `ran` maps each notebook run so far to its record."""
     import nbformat
-    if path.stem in ran:                                # already run as a prerequisite: now it counts
-        ran[path.stem].pop('prerequisite_for', None) if needed_by is None else None
+    if path.stem in ran:
+        if needed_by is None: ran[path.stem].pop('prerequisite_for', None)   # run as a prerequisite: now it counts
         return []
     rules = env_rules(path, args, prerequisite=needed_by is not None)
     saves, loads = rules.saves_and_loads(plan(nbformat.read(path, as_version=4), args.max_epochs, rules)[1])
@@ -326,8 +375,8 @@ def run_with_prerequisites(path: Path, args, kernel_dir: Path, root: Path, ran: 
 
 
 def env_prelude(rules: EnvRules, args) -> str:
-    """Kernel-side setup for rules 5 and 7: where `.cuda()` goes, and the diffusion notebooks' smaller splits."""
-    code = f"import miniai.device\n{HARNESS}.device = miniai.device.def_device\n"
+    """Kernel-side setup for rules 6 and 7: the smaller splits of the diffusion notebooks and of prerequisites."""
+    code = ''
     if rules.cut_sampling or rules.prerequisite:
         n = getattr(args, 'n_diffusion', 64)
         code += f"{HARNESS}.n_train, {HARNESS}.n_valid = min({HARNESS}.n_train, {n}), min({HARNESS}.n_valid, {n})\n"
@@ -343,6 +392,7 @@ class _CourseHarness:
     """Helpers the rewritten course cells call (see tools/run_course_notebooks.py)."""
     def __init__(self, n_train, n_valid, max_epochs):
         self.n_train, self.n_valid, self.max_epochs = n_train, n_valid, max_epochs
+        self.device = importlib.import_module('miniai.device').def_device   # where `.cuda()` goes (rule 5)
 
     def take(self, module, names, ns):
         mod = importlib.import_module(module)
@@ -482,8 +532,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split('\n', 1)[1])
     p.add_argument('--course', type=Path, required=True, help="course22p2 checkout or folder of its notebooks")
-    p.add_argument('--notebooks', nargs='+', default=['09', '10', '11', '12', '13', '14'],
-                   help="notebook numbers or names (default: 09 to 14)")
+    p.add_argument('--notebooks', nargs='+', default=DEFAULT_NOTEBOOKS,
+                   help=f"notebook numbers or names (default: {' '.join(DEFAULT_NOTEBOOKS)})")
     p.add_argument('--n-train', type=int, default=512, help="training rows kept (default 512)")
     p.add_argument('--n-valid', type=int, default=256, help="rows kept in every other split (default 256)")
     p.add_argument('--max-epochs', type=int, default=1, help="cap on every fit's epochs (default 1)")
