@@ -65,7 +65,7 @@ Needs the `dev` extra (nbclient, ipykernel, nbformat) and the `course` extra (ti
 trains, and the other packages only the course's notebooks import: scipy, diffusers, einops, seaborn):
 `pip install -e '.[dev,course]'`. With the defaults (512 training images, one epoch per fit) notebooks 05 and 08 to
 14 (420 cells) took 16 minutes on one core (`OMP_NUM_THREADS=1`) of a 2-core machine that others were using too;
-19_DDPM_v3, 22_cosine, 23_karras and 26_diffusion_unet (64 rows, 16 samples, 10 sampling steps) about 13 minutes,
+19_DDPM_v3, 22_cosine, 23_karras and 26_diffusion_unet (64 rows, 16 samples, 10 sampling steps) 14 minutes,
 with 14_augment first as their prerequisite.
 """
 from __future__ import annotations
