@@ -50,6 +50,9 @@ COURSE = {
         'math', 'mpl', 'nn', 'np', 'optim', 'partial', 'plot_func', 'plt', 'rand_copy', 'rand_erase', 'random',
         'read_image', 'report', 'run_cbs', 'set_seed', 'show_image', 'show_image_batch', 'show_images', 'subplots',
         'summary', 'tensor', 'to_cpu', 'to_device', 'torch', 'with_cbs', 'wraps'],
+    'miniai.diffusion': ['abar', 'inv_abar', 'noisify', 'collate_ddpm', 'dl_ddpm', 'timestep_embedding', 'pre_conv',
+                         'upsample', 'lin', 'SelfAttention', 'SelfAttention2D', 'EmbResBlock', 'saved', 'DownBlock',
+                         'UpBlock', 'EmbUNetModel', 'ddim_step', 'sample', 'cond_sample'],
 }
 
 # Private names that the course's notebooks define in exported cells and later use; the only `_` names a module may
@@ -62,7 +65,8 @@ E = inspect.Parameter.empty
 
 
 def _course_signatures():
-    from miniai import accel, activations, augment, conv, fid, init, learner, resnet, sgd, training
+    from miniai import accel, activations, augment, conv, diffusion, fid, init, learner, resnet, sgd, training
+    D, silu = diffusion, torch.nn.SiLU
     return [
         (conv.conv, dict(ni=E, nf=E, ks=3, stride=2)),
         (learner.Learner, dict(model=E, dls=(0,), loss_func=F.mse_loss, lr=0.1, cbs=None, opt_func=torch.optim.SGD)),
@@ -112,6 +116,26 @@ def _course_signatures():
         (fid._calc_fid, dict(m1=E, c1=E, m2=E, c2=E)),
         (fid._squared_mmd, dict(x=E, y=E)),
         (fid._calc_kid, dict(x=E, y=E, maxs=50)),
+        (D.abar, dict(t=E)),
+        (D.inv_abar, dict(x=E)),
+        (D.noisify, dict(x0=E)),
+        (D.collate_ddpm, dict(b=E)),
+        (D.dl_ddpm, dict(ds=E)),
+        (D.timestep_embedding, dict(tsteps=E, emb_dim=E, max_period=10000)),
+        (D.pre_conv, dict(ni=E, nf=E, ks=3, stride=1, act=silu, norm=None, bias=True)),
+        (D.upsample, dict(nf=E)),
+        (D.lin, dict(ni=E, nf=E, act=silu, norm=None, bias=True)),
+        (D.SelfAttention, dict(ni=E, attn_chans=E, transpose=True)),
+        (D.SelfAttention2D, dict(ni=E, attn_chans=E, transpose=True)),
+        (D.EmbResBlock, dict(n_emb=E, ni=E, nf=None, ks=3, act=silu, norm=torch.nn.BatchNorm2d, attn_chans=0)),
+        (D.saved, dict(m=E, blk=E)),
+        (D.DownBlock, dict(n_emb=E, ni=E, nf=E, add_down=True, num_layers=1, attn_chans=0)),
+        (D.UpBlock, dict(n_emb=E, ni=E, prev_nf=E, nf=E, add_up=True, num_layers=2, attn_chans=0)),
+        (D.EmbUNetModel, dict(in_channels=3, out_channels=3, nfs=(224, 448, 672, 896), num_layers=1, attn_chans=8,
+                              attn_start=1)),
+        (D.ddim_step, dict(x_t=E, noise=E, abar_t=E, abar_t1=E, bbar_t=E, bbar_t1=E, eta=E, sig=E, clamp=True)),
+        (D.sample, dict(f=E, model=E, sz=E, steps=E, eta=1., clamp=True)),
+        (D.cond_sample, dict(c=E, f=E, model=E, sz=E, steps=E, eta=1.)),
     ]
 
 

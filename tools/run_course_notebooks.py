@@ -38,15 +38,35 @@ touches runs exactly as written.
      `torch.load`s the same `path`: the course saved those models once and commented the line out, so without
      it the load finds no file.
 
+The diffusion notebooks (15 on) also need files that earlier notebooks made, and far more compute per image; these
+rules (`EnvRules`) change the data, the sizes and the files a cell meets, never what it asks of miniai:
+
+6. Shared files: every notebook of a run sees one shared `models/` folder, and a notebook that loads a file made
+   by an earlier course notebook (`models/data_aug2.pkl`, the Fashion-MNIST classifier that 14_augment trains and
+   the FID cells use) has that notebook run first, as a prerequisite, unless the run made the file already. A
+   prerequisite keeps `--n-diffusion` rows per split (it only has to make the file), and is reported but not
+   counted in the overall total.
+7. Diffusion cut (notebooks 15 on): each split keeps `--n-diffusion` rows (their U-Nets cost far more per image
+   than 09 to 14's classifiers); a literal batch of samples, `sz = (N, ...)` or `n_samples = N`, is cut to
+   `--n-samples`, and a literal `steps=N` argument to `--sample-steps`. So is `n_steps = N`, the number of noise
+   levels that a DDPM notebook's sampler walks one model call at a time: its schedule keeps all 1000 levels
+   (`linear_sched`'s own default), and training and sampling use the first N, the least noisy.
+8. `import k_diffusion as K` is dropped where no cell uses `K`: the notebooks never do, and the package's
+   dependency dctorch requires numpy below 2.
+9. Course order: 26_diffusion_unet calls `sample_lms` (cell 58 on) before the cells that import `integrate` and
+   define it (64 and 65); the course ran those first, so the runner does too (`ORDER_FIXES`).
+
 Outputs: one line per failing cell as it happens, a summary per notebook and overall ("N cells run, N passed,
 N failed"), and with `--json OUT` the details of every code cell: `cell` (its 1-based position among all the
 notebook's cells, as the failures are reported), status, seconds, the error's last line, the traceback's tail, the
 code that ran. The exit status is 1 when any cell failed.
 
 Needs the `dev` extra (nbclient, ipykernel, nbformat) and the `course` extra (timm, which the course's 13_resnet
-trains, and the other packages only the course's notebooks import): `pip install -e '.[dev,course]'`. With the
-defaults (512 training images, one epoch per fit) notebooks 05 and 08 to 14 (420 cells) took 16 minutes on one
-core (`OMP_NUM_THREADS=1`) of a 2-core machine that others were using too.
+trains, and the other packages only the course's notebooks import: scipy, diffusers, einops, seaborn):
+`pip install -e '.[dev,course]'`. With the defaults (512 training images, one epoch per fit) notebooks 05 and 08 to
+14 (420 cells) took 16 minutes on one core (`OMP_NUM_THREADS=1`) of a 2-core machine that others were using too;
+19_DDPM_v3, 22_cosine, 23_karras and 26_diffusion_unet (64 rows, 16 samples, 10 sampling steps) 14 minutes,
+with 14_augment first as their prerequisite.
 """
 from __future__ import annotations
 
@@ -195,7 +215,7 @@ def rewrite_code(src: str, max_epochs: int = 1) -> str:
     return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed or env.changed else src
 
 
-def plan(nb: dict, max_epochs: int = 1) -> tuple[str | None, list[dict]]:
+def plan(nb: dict, max_epochs: int = 1, env: EnvRules | None = None) -> tuple[str | None, list[dict]]:
     """The notebook's `default_exp` module and, for each non-empty code cell, what runs: a dict with `cell` (its 1-based
     position among the notebook's cells), `source`, `code` (what the kernel runs) and `skip` (a reason, or None)."""
     cells = [(i, ''.join(c['source']) if isinstance(c['source'], list) else c['source'])
@@ -213,7 +233,154 @@ def plan(nb: dict, max_epochs: int = 1) -> tuple[str | None, list[dict]]:
                 code = rewrite_export(src, f'miniai.{module}', '\n'.join(s for _, s in cells[k + 1:]))
             item['code'] = rewrite_code(code, max_epochs)
         out.append(item)
-    return module, out
+    return module, env.apply(out) if env else out
+
+
+# ------------------------------------------------------------------ rules 6 to 9: the diffusion notebooks
+LOAD_CALL = re.compile(r'torch\.load\((?P<args>[^)]*)\)')
+SAVE_CALL = re.compile(r'torch\.save\((?P<args>[^)]*)\)')
+FILE_NAME = re.compile(r"""['"]([^'"]+)['"]""")
+ORDER_FIXES = {  # notebook: (cells to run earlier, the cell they must precede), as the course ran them
+    '26_diffusion_unet': ((64, 65), 58),
+}
+
+
+def _files(pattern, code: str) -> set[str]:
+    """Base names of the files that the (uncommented) `torch.save`/`torch.load` calls of `code` name."""
+    lines = '\n'.join(ln for ln in code.splitlines() if not ln.lstrip().startswith('#'))
+    return {n.rsplit('/', 1)[-1] for m in pattern.finditer(lines) for n in FILE_NAME.findall(m['args'])}
+
+
+class _DiffusionRewriter(ast.NodeTransformer):
+    """Rules 7 and 8 on one cell's syntax tree."""
+
+    def __init__(self, rules: EnvRules, unused_modules: set[str]):
+        self.rules, self.unused, self.changed = rules, unused_modules, False
+
+    def cap(self, node, limit):
+        if isinstance(node, ast.Constant) and type(node.value) is int and node.value > limit:
+            self.changed = True
+            return ast.Constant(limit)
+        return node
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        if self.rules.cut_sampling:
+            for kw in node.keywords:
+                if kw.arg == 'steps': kw.value = self.cap(kw.value, self.rules.sample_steps)
+        return node
+
+    def visit_Assign(self, node):
+        self.generic_visit(node)
+        names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        if self.rules.cut_sampling and 'sz' in names and isinstance(node.value, ast.Tuple) and node.value.elts:
+            node.value.elts[0] = self.cap(node.value.elts[0], self.rules.n_samples)
+        if self.rules.cut_sampling and 'n_samples' in names:
+            node.value = self.cap(node.value, self.rules.n_samples)
+        if self.rules.cut_sampling and 'n_steps' in names:
+            node.value = self.cap(node.value, self.rules.sample_steps)
+        return node
+
+    def visit_Import(self, node):
+        keep = [a for a in node.names if a.name not in self.unused]
+        if len(keep) == len(node.names): return node
+        self.changed = True
+        return ast.Import(keep) if keep else ast.Pass()
+
+
+class EnvRules:
+    """Rules 6 to 9 for the notebook `stem` (its file name without `.ipynb`): `apply` rewrites `plan`'s cells."""
+    UNUSED_IMPORTS = {'k_diffusion': 'K'}             # module: the alias the course imports it as
+
+    def __init__(self, stem: str, n_samples: int = 16, sample_steps: int = 10, prerequisite: bool = False):
+        self.stem, self.n_samples, self.sample_steps, self.prerequisite = stem, n_samples, sample_steps, prerequisite
+        self.cut_sampling = stem[:2].isdigit() and int(stem[:2]) >= 15
+
+    def apply(self, cells: list[dict]) -> list[dict]:
+        run = [c for c in cells if c['skip'] is None]
+        every = '\n'.join(c['code'] for c in run)
+        unused = {m for m, alias in self.UNUSED_IMPORTS.items() if not re.search(rf'\b{alias}\.', every)}
+        for c in run: c['code'] = self.rewrite(c['code'], unused)
+        return self.reorder(cells)
+
+    def rewrite(self, src: str, unused: set[str]) -> str:
+        try: tree = ast.parse(python_source(src))
+        except SyntaxError: return src
+        rw = _DiffusionRewriter(self, unused)
+        tree = rw.visit(tree)
+        return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed else src
+
+    def reorder(self, cells: list[dict]) -> list[dict]:
+        if self.stem not in ORDER_FIXES: return cells
+        early, before = ORDER_FIXES[self.stem]
+        moved = [c for c in cells if c['cell'] in early]
+        rest = [c for c in cells if c['cell'] not in early]
+        at = next(i for i, c in enumerate(rest) if c['cell'] == before)
+        return rest[:at] + moved + rest[at:]
+
+    def saves_and_loads(self, cells: list[dict]) -> tuple[set[str], set[str]]:
+        """The base names of the files the planned `cells` save and load."""
+        code = '\n'.join(c['code'] for c in cells if c['skip'] is None)
+        return _files(SAVE_CALL, code), _files(LOAD_CALL, code)
+
+
+def env_rules(path: Path, args, prerequisite: bool = False) -> EnvRules:
+    return EnvRules(path.stem, getattr(args, 'n_samples', 16), getattr(args, 'sample_steps', 10), prerequisite)
+
+
+def providers(course: Path, max_epochs: int = 1) -> dict[str, Path]:
+    """For each file a course notebook saves (after rule 5), the first notebook (in file-name order) saving it."""
+    import nbformat
+    found = {}
+    for path in sorted({p for d in (course, course / 'nbs') for p in d.glob('[0-9]*.ipynb')}, key=lambda p: p.name):
+        rules = env_rules(path, None)
+        for name in rules.saves_and_loads(plan(nbformat.read(path, as_version=4), max_epochs, rules)[1])[0]:
+            found.setdefault(name, path)
+    return found
+
+
+def run_with_prerequisites(path: Path, args, kernel_dir: Path, root: Path, ran: dict, needed_by: str | None = None,
+                           known: dict | None = None) -> list[dict]:
+    """Run `path` in its own folder under `root`, with `models/` linked to the run's shared `root/models`; first,
+    each notebook that makes a file `path` loads and the run has not made (rule 6). Returns the new records
+    (a prerequisite's has `prerequisite_for`); `ran` maps each notebook run so far to its record."""
+    import nbformat
+    if path.stem in ran:
+        if needed_by is None: ran[path.stem].pop('prerequisite_for', None)   # run as a prerequisite: now it counts
+        return []
+    rules = env_rules(path, args, prerequisite=needed_by is not None)
+    saves, loads = rules.saves_and_loads(plan(nbformat.read(path, as_version=4), args.max_epochs, rules)[1])
+    out, shared = [], root / 'models'
+    shared.mkdir(exist_ok=True)
+    missing = sorted(f for f in loads - saves if not (shared / f).exists())
+    if missing:
+        known = known if known is not None else providers(args.course, args.max_epochs)
+        for f in missing:
+            prov = known.get(f)
+            if prov is not None and prov.stem not in ran and prov != path:
+                out += run_with_prerequisites(prov, args, kernel_dir, root, ran, needed_by=path.stem, known=known)
+    workdir = root / path.stem
+    workdir.mkdir()                                      # the files a notebook writes
+    (workdir / 'models').symlink_to(shared, target_is_directory=True)
+    t1 = time.perf_counter()
+    rec = run_notebook(path, args, kernel_dir, workdir, rules)
+    rec['seconds'] = round(time.perf_counter() - t1, 1)
+    if needed_by: rec['prerequisite_for'] = needed_by
+    ran[path.stem] = rec
+    skipped = '; '.join(f"cell {c['cell']}: {c['skip']}" for c in rec['cells'] if c['skip'])
+    print(summary(path.stem, rec['counts']) + f" in {rec['seconds']:.0f}s"
+          + (f" (skipped {skipped})" if skipped else '')
+          + (f" [prerequisite of {needed_by}, not in the total]" if needed_by else ''), flush=True)
+    return out + [rec]
+
+
+def env_prelude(rules: EnvRules, args) -> str:
+    """Kernel-side setup for rules 6 and 7: the smaller splits of the diffusion notebooks and of prerequisites."""
+    code = ''
+    if rules.cut_sampling or rules.prerequisite:
+        n = getattr(args, 'n_diffusion', 64)
+        code += f"{HARNESS}.n_train, {HARNESS}.n_valid = min({HARNESS}.n_train, {n}), min({HARNESS}.n_valid, {n})\n"
+    return code
 
 
 # ---------------------------------------------------------------------------------------- what the kernel holds
@@ -299,12 +466,14 @@ def _error(cell, timeout: int) -> tuple[str, str] | None:
     return (msg.splitlines() or [''])[0][:400], plain('\n'.join(e.get('traceback', [])))[-3000:]
 
 
-def run_notebook(path: Path, args, kernel_dir: Path, workdir: Path) -> dict:
+def run_notebook(path: Path, args, kernel_dir: Path, workdir: Path, env: EnvRules | None = None) -> dict:
     """Execute `path` cell by cell (errors allowed); returns its record: module, cells, counts, miniai path."""
     import nbformat
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
-    module, cells = plan(nbformat.read(path, as_version=4), args.max_epochs)
+    env = env or env_rules(path, args)
+    module, cells = plan(nbformat.read(path, as_version=4), args.max_epochs, env)
     prelude = PRELUDE + (f"{HARNESS} = _CourseHarness({args.n_train}, {args.n_valid}, {args.max_epochs})\n"
+                         + env_prelude(env, args) +
                          "print('miniai from', os.path.dirname(miniai.__file__), '| python', sys.executable)")
     run = [c for c in cells if c['skip'] is None]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in [prelude] + [c['code'] for c in run]])
@@ -368,6 +537,12 @@ def main(argv=None) -> int:
     p.add_argument('--n-train', type=int, default=512, help="training rows kept (default 512)")
     p.add_argument('--n-valid', type=int, default=256, help="rows kept in every other split (default 256)")
     p.add_argument('--max-epochs', type=int, default=1, help="cap on every fit's epochs (default 1)")
+    p.add_argument('--n-samples', type=int, default=16,
+                   help="cap on the images a diffusion notebook generates at once (default 16)")
+    p.add_argument('--sample-steps', type=int, default=10,
+                   help="cap on a sampler's literal steps=N and a DDPM notebook's n_steps=N (default 10)")
+    p.add_argument('--n-diffusion', type=int, default=64,
+                   help="rows kept in each split by the diffusion notebooks, 15 on (default 64)")
     p.add_argument('--timeout', type=int, default=600, help="seconds allowed per cell (default 600)")
     p.add_argument('--json', type=Path, help="write every cell's record here")
     p.add_argument('--save-executed', help="write the executed (rewritten) notebooks to this folder")
@@ -377,24 +552,17 @@ def main(argv=None) -> int:
     if args.show_rewrites:
         import nbformat
         for path in paths:
-            for c in plan(nbformat.read(path, as_version=4), args.max_epochs)[1]:
+            for c in plan(nbformat.read(path, as_version=4), args.max_epochs, env_rules(path, args))[1]:
                 if c['skip'] or c['code'] != c['source']:
                     print(f"--- {path.stem} cell {c['cell']}: " + (f"skipped: {c['skip']}" if c['skip'] else
                           f"\n{c['source']}\n--- becomes:\n{c['code']}"))
         return 0
-    results, t0 = [], time.perf_counter()
+    results, t0, ran = [], time.perf_counter(), {}
     with tempfile.TemporaryDirectory(prefix='course-nbs-') as d:
         kernel_dir = write_kernelspec(Path(d) / 'kernels')
         for path in paths:
-            workdir = Path(d) / path.stem; workdir.mkdir()       # models/ and other files a notebook writes
-            t1 = time.perf_counter()
-            rec = run_notebook(path, args, kernel_dir, workdir)
-            rec['seconds'] = round(time.perf_counter() - t1, 1)
-            results.append(rec)
-            skipped = '; '.join(f"cell {c['cell']}: {c['skip']}" for c in rec['cells'] if c['skip'])
-            print(summary(path.stem, rec['counts']) + f" in {rec['seconds']:.0f}s"
-                  + (f" (skipped {skipped})" if skipped else ''), flush=True)
-    total = counts([c for r in results for c in r['cells']])
+            results += run_with_prerequisites(path, args, kernel_dir, Path(d), ran)
+    total = counts([c for r in results if not r.get('prerequisite_for') for c in r['cells']])
     print(f"miniai: {results[0]['miniai'] if results else '?'}")
     print(summary('overall', total) + f" in {time.perf_counter() - t0:.0f}s")
     if args.json:
