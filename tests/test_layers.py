@@ -15,9 +15,9 @@ PKG = Path(__file__).resolve().parents[1] / 'miniai'
 LAYERS = {
     0: ['errors', 'files', 'device', 'core', 'metrics', 'launch'],
     1: ['datasets', 'preprocess', 'layers', 'conv', 'resnet', 'models', 'training', 'sgd.optimizers',
-        'sgd.schedules', 'sgd.steppers', 'diffusion.models', 'diffusion.schedules'],
+        'sgd.schedules', 'sgd.steppers', 'diffusion'],
     2: ['callbacks', 'checkpoint', 'stopping', 'gradients', 'tensorboard', 'wandb', 'ema', 'accel', 'augment',
-        'activations', 'init', 'lr_finder', 'sgd.callbacks', 'sgd', 'distributed', 'predictions', 'diffusion'],
+        'activations', 'init', 'lr_finder', 'sgd.callbacks', 'sgd', 'distributed', 'predictions'],
     3: ['learner'],
     4: ['inference', 'interpret', 'train_plots', 'fid', 'imports'],
     5: ['cli', 'predict_cli', '__main__'],
