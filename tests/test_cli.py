@@ -430,7 +430,7 @@ def test_interrupted_pt_holds_the_one_cycle_schedule(data, tmp_path, monkeypatch
         assert run(data, tmp_path / 'r', '--epochs', '3') == 130
     last, intr = (torch.load(tmp_path / 'r' / f, weights_only=True)['callbacks'] for f in ('last.pt', 'interrupted.pt'))
     assert last['OneCycleSchedCB']['i'] == 10               # 600 images, batches of 64: epoch 0's 10 steps
-    assert intr['OneCycleSchedCB.0']['i'] == 10 + 3           # and the 3 batches of epoch 1 before the interrupt
+    assert intr['OneCycleSchedCB']['i'] == 10 + 3           # and the 3 batches of epoch 1 before the interrupt
 
 
 # ---------------------------------------------------------------- signals, one writer per run folder, resume rules
