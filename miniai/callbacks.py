@@ -322,11 +322,12 @@ class ProgressCB(Callback):
                                    (self.notebook or sys.stdout.isatty()))
         # a loaded checkpoint's curve continues, with the losses of the steps done before it and no more (an
         # interrupted epoch runs again); a new fit starts anew
-        if self._resumed: self.losses = self.losses[:max(learn.iter_count - self.first_step, 0)]
-        else: self.losses, self.val_losses, self.first_step = [], [], learn.iter_count
+        step = getattr(learn, 'iter_count', 0)   # (a learner written in a notebook may not count steps)
+        if self._resumed: self.losses = self.losses[:max(step - self.first_step, 0)]
+        else: self.losses, self.val_losses, self.first_step = [], [], step
         self._resumed = False
         self._pending, self._last, self._first = [], 0., True
-        self._has_rows = any(isinstance(cb, MetricsCB) for cb in learn.cbs)
+        self._has_rows = any(isinstance(cb, MetricsCB) for cb in getattr(learn, 'cbs', ()))
         if self.live: learn.epochs = self.mbar = master_bar(learn.epochs)
 
     def _write(self, vals, table=True):

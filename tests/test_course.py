@@ -419,3 +419,34 @@ def test_accelerate_cb_explains_what_it_needs():
         with pytest.raises(ImportError, match='pip install accelerate'): AccelerateCB()
     else:
         assert AccelerateCB(mixed_precision='no').n_inp == 1
+
+
+def test_progress_and_metrics_work_with_a_learner_written_in_a_notebook(capsys):
+    """The course's notebooks build their own small learners (no step counter, no `run_epoch`) and give them miniai's
+    ProgressCB and MetricsCB: those must not assume miniai's Learner."""
+    from torcheval.metrics import MulticlassAccuracy
+
+    from miniai.learner import MetricsCB, ProgressCB, run_cbs
+
+    class NotebookLearner:
+        def __init__(self, model, dls, cbs): self.model, self.dls, self.cbs = model, dls, cbs
+        def callback(self, name): run_cbs(self.cbs, name, self)
+        def fit(self, n):
+            self.epochs = range(n)
+            self.callback('before_fit')
+            for self.epoch in self.epochs:
+                for train in (True, False):
+                    self.model.train(train); self.training = train
+                    self.dl = self.dls.train if train else self.dls.valid
+                    self.callback('before_epoch')
+                    for self.iter, self.batch in enumerate(self.dl):
+                        self.preds = self.model(self.batch[0]); self.loss = F.cross_entropy(self.preds, self.batch[1])
+                        self.callback('after_batch')
+                    self.callback('after_epoch')
+            self.callback('cleanup_fit')
+    metrics, prog = MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()
+    dls = toy_images(n=64, bs=16)
+    NotebookLearner(tiny_cnn(), dls, [metrics, prog]).fit(2)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:3] == ['epoch', 'train_loss', 'valid_loss'] and len(out) == 3
+    assert [r['epoch'] for r in metrics.history] == [0, 1] and len(prog.losses) == 2 * len(dls.train)
