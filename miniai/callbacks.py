@@ -130,7 +130,9 @@ class MetricsCB(Callback):
     the batch's device; the host reads them once per epoch phase, never per batch. Under torch.distributed each
     phase merges every rank's sums first (`reduce_metrics`), so every rank holds the global numbers. Unless a
     callback that shows rows (`shows_metrics`, e.g. ProgressCB) is there, MetricsCB prints each row (rank 0 only;
-    `metrics.show = False` turns that off).
+    `metrics.show = False` turns that off). A validation-only fit (`fit(train=False)`, an evaluation) prints its row
+    but does not log it: no history entry, no `after_log`, so no CSV line, checkpoint or early-stopping count; its
+    `epoch` is the last epoch trained, the one whose weights it evaluates.
     """
     order = Order.METRICS
     run_in_isolated_fits = False  # an lr sweep or a prediction pass is not training worth a row in the history
@@ -195,11 +197,14 @@ class MetricsCB(Callback):
         row = {k: row[k] for k in sorted(row, key=lambda k: order.index(k) if k in order else len(order))}
         if self._lr is not None: row['lr'] = float(self._lr)
         row['time'] = time.perf_counter() - self._start
+        if not getattr(learn, 'do_train', True):   # an evaluation: shown, but not an epoch of the run's logs
+            if self.show: self._print(row)
+            return
         self.history.append(row)
         learn.metrics_row = row
-        if hasattr(learn, 'callback'): learn.callback('after_log')
         shown = any(getattr(cb, 'shows_metrics', False) for cb in getattr(learn, 'cbs', ()))
-        if self.show and not shown: self._print(row)
+        if self.show and not shown: self._print(row)   # first: what consumers print comes after the row
+        if hasattr(learn, 'callback'): learn.callback('after_log')
 
     def _print(self, row):
         if not is_main_process(): return
@@ -223,7 +228,8 @@ def resolve_monitor(learn, monitor: str, who: str) -> str:
         raise ValueError(f"{who} reads the metrics rows that MetricsCB makes, but the learner has no MetricsCB: add "
                          "one, e.g. cbs=[MetricsCB(accuracy=MulticlassAccuracy()), ...]")
     valid = getattr(learn, 'do_valid', True)
-    cols = [c for c in metrics.columns(valid=valid) if c not in ('epoch', 'time')]
+    cols = metrics.columns(train=getattr(learn, 'do_train', True), valid=valid)
+    cols = [c for c in cols if c not in ('epoch', 'time')]
     if monitor.startswith('eval_'): monitor = 'valid_' + monitor[len('eval_'):]
     key = monitor if monitor.startswith(PHASES) else f"{'valid' if valid else 'train'}_{monitor}"
     if key in cols: return key

@@ -276,6 +276,8 @@ def load_checkpoint(learn, path, weights_only: bool = False) -> dict:
     learn.apply_pending_cb_states()
     learn.epoch, learn.iter_count = ckpt['epoch'], ckpt['iter_count']
     learn.epoch_offset = ckpt.get('epoch_offset', 0)
+    last = ckpt['epoch'] if done else ckpt['epoch'] - 1      # a new fit (not a resume) numbers its rows after it
+    learn.last_train_epoch = last if last >= 0 else None
     learn.resume_epoch = ckpt['epoch'] + 1 if done else ckpt['epoch']  # an interrupted epoch runs again from its start
     _set_rng_state(ckpt['rng'])
     return ckpt
@@ -315,6 +317,7 @@ class SaveModelCB(Callback):
         self.best, self.key, self.epoch_done = None, monitor, None   # `epoch_done`: the last epoch this fit completed
 
     def before_fit(self, learn):
+        if not getattr(learn, 'do_train', True): return   # an evaluation saves nothing (it logs no row)
         self.epoch_done = None
         if self.monitor: self.key = resolve_monitor(learn, self.monitor, f"SaveModelCB(monitor={self.monitor!r})")
 

@@ -52,8 +52,9 @@ __all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchE
 
 _CANCELS = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException}
 # what a fit changes on the learner, which `Learner.isolated` puts back
-_FIT_STATE = ('epoch', 'epochs', 'n_epochs', 'epoch_offset', '_last_epoch', 'iter_count', 'dls', 'dl', 'iter',
-              'n_iter', 'batch', 'preds', 'loss', 'training', 'do_valid', 'metrics_row', 'resume_epoch')
+_FIT_STATE = ('epoch', 'epochs', 'n_epochs', 'epoch_offset', 'last_train_epoch', 'iter_count', 'dls', 'dl',
+              'iter', 'n_iter', 'batch', 'preds', 'loss', 'training', 'do_train', 'do_valid', 'metrics_row',
+              'resume_epoch')
 
 
 class with_cbs:
@@ -109,7 +110,7 @@ class Learner:
         self.lr = _check_lr(lr)
         self.cbs, self.opt, self.training, self.epoch, self.iter_count = [], None, False, 0, 0
         self.epoch_offset = 0  # epochs of this learner's earlier fits: logs go on counting from there
-        self._last_epoch = None  # the last epoch the latest training fit reached
+        self.last_train_epoch = None  # the last epoch (of its own) the latest training fit reached
         self.pending_cb_states, self.resume_epoch = {}, None  # set by `load`, used by the next fit
         self.add_cbs(cbs)
 
@@ -197,7 +198,7 @@ class Learner:
 
     def _fit(self, train, valid):
         for self.epoch in self.epochs:
-            if train: self._last_epoch = self.epoch
+            if train: self.last_train_epoch = self.epoch
             if train: self.one_epoch(True)
             if valid:
                 with torch.no_grad(): self.one_epoch(False)
@@ -223,27 +224,31 @@ class Learner:
         if train and self.opt_func is None and self.opt is None:
             raise ValueError("this learner has no optimizer (it was made with opt_func=None), so it cannot train: "
                              "pass train=False to only evaluate, or make it with an opt_func such as torch.optim.SGD")
-        # only a training fit continues a loaded checkpoint (get_preds' validation-only fit leaves it for the next)
+        # only a training fit continues a loaded checkpoint (a validation-only fit leaves it for the next)
         resuming = train and start_epoch is None and self.resume_epoch is not None
-        if start_epoch is None:
-            start_epoch = (self.resume_epoch or 0) if train else 0
-            if train: self.resume_epoch = None
-        # a new training fit's rows go on from the epoch after the last one the previous fit reached (a resumed
-        # one continues the loaded fit's numbering)
-        if train and not resuming and self._last_epoch is not None: self.epoch_offset += self._last_epoch + 1
-        if train: self._last_epoch = None
-        if start_epoch >= n_epochs:
-            raise ValueError(f"nothing to train: starting at epoch {start_epoch} of a {n_epochs}-epoch fit (a loaded "
-                             "checkpoint continues after its epoch; pass start_epoch=0 to train from the start)")
+        if start_epoch is None: start_epoch = (self.resume_epoch or 0) if train else 0
+        if start_epoch >= n_epochs:   # checked before anything changes: the learner stays as it was
+            raise ValueError(f"nothing to train: this {n_epochs}-epoch fit would start at epoch {start_epoch}, "
+                             "after the epochs the loaded checkpoint finished; fit more epochs to continue its run "
+                             f"(e.g. fit({start_epoch + 1})), or fit(n, start_epoch=0) for n more epochs as a new fit, "
+                             "from the loaded weights")
+        if train:
+            self.resume_epoch = None
+            # a new training fit's rows go on from the epoch after the last one the previous fit reached (a resumed
+            # one continues the loaded fit's numbering)
+            if not resuming and self.last_train_epoch is not None:
+                self.epoch_offset += self.last_train_epoch + 1
+            self.last_train_epoch = None
         if valid and _empty(getattr(self.dls, 'valid', None)):
-            warnings.warn("the validation loader is empty (0 batches): fit skips validation, so there is no eval "
-                          "loss or metric; give dls a non-empty `.valid` loader, or pass valid=False", stacklevel=2)
+            warnings.warn("the validation loader is empty (0 batches): fit skips validation, so there is no "
+                          "valid_loss or valid_ metric; give dls a non-empty `.valid` loader, or pass valid=False",
+                          stacklevel=2)
             valid = False
         with self.added_cbs(cbs):
             try:
                 self.apply_pending_cb_states()
                 self.n_epochs, self.epochs = n_epochs, range(start_epoch, n_epochs)
-                self.epoch, self.do_valid = start_epoch, valid
+                self.epoch, self.do_train, self.do_valid = start_epoch, train, valid
                 if train and self.opt_func is not None: self.make_opt(lr)
                 self._with_events(lambda: self._fit(train, valid), 'fit', CancelFitException)
             finally:
@@ -252,7 +257,10 @@ class Learner:
 
     @property
     def run_epoch(self) -> int:
-        """The epoch's number in this learner's whole run: `epoch` plus the epochs of earlier fits (what logs show)."""
+        """The epoch's number in this learner's whole run: `epoch` plus the epochs of earlier fits (what logs show).
+        In a validation-only fit, the number of the last epoch trained: the one whose weights it evaluates."""
+        if not getattr(self, 'do_train', True) and self.last_train_epoch is not None:
+            return self.epoch_offset + self.last_train_epoch
         return self.epoch_offset + self.epoch
 
     def apply_pending_cb_states(self):

@@ -32,12 +32,14 @@ class EarlyStoppingCB(Callback):
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
         self.mode, self.verbose = monitor_mode(mode, monitor), verbose
         self.best, self.best_epoch, self.stopped_epoch, self.wait, self.best_state = None, None, None, 0, None
-        self.key, self._seen, self._resumed = monitor, False, False
+        self.key, self._seen, self._resumed, self.active, self._ended = monitor, False, False, False, False
 
     def before_fit(self, learn):
+        self.active = getattr(learn, 'do_train', True)   # an evaluation (fit(train=False)) is no epoch to count
+        if not self.active: return
         self.key = resolve_monitor(learn, self.monitor, type(self).__name__)
         if not self._resumed: self.best, self.best_epoch, self.wait = None, None, 0  # a new fit starts afresh
-        self.stopped_epoch, self.best_state, self._seen, self._resumed = None, None, False, False
+        self.stopped_epoch, self.best_state, self._seen, self._resumed, self._ended = None, None, False, False, False
 
     def after_log(self, learn):
         """Count the epoch from its metrics row: done at the row (MetricsCB's after_epoch), so the checkpoint
@@ -56,16 +58,23 @@ class EarlyStoppingCB(Callback):
         self._seen = False
         if self.wait < self.patience: return
         self.stopped_epoch = learn.run_epoch
-        restored = self._restore(learn)
-        if self.verbose and is_main_process():
-            what = (f"; restored the weights of epoch {self.best_epoch} ({self.key} {self.best:.4g})" if restored
-                    else f"; the best {self.key} was {self.best:.4g} at epoch {self.best_epoch}"
-                    if self.best is not None else f"; {self.key} was never finite")
-            print(f"EarlyStoppingCB: stopped at epoch {self.stopped_epoch}: no improvement of {self.key} for "
-                  f"{self.wait} epochs{what}", flush=True)
         raise CancelFitException()
 
-    def after_fit(self, learn): self._restore(learn)
+    def after_fit(self, learn): self._ended = True
+
+    def cleanup_fit(self, learn):
+        """After everything else has ended its epoch (EMACB swaps its average out in cleanup_epoch): the best
+        weights, when the fit stopped early or ran to its end (not after an error or Ctrl-C, whose checkpoint must
+        hold the weights training reached), and the line that says so."""
+        if not getattr(self, 'active', False) or not (self._ended or self.stopped_epoch is not None): return
+        restored = self._restore(learn)
+        if self.stopped_epoch is None or not (self.verbose and is_main_process()): return
+        n = f"{self.wait} epoch{'s' if self.wait != 1 else ''}"
+        what = (f"; restored the weights of epoch {self.best_epoch} ({self.key} {self.best:.4g})" if restored
+                else f"; the best {self.key} was {self.best:.4g} at epoch {self.best_epoch}"
+                if self.best is not None else f"; {self.key} was never finite")
+        print(f"EarlyStoppingCB: stopped at epoch {self.stopped_epoch}: no improvement of {self.key} for {n}{what}",
+              flush=True)
 
     def _restore(self, learn) -> bool:
         if not (self.restore_best and self.best_state is not None): return False

@@ -356,3 +356,14 @@ def test_saving_where_the_digest_file_is_a_fifo_or_device_replaces_it_without_bl
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         make_learner(tmp_path / 'x').load(tmp_path / 'last.pt')
+
+
+def test_a_finished_checkpoint_refuses_a_fit_with_nothing_left_and_a_new_fit_numbers_on(tmp_path):
+    learn = make_learner(tmp_path)
+    learn.fit(2)
+    other = make_learner(tmp_path / 'o')
+    other.load(tmp_path / 'last.pt')
+    with pytest.raises(ValueError, match=r'fit\(3\)'): other.fit(2)            # nothing left of the saved fit ...
+    assert other.resume_epoch == 2                                            # ... and the learner is as it was
+    other.fit(1, start_epoch=0)                                               # a new fit, after the loaded run
+    assert [r['epoch'] for r in other.cbs[0].history] == [0, 1, 2]

@@ -92,7 +92,7 @@ def test_says_in_one_line_where_it_stopped_and_what_it_restored(capsys):
                          cbs=[MetricsCB(score=Scripted([1, 2, 3])), es])
     learn.fit(3)
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith('EarlyStoppingCB')]
-    assert lines == ["EarlyStoppingCB: stopped at epoch 1: no improvement of valid_score for 1 epochs; restored the "
+    assert lines == ["EarlyStoppingCB: stopped at epoch 1: no improvement of valid_score for 1 epoch; restored the "
                      "weights of epoch 0 (valid_score 1)"]
 
 
@@ -122,3 +122,28 @@ def test_a_run_resumed_from_last_pt_stops_at_the_same_epoch_as_an_uninterrupted_
     learn.load(tmp_path / 'last.pt')
     learn.fit(10)
     assert es.best_epoch == 2 and es.stopped_epoch == 5
+
+
+def test_with_ema_the_best_weights_are_what_the_model_ends_with():
+    """EMACB swaps its average out at the end of each validation; the restore must come after that."""
+    from miniai.ema import EMACB
+    es, w = EarlyStoppingCB('score', mode='min', patience=1), Weights()
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0.05,
+                         cbs=[MetricsCB(score=Scripted([1, 2, 3])), EMACB(0.5), es, w])
+    learn.fit(3)
+    assert es.stopped_epoch == 1 and es.best_epoch == 0
+    for p, best in zip(learn.model.parameters(), es.best_state.values()): assert torch.equal(p, best)
+
+
+def test_an_evaluation_fit_counts_no_epoch_and_saves_nothing(tmp_path):
+    from miniai.checkpoint import SaveModelCB
+    es, saver = EarlyStoppingCB('score', mode='min', patience=2), SaveModelCB(tmp_path, monitor='valid_score')
+    metrics = MetricsCB(score=Scripted([1, 1, 5, 5, 1, 1]))
+    learn = TrainLearner(nn.Linear(1, 1), linear_data(n=64), F.mse_loss, lr=0.05, cbs=[metrics, es, saver])
+    learn.fit(1)
+    before = (tmp_path / 'last.pt').read_bytes()
+    learn.fit(1, train=False)                       # an evaluation: shown, not logged, nothing saved or counted
+    assert (tmp_path / 'last.pt').read_bytes() == before
+    assert es.wait == 0 and es.best == 1 and [r['epoch'] for r in metrics.history] == [0]
+    learn.fit(1)
+    assert [r['epoch'] for r in metrics.history] == [0, 1]
