@@ -100,7 +100,7 @@ def run_miniai(dls, epochs, lr, device, seed, quiet=False):
     learn.fit(epochs)
     sync(device)
     total = time.perf_counter() - start
-    return summarise(timer.times[True], timer.times[False], total, metrics.history[-1]['accuracy'])
+    return summarise(timer.times[True], timer.times[False], total, metrics.history[-1]['valid_accuracy'])
 
 
 class Limited:

@@ -13,6 +13,7 @@ Explained in nbs/07_augment.ipynb.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 from collections.abc import Callable
@@ -268,7 +269,10 @@ def show_image_batch(x, max_n: int | None = None, cbs=None, **kwargs):
 
     from .datasets import show_images
     grab = _GrabBatch()
-    x.fit(1, valid=False, cbs=[grab] + _cb_list(cbs), start_epoch=0)
+    # a look at a batch: no trace in the logs, counters, optimizer or weights (a learner of the user's own that has
+    # no `isolated` runs the fit as it is)
+    with (x.isolated(weights=True) if hasattr(x, 'isolated') else contextlib.nullcontext()):
+        x.fit(1, valid=False, cbs=[grab] + _cb_list(cbs), start_epoch=0)
     if not hasattr(grab, 'batch'): raise ValueError("the learner's training loader gave no batch")
     show_images(to_cpu(grab.batch[0][:9 if max_n is None else max_n]), **kwargs)
     return plt.gcf()

@@ -267,12 +267,13 @@ class CSVLoggerCB(Callback):
     def __init__(self, path): self.path = path
 
     def before_fit(self, learn):
-        """Refuse, before training, a file whose header lacks columns this fit's rows have (an older layout)."""
-        if not is_main_process() or not os.path.isfile(self.path) or os.path.getsize(self.path) == 0: return
+        """The columns this log keeps: every column the rows can have (a train-only fit leaves valid_ cells empty,
+        and a later fit with validation fills them). A file whose header lacks some is refused before training."""
         metrics = next((cb for cb in learn.cbs if isinstance(cb, MetricsCB)), None)
+        self.columns = metrics.columns() if metrics is not None else None
+        if not is_main_process() or not os.path.isfile(self.path) or os.path.getsize(self.path) == 0: return
         with open(self.path, newline='') as f: header = next(csv.reader(f), None) or []
-        want = metrics.columns(valid=getattr(learn, 'do_valid', True)) if metrics is not None else []
-        missing = [c for c in want if c not in header]
+        missing = [c for c in self.columns or [] if c not in header]
         if missing:
             raise ValueError(f"CSVLoggerCB: {self.path} has the columns {', '.join(header)}, which lack this fit's "
                              f"{', '.join(missing)} (a file of another learner, or of an older miniai): give "
@@ -282,7 +283,7 @@ class CSVLoggerCB(Callback):
         """Write `learn.metrics_row` as one line of the CSV file."""
         if not is_main_process(): return
         row = learn.metrics_row
-        cols = list(row)
+        cols = getattr(self, 'columns', None) or list(row)
         new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
         if not new:  # appending to a file that has a header already (a resumed run, a second fit): keep its columns
             with open(self.path, newline='') as f: cols = next(csv.reader(f), None) or cols

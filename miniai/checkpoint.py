@@ -351,6 +351,7 @@ class TerminateOnNaNCB(Callback):
         if not learn.training or learn.iter % self.every: return
         v = float(learn.loss.detach())
         if not math.isfinite(v):
-            raise NonFiniteLossError(f"the training loss is {v} at epoch {learn.epoch}, batch {learn.iter}; fit "
+            epoch = getattr(learn, 'run_epoch', learn.epoch)
+            raise NonFiniteLossError(f"the training loss is {v} at epoch {epoch}, batch {learn.iter}; fit "
                                      "stopped before the optimizer step. Lower the lr, check the inputs for NaNs, or "
                                      "use gradient clipping; the last checkpoint saved before this is intact")

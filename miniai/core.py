@@ -53,7 +53,7 @@ constants of `Order`:
 
 Isolated passes (`Learner.isolated`, used by `lr_find` and `get_preds`) leave out the callbacks whose
 `run_in_isolated_fits` is False: the ones that record or act on real training (metrics, progress, loggers,
-checkpoints, early stopping, NaN guards).
+checkpoints, early stopping, NaN guards, schedulers, recorders, weight averaging).
 """
 from __future__ import annotations
 

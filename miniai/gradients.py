@@ -72,7 +72,7 @@ class GradientClipCB(Callback):
         if bool(torch.isfinite(norm)):
             clip_grads_with_norm_(params, self.max_norm, norm)
             return
-        where = f"epoch {learn.epoch}, batch {learn.iter}"
+        where = f"epoch {getattr(learn, 'run_epoch', learn.epoch)}, batch {learn.iter}"
         if self.error_if_nonfinite:
             raise NonFiniteGradientError(
                 f"the gradients hold NaN or inf at {where} (total {self.norm_type:g}-norm {norm.item()}); the fit "

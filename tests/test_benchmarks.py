@@ -85,3 +85,10 @@ def test_time_to_accuracy_small_net_strides_where_its_arch_says(arch, first_side
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
     for h in hooks: h.remove()
     assert (sides[0], sides[-1]) == (first_side, last_side)   # a halving per further width (net-s2: at the first too)
+
+
+def test_loop_benchmark_tiny_run_prints_its_table(capsys):
+    load_tool('bench_loop', 'benchmarks').main(['--limit', '512', '--epochs', '1', '--bs', '128', '--skip-hf'])
+    out = capsys.readouterr().out
+    rows = {ln.split()[0] + ln.split()[1]: ln for ln in out.splitlines() if ln.startswith('(')}
+    assert len(rows) == 2 and all(0 < float(ln.split()[-1]) <= 1 for ln in rows.values())   # the accuracy column

@@ -24,6 +24,7 @@ class BaseSchedCB(Callback):
     `state_dict()` holds the scheduler's state and the groups' scheduled hypers; after `load_state_dict(sd)` the
     next fit's scheduler continues from there (a checkpoint resuming mid-run).
     """
+    run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
     def __init__(self, sched: Callable): self.sched, self.schedo, self._pending = sched, None, None
 
     def before_fit(self, learn):
@@ -77,6 +78,7 @@ class RecorderCB(Callback):
     even when steps are skipped (gradient accumulation). A new fit records anew; a fit resumed from a checkpoint
     goes on from the records it holds (`state_dict`).
     """
+    run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
     def __init__(self, **getters: Callable):
         self.getters, self.recs, self.steps, self.pg, self._resumed = getters, {k: [] for k in getters}, [], None, False
 
@@ -124,6 +126,7 @@ class ParamSchedCB(Callback):
     training batch; `scheds` maps a hyper (`lr`, `mom`: the momentum-like one, `wd`, or any group key) to one
     schedule or a list of one per param group. Groups without a momentum-like hyper are left alone for `mom`.
     """
+    run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
     def __init__(self, **scheds):
         self.scheds, self.i, self.total, self._pending = scheds, 0, None, None
 
