@@ -60,6 +60,8 @@ class Interpretation:
 
     def confusion_matrix(self) -> torch.Tensor:
         """Counts `(C, C)`: row = actual class, column = predicted class (torcheval's convention)."""
+        from .metrics import torcheval_metrics
+        torcheval_metrics()   # torcheval imported without torch's jit deprecation warning, before its functional part
         from torcheval.metrics.functional import multiclass_confusion_matrix
         return multiclass_confusion_matrix(self.decoded, self.targs, len(self.classes)).long()
 

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from .datasets import FASHION_CLASSES, XMEAN, XSTD
+from .datasets import fashion_preprocess
 from .device import unwrap_model
 from .errors import DataError
 from .files import digest_path, read_digests, read_regular, write_with_digest
@@ -31,11 +31,6 @@ from .preprocess import Preprocess
 __all__ = ['Prediction', 'classify', 'export', 'read_export', 'preprocess_of', 'fashion_preprocess', 'EXPORT_FORMAT']
 
 EXPORT_FORMAT = 'miniai-inference-1'
-
-
-def fashion_preprocess() -> Preprocess:
-    """The preprocessing of `get_dls`' Fashion-MNIST batches: 28x28 grey, the course's mean/std, its 10 classes."""
-    return Preprocess(mean=(XMEAN,), std=(XSTD,), size=(28, 28), channels=1, classes=FASHION_CLASSES)
 
 
 class Prediction(NamedTuple):
@@ -177,8 +172,9 @@ def read_export(path) -> dict:
         raise DataError(f"{path} cannot be read as an exported model ({type(e).__name__}); export it again with "
                         "learn.export(path)") from e
     if not isinstance(state, dict) or state.get('format') != EXPORT_FORMAT:
-        raise DataError(f"{path} is not a miniai export (format {EXPORT_FORMAT!r}); a training checkpoint loads with "
-                        "learn.load(path), an export is written by learn.export(path)")
+        raise DataError(f"{path} is not a miniai export (format {EXPORT_FORMAT!r}): a training checkpoint such as "
+                        "last.pt or best.pt loads with learn.load(path) (on the command line, give miniai predict the "
+                        "run folder instead); an export is written by learn.export(path)")
     weights = state.get('model')
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise DataError(f"{path} holds no state_dict of weights under 'model'; export it again")

@@ -116,12 +116,14 @@ def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
     cbs = build_callbacks(args, tmp_path)
     assert [type(c) for c in cbs] == [EarlyStoppingCB, GradientClipCB, GradientAccumulationCB]
     assert 2 in vars(cbs[0]).values() and 1.5 in vars(cbs[1]).values() and 3 in vars(cbs[2]).values()
+    # early stopping watches what best.pt (and so model.pt) is chosen by, and leaves the last weights to last.pt
+    assert cbs[0].monitor == 'valid_accuracy' and not cbs[0].restore_best
     assert run(data, tmp_path / 'r', '--epochs', '2', '--early-stop', '1', '--clip', '1', '--accumulate', '2') == 0
     assert len(rows(tmp_path / 'r' / 'metrics.csv')) >= 2
 
 
 def test_tensorboard_flag_writes_event_files(data, tmp_path):
-    """Needs miniai.tensorboard (issue 12, the callbacks part) and the tensorboard package."""
+    """Needs the tensorboard package."""
     pytest.importorskip('tensorboard')
     assert run(data, tmp_path / 'r', '--epochs', '1', '--tensorboard') == 0
     assert any(p.name.startswith('events.out.tfevents') for p in (tmp_path / 'r' / 'tensorboard').rglob('*'))

@@ -76,7 +76,10 @@ def finish(learn, valid_dl, out: Path, device):
 def final_message(metrics, out: Path) -> str:
     """The run's last line: the last epoch's valid_accuracy, in the rows' names, and where the files are."""
     final = metrics.history[-1]
-    return f"epoch {final['epoch']}: valid_accuracy {final['valid_accuracy']:.4f}; results in {out}"
+    best = max(metrics.history, key=lambda r: r['valid_accuracy'])    # the first of equals, as best.pt keeps it
+    kept = '' if best is final else (f"; model.pt has epoch {best['epoch']}'s weights (valid_accuracy "
+                                     f"{best['valid_accuracy']:.4f})")
+    return f"epoch {final['epoch']}: valid_accuracy {final['valid_accuracy']:.4f}{kept}; results in {out}"
 
 
 def rewrite_csv(path: Path, history: list[dict]):

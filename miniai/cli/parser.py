@@ -57,7 +57,8 @@ files written to --out:
   model.pt        the best weights, class names and preprocessing, for `miniai predict RUN_DIR IMAGE...`
                   and miniai.inference.load_learner (plain data: torch.load(weights_only=True) reads it)
   interrupted.pt  written on Ctrl-C, SIGTERM or SIGHUP (the run exits with code 130, 143 or 129)
-  run.lock        held by the process training in the folder (pid, host, start time): a second one is refused
+  run.lock        who trains in the folder (pid, host, start time); locked while a run holds it, so a second
+                  one is refused; a finished run's file is no longer locked
   tensorboard/    event files, with --tensorboard
   wandb/          the Weights & Biases run's local files, with --wandb
 """
@@ -119,12 +120,12 @@ def _parsers(given_only: bool = False) -> tuple[argparse.ArgumentParser, argpars
 
 def _add_callback_flags(arg):
     arg('--early-stop', type=_positive(int), default=None, metavar='PATIENCE',
-        help="stop when valid_loss has not improved for PATIENCE epochs "
+        help="stop when valid_accuracy (what best.pt and model.pt are chosen by) has not improved for PATIENCE epochs "
              "(miniai.stopping.EarlyStoppingCB)")
     arg('--clip', type=_positive(float), default=None, metavar='MAX_NORM',
         help="clip the gradients' total norm to MAX_NORM (miniai.gradients.GradientClipCB)")
     arg('--accumulate', type=_positive(int), default=1, metavar='N',
-        help="step the optimizer every N batches, on their summed gradients "
+        help="step the optimizer every N batches, on the mean of their gradients: as one batch of N x --bs "
              "(miniai.gradients.GradientAccumulationCB)")
     arg('--tensorboard', action='store_true',
         help="also log to OUT/tensorboard (miniai.tensorboard.TensorBoardCB; "

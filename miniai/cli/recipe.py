@@ -18,7 +18,8 @@ def build_callbacks(args, out: Path) -> list:
     cbs = []
     if args.early_stop:
         from ..stopping import EarlyStoppingCB
-        cbs.append(EarlyStoppingCB(patience=args.early_stop))
+        # the same quantity as best.pt, whose weights model.pt gets: the run's last weights stay in last.pt
+        cbs.append(EarlyStoppingCB('valid_accuracy', patience=args.early_stop, restore_best=False))
     if args.clip:
         from ..gradients import GradientClipCB
         cbs.append(GradientClipCB(args.clip))
@@ -46,12 +47,12 @@ def build_learner(args, dls, out: Path, device):
     """The default recipe: conv model with GeneralRelu and BatchNorm, AdamW, cross entropy, and the run's callbacks."""
     import torch.nn.functional as F
     from torch import optim
-    from torcheval.metrics import MulticlassAccuracy
 
     from ..callbacks import CSVLoggerCB, DeviceCB, MetricsCB, ProgressCB
     from ..checkpoint import SaveModelCB, TerminateOnNaNCB
     from ..distributed import DDPCB, is_distributed
     from ..learner import TrainLearner
+    from ..metrics import MulticlassAccuracy
     from ..sgd import RecorderCB
 
     model = recipe_model()

@@ -19,33 +19,13 @@ from .resume import check_resume, check_same_data, data_identity, final_files_do
 from .run_dir import hold_run, out_dir, remove_if_unused
 from .signals import StopSignals, say, stop_on_signals
 
-__all__ = ['train', 'check_device']
+__all__ = ['train']
 
 
 def _data_source(path):
     """The folder the data are read from (absolute), or None for the Hugging Face hub."""
     from ..datasets import data_source
     return data_source(path)
-
-
-def check_device(name: str | None):
-    """The `--device` as a torch.device, refused with a one-line reason when unknown or not on this machine."""
-    import torch
-
-    from ..device import def_device
-    try: dev = torch.device(name or def_device)
-    except (RuntimeError, ValueError):
-        raise UsageError(f"--device {name!r} is not a device: use cpu, cuda, cuda:N or mps") from None
-    avail = ['cpu'] + (['cuda'] if torch.cuda.is_available() else []) + \
-        (['mps'] if torch.backends.mps.is_available() else [])
-    if dev.type not in avail:
-        why = 'is not available on this machine' if dev.type in ('cuda', 'mps') else 'is not supported by miniai train'
-        raise UsageError(f"--device {name}: {dev.type} {why}; available here: {', '.join(avail)} (leave --device out "
-                         "to take the first of them)")
-    if dev.type == 'cuda' and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
-                         f"cuda:{torch.cuda.device_count() - 1}")
-    return dev
 
 
 def _banner(args, source, dls, model, device, world: int) -> str:
@@ -92,6 +72,7 @@ def _train(args, given, stops: StopSignals) -> Path:
     else: args.epochs = args.epochs or 5
     world = int(os.environ.get('WORLD_SIZE', 1))  # set by torchrun
     if args.bs % world: raise UsageError(f"--bs {args.bs} (global) must be a multiple of the {world} processes")
+    from ..device import check_device
     check_device(args.device)
     timeout = timedelta(seconds=getattr(args, 'dist_timeout', DIST_TIMEOUT))
     device = init_from_env(args.device, timeout=timeout) if world > 1 else torch.device(args.device or def_device)

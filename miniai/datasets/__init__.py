@@ -16,6 +16,7 @@ from .idx import FASHION_CLASSES, read_idx
 from .loaders import XMEAN as XMEAN
 from .loaders import XSTD as XSTD
 from .loaders import DataLoaders, InMemoryLoader, collate_dict, inplace
+from .loaders import fashion_preprocess as fashion_preprocess
 from .loaders import get_dls as get_dls
 from .loaders import normalise_images as normalise_images
 from .plotting import get_grid, show_image, show_images, subplots

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset, default_collate
 from .cache import load_fashion_mnist
 from .source import fashion_mnist_tensors
 
-__all__ = ['XMEAN', 'XSTD', 'normalise_images', 'inplace', 'collate_dict', 'InMemoryLoader', 'DataLoaders', 'get_dls']
+__all__ = ['XMEAN', 'XSTD', 'normalise_images', 'inplace', 'collate_dict', 'InMemoryLoader', 'DataLoaders', 'get_dls',
+           'fashion_preprocess']
 
 XMEAN = 0.28          # the course's mean of Fashion-MNIST's pixels (scaled to 0..1), used by `get_dls` to normalise
 XSTD = 0.35           # the course's standard deviation of them
@@ -164,7 +165,7 @@ def normalise_images(x: torch.Tensor) -> torch.Tensor:
     """uint8 `(N,H,W)` -> float32 `(N,1,H,W)` `(x/255 - XMEAN)/XSTD`: `TF.to_tensor`'s ops, then the course's.
 
     What `get_dls` does to each batch, for tensors of your own that a model trained on it should see the same way.
-    `miniai.inference.fashion_preprocess()` describes the same steps as data, for new images and exported models.
+    `fashion_preprocess()` describes the same steps as data, for new images and exported models.
     """
     return x.float().div_(255).sub_(XMEAN).div_(XSTD).unsqueeze(1)
 
@@ -199,10 +200,16 @@ def get_dls(bs: int = 1024, path: str | os.PathLike | None = None, in_memory: bo
                                           for s in ('train', 'test'))))
 
 
-def _with_preprocess(dls: DataLoaders) -> DataLoaders:
-    """`dls` with `preprocess`: the normalisation above and the class names as plain data, which `learn.classify`
-    applies to new images and `learn.export` saves (see `miniai.inference.Preprocess`)."""
+def fashion_preprocess():
+    """The preprocessing of `get_dls`' Fashion-MNIST batches as plain data (a `miniai.preprocess.Preprocess`): 28x28
+    grey, the course's mean and std, its 10 class names; what `learn.classify` applies to new images and
+    `learn.export` saves."""
     from ..preprocess import Preprocess
     from .idx import FASHION_CLASSES, IMAGE_SIZE
-    dls.preprocess = Preprocess(mean=(XMEAN,), std=(XSTD,), size=IMAGE_SIZE, channels=1, classes=FASHION_CLASSES)
+    return Preprocess(mean=(XMEAN,), std=(XSTD,), size=IMAGE_SIZE, channels=1, classes=FASHION_CLASSES)
+
+
+def _with_preprocess(dls: DataLoaders) -> DataLoaders:
+    """`dls` with `preprocess`, `fashion_preprocess()`: how its batches were made, for new images."""
+    dls.preprocess = fashion_preprocess()
     return dls

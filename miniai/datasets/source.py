@@ -37,7 +37,11 @@ def data_source(path: str | os.PathLike | None = None) -> Path | None:
         if not p: continue
         p = Path(p).expanduser().resolve()
         missing = [n for n in _all_files() if not (p / n).is_file()]
-        if missing: raise FileNotFoundError(f"{what}={str(p)!r} lacks the Fashion-MNIST file(s) {', '.join(missing)}")
+        if missing:
+            where = ('the data folder' if what == 'path' else 'the folder $MINIAI_DATA names') + f" {p}"
+            raise FileNotFoundError(f"{where} lacks the Fashion-MNIST file(s) {', '.join(missing)}: point it (--data "
+                                    "in miniai train) at the folder holding the four IDX .gz files, or leave it out to "
+                                    "use Debian's dataset-fashion-mnist or the Hugging Face hub")
         return p
     return _DEBIAN_DIR if all((_DEBIAN_DIR / n).is_file() for n in _all_files()) else None
 

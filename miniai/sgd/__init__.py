@@ -36,7 +36,7 @@ from .steppers import (
     adam_step,
     average_grad,
     average_sqr_grad,
-                        l2_reg,
+    l2_reg,
     lamb_step,
     momentum_step,
     nesterov_step,
