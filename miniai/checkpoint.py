@@ -20,14 +20,11 @@ Explained in nbs/09_checkpoint.ipynb.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import math
-import os
 import pickle
 import random
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +34,7 @@ from .callbacks import improved, monitor_mode, resolve_monitor
 from .core import Callback, Order
 from .device import barrier, broadcast_object, is_main_process, unwrap_model
 from .errors import MiniaiError
-from .files import MAX_DIGEST_BYTES, digest_path, read_digests, read_regular, write_with_digest
+from .files import MAX_DIGEST_BYTES, digest_path, read_regular, verify_digest, write_with_digest
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'SaveModelCB', 'TerminateOnNaNCB', 'NonFiniteLossError',
            'NonFiniteWeightsError', 'CheckpointError', 'digest_path', 'is_main_process', 'unwrap_model',
@@ -200,22 +197,9 @@ def _write(learn, path: Path, epoch_done: bool = True):
 
 def _verify(path: Path, data: bytes):
     """Check `data`, the bytes read from checkpoint `path`, against the digest file beside it."""
-    side = digest_path(path)
-    try: want = read_digests(path, _digest_advice(path), error=CheckpointError)
-    except FileNotFoundError:
-        if side.is_symlink():
-            raise CheckpointError(f"the digest file {side} is a symlink to a missing file ({os.readlink(side)}); "
-                                  f"{_digest_advice(path)}") from None
-        warnings.warn(f"checkpoint {path} has no digest file {side.name} (saved by an older miniai, or copied "
-                      "without it): it is loaded without checking that its bytes are intact", stacklevel=4)
-        return
-    if not want:
-        raise CheckpointError(f"the digest file {side} of checkpoint {path} holds no SHA-256 digest; restore it, or "
-                              "delete it to load the checkpoint unchecked")
-    if hashlib.sha256(data).hexdigest() not in want:
-        raise CheckpointError(f"checkpoint {path} is corrupt: its bytes do not match the SHA-256 digest saved with it "
-                              f"in {side.name} (changed on disk or by a copy since it was saved). Use an earlier "
-                              "checkpoint (e.g. best.pt or another run's), or restore this file from a backup")
+    verify_digest(path, data, 'checkpoint', _digest_advice(path), error=CheckpointError,
+                  remedy="Use an earlier checkpoint (e.g. best.pt or another run's), or restore this file from a "
+                         "backup")
 
 
 def _unsafe(e: Exception) -> str | None:

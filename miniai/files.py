@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .errors import MiniaiError, OutputError
 
-__all__ = ['atomic_write', 'write_with_digest', 'read_digests', 'digest_path', 'MAX_DIGEST_BYTES', 'sha256_file',
-           'clean_stale_temps', 'read_regular', 'open_regular', 'file_kind', 'InputFileError']
+__all__ = ['atomic_write', 'write_with_digest', 'read_digests', 'verify_digest', 'digest_path', 'MAX_DIGEST_BYTES',
+           'sha256_file', 'clean_stale_temps', 'read_regular', 'open_regular', 'file_kind', 'InputFileError']
 
 
 class InputFileError(MiniaiError, OSError):
@@ -207,3 +207,30 @@ def write_with_digest(path, data: bytes) -> Path:
     atomic_write(path, data)
     atomic_write(side, f'{new}  {path.name}\n')
     return path
+
+
+def verify_digest(path, data: bytes, what: str, advice: str, remedy: str, error=InputFileError) -> bool:
+    """Check `data`, the bytes read from `path` (`what` names it: 'checkpoint', 'exported model'), against the digest
+    file beside it; True when they match, False (with a warning) when there is no digest file (written by an older
+    miniai, or copied without it).
+
+    Raises `error` for a digest file that is not a small regular file, a dangling link, one without a digest
+    (`advice` says what to do with the digest file), or bytes that do not match (`remedy` says what to do then).
+    """
+    import warnings
+    path, side = Path(path), digest_path(path)
+    try: want = read_digests(path, advice, error=error)
+    except FileNotFoundError:
+        if side.is_symlink():
+            raise error(f"the digest file {side} is a symlink to a missing file ({os.readlink(side)}); {advice}") \
+                from None
+        warnings.warn(f"{what} {path} has no digest file {side.name} (written by an older miniai, or copied without "
+                      "it): it is loaded without checking that its bytes are intact", stacklevel=4)
+        return False
+    if not want:
+        raise error(f"the digest file {side} of {what} {path} holds no SHA-256 digest; restore it, or delete it to "
+                    f"load the {what} unchecked")
+    if hashlib.sha256(data).hexdigest() not in want:
+        raise error(f"{what} {path} is corrupt: its bytes do not match the SHA-256 digest saved with it in "
+                    f"{side.name} (changed on disk or by a copy since it was written). {remedy}")
+    return True

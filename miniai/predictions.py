@@ -12,9 +12,7 @@ into NaN predictions or a huge allocation. Explained in nbs/12_inference.ipynb.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -24,7 +22,7 @@ import torch
 from .datasets import fashion_preprocess
 from .device import unwrap_model
 from .errors import DataError
-from .files import digest_path, read_digests, read_regular, write_with_digest
+from .files import digest_path, read_regular, verify_digest, write_with_digest
 from .models import architecture_of
 from .preprocess import Preprocess
 
@@ -125,30 +123,12 @@ def export(learn, path) -> Path:
     return path
 
 
-def _digests(path: Path) -> list[str] | None:
-    """The hex digests listed in the digest file of the export `path` (None when there is none); only a small
-    regular file is read (`files.read_digests`)."""
-    try:
-        return read_digests(path, error=DataError, advice=f"delete it to load {path.name} unchecked, or restore the "
-                                                           f"{digest_path(path).name} written with the export")
-    except FileNotFoundError: return None
-
-
 def _verify(path: Path, data: bytes):
     """Check `data`, the bytes read from the export `path`, against the digest file beside it."""
-    side = digest_path(path)
-    want = _digests(path)
-    if want is None:
-        warnings.warn(f"exported model {path} has no digest file {side.name} (exported by an older miniai, or "
-                      "copied without it): it is loaded without checking that its bytes are intact", stacklevel=4)
-        return
-    if not want:
-        raise DataError(f"the digest file {side} holds no SHA-256 digest; restore it, or delete it to load the "
-                        "export unchecked")
-    if hashlib.sha256(data).hexdigest() not in want:
-        raise DataError(f"exported model {path} is corrupt: its bytes do not match the SHA-256 saved with it in "
-                        f"{side.name} (changed on disk or by a copy since the export). Export it again, or restore "
-                        "both files from where they came from")
+    verify_digest(path, data, 'exported model', error=DataError,
+                  advice=f"delete it to load {path.name} unchecked, or restore the {digest_path(path).name} written "
+                         "with the export",
+                  remedy="Export it again, or restore both files from where they came from")
 
 
 def read_export(path) -> dict:
