@@ -21,10 +21,11 @@ from torch import nn
 from .core import Callback, CancelFitException, Order
 from .device import def_device, is_distributed, is_main_process, to_cpu, to_device
 from .distributed import reduce_metrics
+from .sgd.schedules import get_mom
 
 __all__ = ['def_device', 'to_device', 'to_cpu', 'set_seed', 'loss_with_context', 'TrainCB', 'DeviceCB',
            'SingleBatchCB', 'MetricsCB', 'CSVLoggerCB', 'ProgressCB', 'in_notebook', 'row_header', 'format_row',
-           'resolve_monitor', 'monitor_mode', 'improved', 'PHASES']
+           'resolve_monitor', 'monitor_mode', 'improved', 'PHASES', 'step_scalars']
 
 
 def set_seed(seed: int, deterministic: bool = False):
@@ -252,6 +253,18 @@ def improved(value: float, best: float | None, mode: str, min_delta: float = 0.)
     if not math.isfinite(value): return False
     if best is None: return True
     return value < best - min_delta if mode == 'min' else value > best + min_delta
+
+
+def step_scalars(learn) -> dict[str, float]:
+    """The hypers the coming optimizer step uses, under their logged names: `lr` and `mom` (group 0's; `mom` is
+    the momentum or Adam's beta1, where there is one) and `lr_group{i}`, `mom_group{i}` for the other groups."""
+    out = {}
+    for i, g in enumerate(getattr(learn.opt, 'param_groups', ())):
+        sfx = '' if i == 0 else f'_group{i}'
+        out[f'lr{sfx}'] = g['lr']
+        mom = get_mom(g)
+        if mom is not None: out[f'mom{sfx}'] = mom
+    return out
 
 
 class CSVLoggerCB(Callback):

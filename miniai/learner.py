@@ -99,7 +99,7 @@ class Learner:
 
     `opt_func=None` makes no optimizer (as in the course): a learner that only evaluates or extracts features.
     """
-    preprocess = None  # a `miniai.inference.Preprocess`: how raw images become inputs (else `dls.preprocess`)
+    preprocess = None  # a `miniai.preprocess.Preprocess`: how raw images become inputs (else `dls.preprocess`)
 
     def __init__(self, model: nn.Module, dls=(0,), loss_func=F.mse_loss, lr: float = 0.1, cbs=None,
                  opt_func=torch.optim.SGD):

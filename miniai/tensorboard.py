@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
+from .callbacks import step_scalars
 from .core import Callback, Order
 from .device import is_main_process
-from .sgd.schedules import get_mom
 
-__all__ = ['TensorBoardCB', 'step_scalars']
+__all__ = ['TensorBoardCB']
 
 _INSTALL = ("TensorBoardCB needs the tensorboard package: pip install 'miniai[tensorboard]' (or pip install "
             "tensorboard)")
@@ -23,18 +23,6 @@ def _summary_writer():
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e: raise ImportError(_INSTALL) from e
     return SummaryWriter
-
-
-def step_scalars(learn) -> dict[str, float]:
-    """The hypers the coming optimizer step uses, under their logged names: `lr` and `mom` (group 0's; `mom` is
-    the momentum or Adam's beta1, where there is one) and `lr_group{i}`, `mom_group{i}` for the other groups."""
-    out = {}
-    for i, g in enumerate(getattr(learn.opt, 'param_groups', ())):
-        sfx = '' if i == 0 else f'_group{i}'
-        out[f'lr{sfx}'] = g['lr']
-        mom = get_mom(g)
-        if mom is not None: out[f'mom{sfx}'] = mom
-    return out
 
 
 class TensorBoardCB(Callback):

@@ -11,10 +11,10 @@ import time
 
 import torch
 
+from .callbacks import step_scalars
 from .core import Callback, CancelFitException, Order
 from .device import is_main_process, unwrap_model, world_size
 from .errors import MiniaiError
-from .tensorboard import step_scalars
 
 __all__ = ['WandBCB', 'fit_config']
 
