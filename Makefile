@@ -13,7 +13,7 @@ setup: $(VENV)/.installed data
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,docs]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,docs,course]'
 	touch $@
 
 # Debian's dataset-fashion-mnist holds the four IDX files; without root or apt, miniai falls back to
