@@ -111,7 +111,7 @@ def _add_callback_flags(t):
                         "(miniai.gradients.GradientAccumulationCB)")
     t.add_argument('--tensorboard', action='store_true',
                    help="also log to OUT/tensorboard (miniai.tensorboard.TensorBoardCB; "
-                        "pip install 'miniai[tensorboard]')")
+                        "pip install 'miniai-learner[tensorboard]')")
 
 
 def _build_callbacks(args, out: Path) -> list:
@@ -128,7 +128,7 @@ def _build_callbacks(args, out: Path) -> list:
         cbs.append(GradientAccumulationCB(args.accumulate))
     if args.tensorboard:
         if importlib.util.find_spec('tensorboard') is None:   # say so now, not after the data has loaded
-            raise UsageError("--tensorboard needs the tensorboard package: pip install 'miniai[tensorboard]' "
+            raise UsageError("--tensorboard needs the tensorboard package: pip install 'miniai-learner[tensorboard]' "
                               "(or pip install tensorboard)")
         from .tensorboard import TensorBoardCB
         cbs.append(TensorBoardCB(out / 'tensorboard'))

@@ -97,7 +97,7 @@ def test_tensorboard_without_the_package_says_how_to_install_it(data, tmp_path, 
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'tensorboard' else find(name, *a))
     assert run(data, tmp_path / 'r', '--epochs', '1', '--limit', '100', '--tensorboard') == 1
     err = capsys.readouterr().err
-    assert err.startswith('miniai: error:') and "pip install 'miniai[tensorboard]'" in err
+    assert err.startswith('miniai: error:') and "pip install 'miniai-learner[tensorboard]'" in err
 
 
 def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
