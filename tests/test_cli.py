@@ -101,7 +101,7 @@ def test_tensorboard_without_the_package_says_how_to_install_it(data, tmp_path, 
 
 
 def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
-    """Needs miniai.stopping and miniai.gradients (issue 12, the callbacks part)."""
+    """The flags build the real callbacks of miniai.stopping and miniai.gradients, and a run with them trains."""
     from miniai import cli
     from miniai.gradients import GradientAccumulationCB, GradientClipCB
     from miniai.stopping import EarlyStoppingCB
@@ -114,7 +114,7 @@ def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
 
 
 def test_tensorboard_flag_writes_event_files(data, tmp_path):
-    """Needs miniai.tensorboard (issue 12, the callbacks part) and the tensorboard package."""
+    """Needs the tensorboard package (`--tensorboard` uses miniai.tensorboard.TensorBoardCB)."""
     pytest.importorskip('tensorboard')
     assert run(data, tmp_path / 'r', '--epochs', '1', '--tensorboard') == 0
     assert any(p.name.startswith('events.out.tfevents') for p in (tmp_path / 'r' / 'tensorboard').rglob('*'))
@@ -189,7 +189,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(data, tmp_path):
     assert ck['format'] == 'miniai-checkpoint-1'
 
 
-# ---------------------------------------------------------------- issue 13: run folders, errors, crash-consistent files
+# ---------------------------------------------------------------- run folders, errors, crash-consistent files
 N_THREADS, N_PROCS = 16, 4           # docs/reliability.md quotes these counts
 
 

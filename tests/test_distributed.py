@@ -281,7 +281,7 @@ def test_device_and_rank_helpers_are_the_ground_floor():
 if __name__ == '__main__': worker(Path(sys.argv[1]), Path(sys.argv[2]))
 
 
-# ---------------------------------------------------------------- a stalled rank (issue 13)
+# ---------------------------------------------------------------- a stalled rank
 STALL = """
 import os, sys, time
 from pathlib import Path
