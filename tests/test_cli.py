@@ -46,6 +46,7 @@ def run(data, out, *extra):
 def rows(path): return list(csv.DictReader(open(path)))
 
 
+@pytest.mark.slow
 def test_train_writes_metrics_png_config_and_checkpoints(data, tmp_path, capsys):
     assert run(data, tmp_path / 'r', '--epochs', '2') == 0
     out = capsys.readouterr().out
@@ -100,6 +101,7 @@ def test_tensorboard_without_the_package_says_how_to_install_it(data, tmp_path, 
     assert err.startswith('miniai: error:') and "pip install 'miniai-learner[tensorboard]'" in err
 
 
+@pytest.mark.slow
 def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
     """The flags build the real callbacks of miniai.stopping and miniai.gradients, and a run with them trains."""
     from miniai import cli
@@ -113,6 +115,7 @@ def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
     assert len(rows(tmp_path / 'r' / 'metrics.csv')) >= 2
 
 
+@pytest.mark.slow
 def test_tensorboard_flag_writes_event_files(data, tmp_path):
     """Needs the tensorboard package (`--tensorboard` uses miniai.tensorboard.TensorBoardCB)."""
     pytest.importorskip('tensorboard')
@@ -141,6 +144,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
     assert 'lacks the Fashion-MNIST file' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     assert run(data, tmp_path / 'full', '--epochs', '3', '--deterministic') == 0
     # a run that died after epoch 2: keep its folder as it was then, by training 3 epochs and stopping early
@@ -166,6 +170,7 @@ def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
         [(x['epoch'], x['phase'], x['loss'], x['accuracy']) for x in b]
 
 
+@pytest.mark.slow
 def test_two_deterministic_runs_give_identical_metrics(data, tmp_path):
     for d in ('a', 'b'): assert run(data, tmp_path / d, '--epochs', '2', '--deterministic', '--seed', '3') == 0
     a, b = rows(tmp_path / 'a' / 'metrics.csv'), rows(tmp_path / 'b' / 'metrics.csv')
@@ -173,6 +178,7 @@ def test_two_deterministic_runs_give_identical_metrics(data, tmp_path):
     assert drop(a) == drop(b) and len(a) == 4
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(data, tmp_path):
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1'}
     out = tmp_path / 'r'
@@ -333,6 +339,7 @@ def _with_cb(monkeypatch, cb):
     monkeypatch.setattr(cli, 'build_learner', adding)
 
 
+@pytest.mark.slow
 def test_metrics_csv_holds_each_row_once_after_a_crash_and_resume(data, tmp_path, monkeypatch):
     assert run(data, tmp_path / 'full', '--epochs', '3', '--deterministic') == 0
     with monkeypatch.context() as m:
@@ -344,6 +351,7 @@ def test_metrics_csv_holds_each_row_once_after_a_crash_and_resume(data, tmp_path
     assert key(rows(tmp_path / 'part' / 'metrics.csv')) == key(rows(tmp_path / 'full' / 'metrics.csv'))
 
 
+@pytest.mark.slow
 def test_resume_replaces_planted_symlinks_instead_of_writing_outside_the_run(data, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         _with_cb(m, StopAfter(0))
@@ -378,6 +386,7 @@ def test_ctrl_c_inside_an_epoch_saves_a_checkpoint_that_repeats_the_epoch(data, 
     assert [(r['epoch'], r['phase']) for r in learn.cbs[1].history] == [(0, 'train'), (0, 'eval')]
 
 
+@pytest.mark.slow
 def test_resumed_metrics_csv_keeps_the_lr_column(data, tmp_path, monkeypatch):
     """Regression: the resume's rewrite of metrics.csv (from the checkpoint's rows) dropped CSVLoggerCB's lr column,
     for the rows before the resume and, since the logger keeps an existing file's header, for every row after."""

@@ -382,6 +382,7 @@ def test_import_is_light_and_all_resolves():
     subprocess.run([sys.executable, '-c', code], check=True, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(REAL is None, reason='MINIAI_DATA unset and no /usr/share/datasets/fashion-mnist '
                                          '(apt-get install dataset-fashion-mnist)')
 def test_real_fashion_mnist(tmp_path):

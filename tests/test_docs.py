@@ -240,6 +240,8 @@ def browser():
         finally: b.close()
 
 
+@pytest.mark.xdist_group('docs')
+@pytest.mark.slow
 def test_every_page_loads_with_its_images_and_links(site, browser, tmp_path):
     notebooks = sorted((ROOT / 'nbs').glob('*.ipynb'))
     pages = sorted(p for p in site.rglob('*.html') if p.name != '404.html')
@@ -286,6 +288,8 @@ def test_every_page_loads_with_its_images_and_links(site, browser, tmp_path):
     assert reports[site / 'index.html']['output_tables'] > 0, "the first fit's metrics table is not on the index page"
 
 
+@pytest.mark.xdist_group('docs')
+@pytest.mark.slow
 def test_hidden_cells_are_not_shown(site):
     """`#| hide` cells (imports, warning filters) are left out; `show_doc(...)` calls show only their entry."""
     import nbformat
@@ -303,6 +307,8 @@ def test_hidden_cells_are_not_shown(site):
     assert checked, "no notebook has a `#| hide` or show_doc cell to check"
 
 
+@pytest.mark.xdist_group('docs')
+@pytest.mark.slow
 def test_api_reference_lists_every_public_name_with_a_source_link(site):
     """Every name in every module's `__all__` has an entry (heading id `miniai.mod.name`) with a source link."""
     problems = []
@@ -315,6 +321,8 @@ def test_api_reference_lists_every_public_name_with_a_source_link(site):
     assert not problems, '\n'.join(problems)
 
 
+@pytest.mark.xdist_group('docs')
+@pytest.mark.slow
 def test_search_finds_the_schedules_page(site, browser):
     """Typing "OneCycle" in the search box lists the schedules pages (the search index runs offline, in the page)."""
     target, session, _, errs = open_page(browser, (site / 'index.html').as_uri())
@@ -327,6 +335,8 @@ def test_search_finds_the_schedules_page(site, browser):
     assert not errs, errs
 
 
+@pytest.mark.xdist_group('docs')
+@pytest.mark.slow
 def test_source_link_opens_the_defining_line(site, browser):
     """An API entry's [source] link opens the module's source page at the line that defines the name."""
     cases = [('sgd.schedules', 'miniai.sgd.schedules.OneCycle', 'class OneCycle'),

@@ -125,6 +125,7 @@ class Adam(SGD):
         p -= self.lr * unbias_avg / (unbias_sqr_avg + self.eps).sqrt()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('opt_func,lr', [(SGD, 0.4), (Momentum, 1.5), (Adam, 6e-3)])
 def test_accel_sgd_optimizer_classes_train(accel_sgd, opt_func, lr):
     s = accel_sgd
@@ -139,6 +140,7 @@ def test_accel_sgd_optimizer_classes_train(accel_sgd, opt_func, lr):
     assert s.astats.color_dim().axes  # the write-up looks at the activations after each run
 
 
+@pytest.mark.slow
 def test_accel_sgd_schedulers_and_recorder(accel_sgd):
     s = accel_sgd
     def _lr(cb): return cb.pg['lr']
@@ -237,6 +239,7 @@ class RecorderCBPost(Callback):
             plt.show()
 
 
+@pytest.mark.slow
 def test_scheduler_post_learner_and_callback_code(accel_sgd):
     dls = accel_sgd.dls
     learn = TrainLearner(get_model(), dls, F.cross_entropy, cbs=[DeviceCB(), SingleBatchCB()])
