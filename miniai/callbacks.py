@@ -35,8 +35,10 @@ def set_seed(seed: int, deterministic: bool = False):
     seeds numpy and random too.
     """
     if deterministic: os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')  # cuBLAS needs it to be exact
-    # only when it changes something: the call imports torch's compiler, seconds of start-up for a short run
-    if deterministic or torch.are_deterministic_algorithms_enabled(): torch.use_deterministic_algorithms(deterministic)
+    # torch's setter imports torch._inductor (about 2 s of CPU) to set its flag too: skip it when it changes nothing
+    if deterministic or torch.are_deterministic_algorithms_enabled() or 'torch._inductor.config' in sys.modules \
+            or os.environ.get('TORCHINDUCTOR_DETERMINISTIC') == '1':
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = False if deterministic else torch.backends.cudnn.benchmark
     random.seed(seed)
     np.random.seed(seed % 2**32)

@@ -1,6 +1,6 @@
 """`TensorBoardCB`: losses, metrics, lr and momentum as TensorBoard scalars, with torch's own
 `torch.utils.tensorboard.SummaryWriter`. Needs the optional `tensorboard` package (`pip install
-'miniai[tensorboard]'`). Explained in nbs/11_callbacks.ipynb.
+'miniai-learner[tensorboard]'`). Explained in nbs/11_callbacks.ipynb.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .device import is_main_process
 
 __all__ = ['TensorBoardCB']
 
-_INSTALL = ("TensorBoardCB needs the tensorboard package: pip install 'miniai[tensorboard]' (or pip install "
+_INSTALL = ("TensorBoardCB needs the tensorboard package: pip install 'miniai-learner[tensorboard]' (or pip install "
             "tensorboard)")
 
 

@@ -1,6 +1,6 @@
 """`WandBCB`: a fit's config, losses, metrics, lr and momentum, and (if asked) sample predictions, in a Weights &
-Biases run. Needs the optional `wandb` package (`pip install 'miniai[wandb]'`). `WANDB_MODE=offline` writes the run
-to disk only (upload it later with `wandb sync`). Explained in nbs/11_callbacks.ipynb.
+Biases run. Needs the optional `wandb` package (`pip install 'miniai-learner[wandb]'`). `WANDB_MODE=offline` writes
+the run to disk only (upload it later with `wandb sync`). Explained in nbs/11_callbacks.ipynb.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from .errors import MiniaiError
 
 __all__ = ['WandBCB', 'fit_config']
 
-_INSTALL = "WandBCB needs the wandb package: pip install 'miniai[wandb]' (or pip install wandb)"
+_INSTALL = "WandBCB needs the wandb package: pip install 'miniai-learner[wandb]' (or pip install wandb)"
 # optimizer defaults that choose an implementation, not a hyper a run is compared by
 _IMPL_KEYS = {'foreach', 'fused', 'capturable', 'differentiable'}
 

@@ -1,16 +1,23 @@
-"""Seeded factories for fast tests: synthetic data, tiny models, a synthetic learner (as fastai's synth_learner)."""
+"""Seeded factories for fast tests: synthetic data, tiny models, a synthetic learner (as fastai's synth_learner).
+
+Under pytest-xdist (`make test` runs `pytest -n 2`) each worker gets its share of the cores for torch's threads,
+so two workers don't each spin two threads on a 2-core machine; the child processes the tests start inherit it.
+"""
 import importlib.util
 import os
 import sys
 from pathlib import Path
 
-import matplotlib
-import pytest
-import torch
-from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+if (_workers := int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))) > 1:     # before torch reads it
+    os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // _workers)))
 
-from miniai.core import Callback, CancelFitException
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
+
+from miniai.core import Callback, CancelFitException  # noqa: E402
 
 matplotlib.use('Agg')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # tests never reach the network
@@ -70,7 +77,8 @@ def img_dls(): return toy_images()
 def _seed():
     torch.manual_seed(0)
     yield
-    torch.use_deterministic_algorithms(False)
+    # only when a test turned it on: the switch's first call imports torch._inductor, seconds per process
+    if torch.are_deterministic_algorithms_enabled(): torch.use_deterministic_algorithms(False)
 
 
 def load_tool(name, folder: str = 'tools'):
@@ -93,3 +101,9 @@ def _exec_module(name, path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def pytest_collection_modifyitems(config, items):
+    """The tests marked slow first, each group in its file order: under `pytest -n 2` (`make test`) the quick tests
+    then fill the gaps at the end, instead of one long test running alone while the other worker waits."""
+    items.sort(key=lambda item: item.get_closest_marker('slow') is None)

@@ -109,6 +109,27 @@ def test_set_seed_makes_runs_identical():
     assert torch.equal(run(), run())
 
 
+def test_set_seed_switches_deterministic_kernels_without_importing_the_compiler_for_nothing(monkeypatch):
+    """torch's switch imports torch._inductor on its first call (seconds of start-up in every script): set_seed
+    calls it only to turn determinism on, to turn it off again, or where the compiler's flag is already loaded."""
+    import sys
+    import types
+    calls, state = [], {'on': False}
+    monkeypatch.setattr(torch, 'use_deterministic_algorithms', lambda mode, **kw: calls.append(mode) or
+                        state.update(on=mode))
+    monkeypatch.setattr(torch, 'are_deterministic_algorithms_enabled', lambda: state['on'])
+    monkeypatch.delitem(sys.modules, 'torch._inductor.config', raising=False)
+    monkeypatch.delenv('TORCHINDUCTOR_DETERMINISTIC', raising=False)
+    set_seed(3)
+    assert calls == []
+    set_seed(3, deterministic=True)
+    set_seed(3)
+    assert calls == [True, False] and not state['on']
+    monkeypatch.setitem(sys.modules, 'torch._inductor.config', types.ModuleType('torch._inductor.config'))
+    set_seed(3)                                           # loaded already: its flag follows, as torch sets it
+    assert calls == [True, False, False]
+
+
 def test_momentum_learner_keeps_a_share_of_the_gradient():
     x = torch.ones(4, 1)
     dls = DLs(DataLoader(TensorDataset(x, x), batch_size=4), None)

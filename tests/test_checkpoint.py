@@ -138,7 +138,7 @@ def test_predictions_and_lr_find_after_load_leave_the_resume_to_the_next_fit(tmp
     assert [r['epoch'] for r in resumed.cbs[0].history] == [0, 1, 2]   # loaded 0-1, then epoch 2
 
 
-# ---------------------------------------------------------------- issue 13: digests, kills, interrupted epochs
+# ---------------------------------------------------------------- digests, kills, interrupted epochs
 N_FLIPS = 30      # docs/reliability.md quotes these counts
 N_KILLS = 20
 

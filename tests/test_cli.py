@@ -51,6 +51,7 @@ def rows(path): return list(csv.DictReader(open(path)))
 COLUMNS = ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accuracy', 'lr', 'time']
 
 
+@pytest.mark.slow
 def test_train_writes_metrics_png_config_and_checkpoints(data, tmp_path, capsys):
     assert run(data, tmp_path / 'r', '--epochs', '2') == 0
     out = capsys.readouterr().out
@@ -103,11 +104,12 @@ def test_tensorboard_without_the_package_says_how_to_install_it(data, tmp_path, 
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'tensorboard' else find(name, *a))
     assert run(data, tmp_path / 'r', '--epochs', '1', '--limit', '100', '--tensorboard') == 1
     err = capsys.readouterr().err
-    assert err.startswith('miniai: error:') and "pip install 'miniai[tensorboard]'" in err
+    assert err.startswith('miniai: error:') and "pip install 'miniai-learner[tensorboard]'" in err
 
 
+@pytest.mark.slow
 def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
-    """Needs miniai.stopping and miniai.gradients (issue 12, the callbacks part)."""
+    """The flags build the real callbacks of miniai.stopping and miniai.gradients, and a run with them trains."""
     from miniai import cli
     from miniai.cli.recipe import build_callbacks
     from miniai.gradients import GradientAccumulationCB, GradientClipCB
@@ -122,6 +124,7 @@ def test_flags_with_the_real_everyday_callbacks(data, tmp_path):
     assert len(rows(tmp_path / 'r' / 'metrics.csv')) >= 2
 
 
+@pytest.mark.slow
 def test_tensorboard_flag_writes_event_files(data, tmp_path):
     """Needs the tensorboard package."""
     pytest.importorskip('tensorboard')
@@ -150,6 +153,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
     assert 'lacks the Fashion-MNIST file' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     assert run(data, tmp_path / 'full', '--epochs', '3', '--deterministic') == 0
     # a run that died after epoch 2: keep its folder as it was then, by training 3 epochs and stopping early
@@ -171,6 +175,7 @@ def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     assert drop(a) == drop(b) and len(a) == 3
 
 
+@pytest.mark.slow
 def test_two_deterministic_runs_give_identical_metrics(data, tmp_path):
     for d in ('a', 'b'): assert run(data, tmp_path / d, '--epochs', '2', '--deterministic', '--seed', '3') == 0
     a, b = rows(tmp_path / 'a' / 'metrics.csv'), rows(tmp_path / 'b' / 'metrics.csv')
@@ -187,6 +192,7 @@ def test_train_leaves_warning_filters_and_signal_handlers_as_they_were(tmp_path)
     assert [signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)] == handlers
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(data, tmp_path):
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1'}
     out = tmp_path / 'r'
@@ -203,7 +209,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_130(data, tmp_path):
     assert ck['format'] == 'miniai-checkpoint-1'
 
 
-# ---------------------------------------------------------------- issue 13: run folders, errors, crash-consistent files
+# ---------------------------------------------------------------- run folders, errors, crash-consistent files
 N_THREADS, N_PROCS = 16, 4           # docs/reliability.md quotes these counts
 
 
@@ -348,6 +354,7 @@ def _with_cb(monkeypatch, cb):
     monkeypatch.setattr(cli_run, 'build_learner', adding)
 
 
+@pytest.mark.slow
 def test_metrics_csv_holds_each_row_once_after_a_crash_and_resume(data, tmp_path, monkeypatch):
     assert run(data, tmp_path / 'full', '--epochs', '3', '--deterministic') == 0
     with monkeypatch.context() as m:
@@ -359,6 +366,7 @@ def test_metrics_csv_holds_each_row_once_after_a_crash_and_resume(data, tmp_path
     assert key(rows(tmp_path / 'part' / 'metrics.csv')) == key(rows(tmp_path / 'full' / 'metrics.csv'))
 
 
+@pytest.mark.slow
 def test_resume_replaces_planted_symlinks_instead_of_writing_outside_the_run(data, tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         _with_cb(m, StopAfter(0))
@@ -394,6 +402,7 @@ def test_ctrl_c_inside_an_epoch_saves_a_checkpoint_that_repeats_the_epoch(data, 
     assert [r['epoch'] for r in learn.cbs[1].history] == [0]
 
 
+@pytest.mark.slow
 def test_resumed_metrics_csv_keeps_the_lr_column(data, tmp_path, monkeypatch):
     """Regression: the resume's rewrite of metrics.csv (from the checkpoint's rows) dropped CSVLoggerCB's lr column,
     for the rows before the resume and, since the logger keeps an existing file's header, for every row after."""

@@ -431,7 +431,7 @@ def test_collate_dict_follows_feature_order():
 
 
 @inplace
-def transformi(b): b['image'] = [(TF.to_tensor(o) - 0.28) / 0.35 for o in b['image']]   # the course's transform
+def transformi(b): b['image'] = [(TF.to_tensor(o) - 0.28) / 0.35 for o in b['image']]   # the tutorials' transform
 
 
 def batches(dl): return [tuple(t.clone() for t in b) for b in dl]
@@ -516,8 +516,8 @@ def test_get_dls_in_memory_equals_the_seeds_way(src):
     x, y = src[1]['test']
     want = (torch.from_numpy(x[:16]).double() / 255 - 0.28) / 0.35
     assert torch.allclose(next(iter(mem.valid))[0][:, 0].double(), want, atol=1e-6)
-    seeds = DataLoaders.from_dd(load_fashion_mnist(src[0]).with_transform(transformi), 16)
-    assert torch.equal(next(iter(seeds.valid))[0], next(iter(mem.valid))[0])
+    tut = DataLoaders.from_dd(load_fashion_mnist(src[0]).with_transform(transformi), 16)
+    assert torch.equal(next(iter(tut.valid))[0], next(iter(mem.valid))[0])
     torch.manual_seed(1); a = next(iter(mem.train))
     torch.manual_seed(1); b = next(iter(plain.train))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
@@ -544,6 +544,7 @@ def test_import_is_light_and_all_resolves():
     subprocess.run([sys.executable, '-c', code], check=True, env=env)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(REAL is None, reason='MINIAI_DATA unset and no /usr/share/datasets/fashion-mnist '
                                          '(apt-get install dataset-fashion-mnist)')
 def test_real_fashion_mnist(tmp_path):
@@ -555,9 +556,9 @@ def test_real_fashion_mnist(tmp_path):
     assert xb.shape == (1024, 1, 28, 28) and yb.shape == (1024,) and yb.dtype == torch.int64
     assert abs(xb.mean().item()) < 0.1 and abs(xb.std().item() - 1) < 0.1
     assert len(dls.train) == 59 and len(dls.valid) == 10
-    seeds = DataLoaders.from_dd(dd.with_transform(transformi), 1024)    # the seeds' way, same batches
-    assert all(torch.equal(a, b) for a, b in zip(next(iter(seeds.valid)), next(iter(dls.valid)), strict=True))
-    torch.manual_seed(42); a = next(iter(seeds.train))
+    tut = DataLoaders.from_dd(dd.with_transform(transformi), 1024)      # the tutorials' way, same batches
+    assert all(torch.equal(a, b) for a, b in zip(next(iter(tut.valid)), next(iter(dls.valid)), strict=True))
+    torch.manual_seed(42); a = next(iter(tut.train))
     torch.manual_seed(42); b = next(iter(dls.train))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 

@@ -146,6 +146,8 @@ def close(a, b, tol=1e-5):
             assert ra[k] == pytest.approx(rb[k], abs=tol), (k, ra, rb)
 
 
+@pytest.mark.xdist_group('ddp_run')
+@pytest.mark.slow
 @pytest.mark.parametrize('kind', ['memory', 'plain'])
 def test_two_ranks_match_one_process_with_the_same_global_batch(ddp_run, kind):
     _, (r0, r1) = ddp_run
@@ -159,6 +161,8 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(ddp_run, kind):
         assert torch.equal(r0[kind]['weights'][k], r1[kind]['weights'][k])
 
 
+@pytest.mark.xdist_group('ddp_run')
+@pytest.mark.slow
 def test_checkpoint_saved_under_ddp_loads_in_one_process_and_files_are_written_once(ddp_run):
     out, (r0, _) = ddp_run
     sd = torch.load(out / 'memory' / 'last.pt', weights_only=True)['model']
@@ -168,6 +172,8 @@ def test_checkpoint_saved_under_ddp_loads_in_one_process_and_files_are_written_o
     assert len((out / 'memory.csv').read_text().splitlines()) == 1 + 2  # a header and 2 epochs, once
 
 
+@pytest.mark.xdist_group('ddp_run')
+@pytest.mark.slow
 def test_only_rank_0_prints(ddp_run):
     _, (r0, r1) = ddp_run
     assert r0['stdout'].splitlines()[0].split() == ['epoch', 'train_loss', 'valid_loss', 'train_accuracy',
@@ -175,12 +181,16 @@ def test_only_rank_0_prints(ddp_run):
     assert 'valid_accuracy' in r0['stdout'] and r1['stdout'] == ''
 
 
+@pytest.mark.xdist_group('ddp_run')
+@pytest.mark.slow
 def test_lr_find_stops_at_the_same_batch_on_every_rank_and_restores_the_model(ddp_run):
     _, (r0, r1) = ddp_run
     assert r0['lr_find']['losses'] == r1['lr_find']['losses'] and 2 <= len(r0['lr_find']['losses']) <= 30
     assert r0['lr_find']['restored'] and r1['lr_find']['restored']
 
 
+@pytest.mark.xdist_group('ddp_run')
+@pytest.mark.slow
 def test_shuffled_shards_split_each_epoch_and_are_reseeded_every_epoch(ddp_run):
     _, (r0, r1) = ddp_run
     (xt, _), _ = data()
@@ -192,6 +202,8 @@ def test_shuffled_shards_split_each_epoch_and_are_reseeded_every_epoch(ddp_run):
     assert r0['one_cycle']['rows'] == r1['one_cycle']['rows']
 
 
+@pytest.mark.xdist_group('ddp_run')
+@pytest.mark.slow
 def test_clipping_accumulation_and_early_stopping_under_ddp_match_one_process(ddp_run):
     _, (r0, r1) = ddp_run
     es = EarlyStoppingCB(patience=1)
@@ -205,6 +217,8 @@ def test_clipping_accumulation_and_early_stopping_under_ddp_match_one_process(dd
         assert torch.equal(r0['grads']['weights'][k], r1['grads']['weights'][k])
 
 
+@pytest.mark.xdist_group('ddp_run')
+@pytest.mark.slow
 def test_miniai_train_under_torchrun_writes_its_files_once(ddp_run):
     out, (r0, r1) = ddp_run
     import json
@@ -268,6 +282,7 @@ def test_a_loader_it_cannot_shard_is_a_clear_error():
     with pytest.raises(TypeError, match='DDPCB\\(shard=False\\)'): distributed_dls(DataLoaders([1, 2], [3]), 2, 0)
 
 
+@pytest.mark.slow
 def test_device_and_rank_helpers_are_the_ground_floor():
     code = ("import sys, miniai.device; print(sorted(m for m in sys.modules if m.startswith('miniai.')));"
             "import miniai.distributed; print('miniai.callbacks' in sys.modules)")
@@ -283,7 +298,7 @@ def test_device_and_rank_helpers_are_the_ground_floor():
 if __name__ == '__main__': worker(Path(sys.argv[1]), Path(sys.argv[2]))
 
 
-# ---------------------------------------------------------------- a stalled rank (issue 13)
+# ---------------------------------------------------------------- a stalled rank
 STALL = """
 import os, sys, time
 from pathlib import Path
@@ -312,6 +327,7 @@ def _torchrun_setup(tmp_path, name, script):
     return fm, env
 
 
+@pytest.mark.slow
 def test_a_stalled_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_path):
     fm, env = _torchrun_setup(tmp_path, 'stall.py', STALL)
     log = tmp_path / 'log.txt'
@@ -341,6 +357,7 @@ sys.exit(rc)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('launcher', ['torch.distributed.run', 'miniai.launch'])
 def test_ctrl_c_under_torchrun_saves_once_and_every_process_exits_130(tmp_path, launcher):
     import signal

@@ -17,6 +17,7 @@ def _run(*args, suite=SUITE, env=None, timeout=600):
                           timeout=timeout, env={**os.environ, 'PYTHON': sys.executable, **(env or {})})
 
 
+@pytest.mark.slow
 def test_dry_run_finds_every_step_and_flag():
     r = _run('--dry-run')
     assert r.returncode == 0, r.stdout + r.stderr

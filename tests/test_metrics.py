@@ -1,4 +1,10 @@
-"""`miniai.metrics` imports torcheval without torch's `torch.jit.script` FutureWarning, and hides nothing else."""
+"""`miniai.metrics` imports torcheval without torch's `torch.jit.script` FutureWarning, and hides nothing else.
+
+Each case needs an interpreter that has not imported torcheval yet and shows every warning (`-W default`). They run
+in children forked from one such interpreter after it has imported torch, the slow part of the start-up that every
+case shares; each child then imports torcheval afresh, as a new process would.
+"""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,26 +14,57 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 JIT = '`torch.jit.script` is deprecated'
 
+# Runs each case of argv[1] (name -> code) in a forked child; prints {name: [exit code, the child's stderr]}.
+FORKS = r'''
+import json, os, sys, tempfile, traceback
+import torch
+out = {}
+for name, code in json.loads(sys.argv[1]).items():
+    with tempfile.TemporaryFile() as err:
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(err.fileno(), 2)
+            try: exec(code, {'__name__': '__main__'}); rc = 0
+            except BaseException: traceback.print_exc(); rc = 1
+            sys.stderr.flush()
+            os._exit(rc)
+        _, status = os.waitpid(pid, 0)
+        err.seek(0)
+        out[name] = [os.waitstatus_to_exitcode(status), err.read().decode()]
+print(json.dumps(out))
+'''
 
-def run(code: str) -> str:
-    """stderr of `code` in a fresh interpreter that shows every warning."""
-    env_path = str(ROOT)
-    res = subprocess.run([sys.executable, '-W', 'default', '-c', code], capture_output=True, text=True, cwd=ROOT,
-                         env={'PYTHONPATH': env_path, 'PATH': '/usr/bin:/bin', 'OMP_NUM_THREADS': '1'}, timeout=120)
+CASES = {
+    'torcheval alone': 'import torcheval.metrics',
+    'after miniai.metrics': 'from miniai.metrics import MulticlassAccuracy; from torcheval.metrics import Mean; '
+                            'import torcheval.metrics as tm; assert MulticlassAccuracy is tm.MulticlassAccuracy',
+    'other warnings': 'import warnings; from miniai.metrics import torcheval_metrics; torcheval_metrics(); '
+                      'warnings.warn("`torch.jit.script` is deprecated, said someone else", UserWarning); '
+                      'warnings.warn("something else", FutureWarning)',
+}
+
+
+@pytest.fixture(scope='module')
+def stderr_of():
+    """Each case's stderr, from a fresh interpreter that shows every warning."""
+    res = subprocess.run([sys.executable, '-W', 'default', '-c', FORKS, json.dumps(CASES)], capture_output=True,
+                         text=True, cwd=ROOT, timeout=180,
+                         env={'PYTHONPATH': str(ROOT), 'PATH': '/usr/bin:/bin', 'OMP_NUM_THREADS': '1'})
     assert res.returncode == 0, res.stderr
-    return res.stderr
+    assert JIT not in res.stderr, "importing torch alone warns already: the cases below could not see it again"
+    out = json.loads(res.stdout)
+    for name, (rc, err) in out.items(): assert rc == 0, f"{name}:\n{err}"
+    return {name: err for name, (_, err) in out.items()}
 
 
-def test_torcheval_import_is_silent_after_miniai_metrics():
-    if JIT not in run('import torcheval.metrics'):
+@pytest.mark.slow
+def test_torcheval_import_is_silent_after_miniai_metrics(stderr_of):
+    if JIT not in stderr_of['torcheval alone']:
         pytest.skip("this torch/torcheval pair raises no torch.jit.script warning: nothing to silence")
-    err = run('from miniai.metrics import MulticlassAccuracy; from torcheval.metrics import Mean; '
-              'import torcheval.metrics as tm; assert MulticlassAccuracy is tm.MulticlassAccuracy')
-    assert JIT not in err, err
+    assert JIT not in stderr_of['after miniai.metrics'], stderr_of['after miniai.metrics']
 
 
-def test_other_warnings_still_show():
-    err = run('import warnings; from miniai.metrics import torcheval_metrics; torcheval_metrics(); '
-              'warnings.warn("`torch.jit.script` is deprecated, said someone else", UserWarning); '
-              'warnings.warn("something else", FutureWarning)')
+@pytest.mark.slow
+def test_other_warnings_still_show(stderr_of):
+    err = stderr_of['other warnings']
     assert 'said someone else' in err and 'something else' in err, err

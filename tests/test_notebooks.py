@@ -2,8 +2,9 @@
 
 Each runs in a fresh kernel of this Python (`tools/run_notebooks.py` makes the kernelspec), with MINIAI_QUICK=1
 (a subset of the data, fewer epochs), a time limit per cell, and in a temp copy of nbs/ so the committed outputs
-are never touched. Two notebooks run at a time; a failure shows the failing cell and its traceback. The
-copy of nbs/ is under the pytest tmp dir.
+are never touched. Each notebook is a test of its own, so `pytest -n 2` (as `make test` runs it) keeps two
+kernels busy beside the other tests; a failure shows the failing cell and its traceback. The notebooks keep their
+files in temp folders of their own, so they don't depend on each other or on the order they run in.
 """
 import importlib.util
 import os
@@ -21,21 +22,15 @@ CELL_TIMEOUT = 300   # seconds; a quick-mode cell takes a few
 
 
 @pytest.fixture(scope='module')
-def results(tmp_path_factory):
-    """Run all notebooks once (two at a time) in a copy of nbs/; {name: (error, seconds, plain-text message)}."""
+def runner(tmp_path_factory):
+    """tools/run_notebooks.py as a module, and a copy of nbs/ to run the notebooks in."""
     for mod in ('nbclient', 'ipykernel', 'nbformat'):
         if importlib.util.find_spec(mod) is None:        # in CI a missing runner is a failure, not a skip
             msg = f"{mod} is not installed: pip install -e '.[dev]'"
             (pytest.fail if os.environ.get('CI') else pytest.skip)(msg)
-    rn = load_tool('run_notebooks')
     work = tmp_path_factory.mktemp('nbs-run')
     shutil.copytree(ROOT / 'nbs', work / 'nbs')
-    res = rn.run_all([work / 'nbs' / p.name for p in NOTEBOOKS], quick=True, workers=2, timeout=CELL_TIMEOUT)
-    out = {}
-    for path, (nb, err, secs) in res.items():
-        out[path.name] = (err, secs, rn.plain(str(err)) if err else '')
-        print(f"{path.name}: {'FAILED' if err else 'ok'} in {secs:.1f}s", file=sys.stderr)
-    return out
+    return load_tool('run_notebooks'), work / 'nbs'
 
 
 def test_there_are_notebooks():
@@ -43,7 +38,11 @@ def test_there_are_notebooks():
     assert 'index.ipynb' in names and len(names) > 10, sorted(names)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', [p.name for p in NOTEBOOKS])
-def test_notebook_runs(results, name):
-    err, secs, msg = results[name]
-    assert err is None, f"{name} failed after {secs:.0f}s:\n{msg[-6000:]}"
+def test_notebook_runs(runner, name):
+    rn, nbs = runner
+    (nb, err, secs), = rn.run_all([nbs / name], quick=True, timeout=CELL_TIMEOUT).values()
+    print(f"{name}: {'FAILED' if err else 'ok'} in {secs:.1f}s", file=sys.stderr)
+    assert err is None, f"{name} failed after {secs:.0f}s:\n{rn.plain(str(err))[-6000:]}"
+    assert nb is not None and any(c.get('outputs') for c in nb.cells if c.cell_type == 'code')

@@ -165,6 +165,7 @@ def test_predict_without_images_is_an_argparse_error(trained, capsys):
     assert e.value.code == 2 and 'IMAGE' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_extends_the_run_on_a_rebuilt_one_cycle(data, tmp_path, monkeypatch):  # noqa: F811
     r = tmp_path / 'r'
     assert run(data, r, '--epochs', '1') == 0
@@ -183,6 +184,7 @@ def test_resume_with_more_epochs_extends_the_run_on_a_rebuilt_one_cycle(data, tm
     assert rec.recs['lr'][n:] == pytest.approx([sched((n + i) / (3 * n)) for i in range(2 * n)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('extra', [[], ['--epochs', '1']])
 def test_resuming_a_finished_run_says_which_flag_extends_it(data, tmp_path, capsys, extra):  # noqa: F811
     assert run(data, tmp_path / 'r', '--epochs', '2') == 0
@@ -194,6 +196,7 @@ def test_resuming_a_finished_run_says_which_flag_extends_it(data, tmp_path, caps
     assert 'start_epoch' not in err and (tmp_path / 'r' / 'metrics.csv').read_text() == before
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(REAL_DATA is None, reason="needs the Fashion-MNIST IDX files (dataset-fashion-mnist)")
 def test_predict_on_real_fashion_mnist_images_matches_get_preds(tmp_path, capsys):
     r = tmp_path / 'r'

@@ -109,13 +109,13 @@ def test_onecycle_defaults_match_torch_and_max_lr_defaults_to_group_lr():
     assert_same_runs(ours, theirs)
 
 
-def test_onecycle_seed001_signature():
+def test_onecycle_signature_of_the_scheduler_post():
     """`OneCycle(opt, T_max, min_lr=0.)`: T_max is total_steps, min_lr the first and last lr, max_lr the group's."""
     opt = SGD(params(1), lr=0.2)
     sched = partial(OneCycle, T_max=100)(opt, min_lr=0., pct_start=0.5, anneal_strategy='linear')
     lrs = [lr for lr, in sched_lrs(sched, 99)]
     assert lrs[0] == 0. and lrs[-1] == pytest.approx(0.) and max(lrs) == pytest.approx(0.2)
-    assert lrs[25] == pytest.approx(0.1, rel=0.03)                  # a triangle, as in seed 001
+    assert lrs[25] == pytest.approx(0.1, rel=0.03)                  # a triangle, as in galopy's post
     assert not sched.cycle_momentum                                 # our SGD has no momentum: left alone
     assert OneCycle(SGD(params(1), lr=0.2), 10, min_lr=1e-3).get_last_lr() == [pytest.approx(1e-3)]
 
@@ -161,7 +161,7 @@ def test_scheduler_state_dict_resumes(make):
 def test_sched_lrs_and_plot_lrs():
     lrs = sched_lrs(CosineAnnealing(SGD(params(1), lr=0.1), 10), 10)
     assert len(lrs) == 11 and lrs[0] == [0.1] and lrs[5] == [pytest.approx(0.05)] and lrs[10] == [pytest.approx(0.)]
-    fig = plot_lrs(CosineAnnealing, SGD(params(1), lr=0.1), T_max=100, n_steps=120)   # seed 001's call
+    fig = plot_lrs(CosineAnnealing, SGD(params(1), lr=0.1), T_max=100, n_steps=120)   # galopy's call
     assert isinstance(fig, Figure) and len(fig.axes[0].lines[0].get_ydata()) == 120
     fig2 = plot_lrs(lr_scheduler.OneCycleLR(torch.optim.SGD(params(1), lr=0.1), 0.1, total_steps=30), n_steps=30)
     assert max(fig2.axes[0].lines[0].get_ydata()) == pytest.approx(0.1)
@@ -200,18 +200,18 @@ class FakeLearner:
         self.opt.step()
 
 
-def test_batch_sched_cb_seed001_usage_steps_only_after_training_batches():
+def test_batch_sched_cb_as_the_scheduler_post_uses_it_steps_only_after_training_batches():
     learn = FakeLearner(Adam(params(1), lr=0.1))
     T = 2 * len(learn.dls.train)
     learn.fit(2, cbs=[BatchSchedCB(partial(CosineAnnealing, T_max=T))])
     assert [lr for lr, _ in learn.used] == pytest.approx([cos_anneal(0.1, 0., i / T) for i in range(T)])
 
 
-class SeedEpochSchedCB(BaseSchedCB):             # seed 000, verbatim
+class CourseEpochSchedCB(BaseSchedCB):           # "Accelerated SGD"'s, verbatim
     def after_epoch(self, learn): self._step(learn)
 
 
-@pytest.mark.parametrize('cb_cls', [EpochSchedCB, SeedEpochSchedCB])
+@pytest.mark.parametrize('cb_cls', [EpochSchedCB, CourseEpochSchedCB])
 def test_epoch_sched_cb(cb_cls):
     learn = FakeLearner(torch.optim.AdamW(params(1), lr=0.1), n_train=2)
     learn.fit(3, cbs=[cb_cls(partial(lr_scheduler.CosineAnnealingLR, T_max=3))])
@@ -287,7 +287,7 @@ def test_fit_one_cycle_lr_max_defaults_to_learn_lr_and_other_args():
     assert all(m is None for _, m in learn.used)                     # SGD has no momentum: not an error
 
 
-def test_fit_one_cycle_moms_zero_with_seed002_style_optimizer():
+def test_fit_one_cycle_moms_zero_with_a_stepper_optimizer():
     def sgd_cb(p, lr, **kwargs): p.data.add_(p.grad.data, alpha=-lr)
     ps = params(1)
     learn = FakeLearner(Optimizer(ps, cbs=[sgd_cb], lr=0.1))

@@ -198,17 +198,17 @@ def test_rmsprop_is_torch_rmsprop_with_square_avg_starting_at_grad_squared():
     torch.testing.assert_close(res[0], res[1], rtol=1e-6, atol=1e-7)
 
 
-# --- seed 002: the post's steppers, verbatim, on our Optimizer ---------------------------------------------------
+# --- the steppers of the post "Gradient descent with Adam", verbatim, on our Optimizer ----------------------------
 def sgd_cb(p, lr, **kwargs):
     p.data.add_(p.grad.data, alpha=-lr)
 
-def average_grad_002(p, mom, grad_avg=None, **kwargs):
+def average_grad_post(p, mom, grad_avg=None, **kwargs):
     # mom is short for momentum
     if grad_avg is None:
         grad_avg = torch.zeros_like(p.grad.data)
     return {'grad_avg': mom * grad_avg + (1 - mom) * p.grad.data}
 
-def momentum_step_002(p, lr, grad_avg, **kwargs):
+def momentum_step_post(p, lr, grad_avg, **kwargs):
     p.data.add_(grad_avg, alpha=-lr)
 
 def average_square_grad(p, square_mom, square_avg=None, **kwargs):
@@ -216,24 +216,24 @@ def average_square_grad(p, square_mom, square_avg=None, **kwargs):
         square_avg = torch.zeros_like(p.grad.data)
     return {'square_avg': square_mom * square_avg + (1 - square_mom) * p.grad.data ** 2}
 
-def rms_prop_step_002(p, lr, square_avg, eps, grad_avg=None, **kwargs):
+def rms_prop_step_post(p, lr, square_avg, eps, grad_avg=None, **kwargs):
     denom = square_avg.sqrt().add_(eps)
     p.data.addcdiv_(p.grad, denom, value=-lr)
 
 
-def test_seed002_steppers_run_on_optimizer():
+def test_the_adam_posts_steppers_run_on_optimizer():
     torch.testing.assert_close(run(partial(Optimizer, cbs=[sgd_cb], lr=0.1)), run(partial(SGD, lr=0.1)))
-    torch.testing.assert_close(run(partial(Optimizer, cbs=[average_grad_002, momentum_step_002], lr=0.1, mom=0.9)),
+    torch.testing.assert_close(run(partial(Optimizer, cbs=[average_grad_post, momentum_step_post], lr=0.1, mom=0.9)),
                                run(partial(Momentum, lr=0.1, mom=0.9)), rtol=1e-5, atol=1e-6)
-    # seed 002's RMSProp starts square_avg at zeros: that is torch's RMSprop
+    # the post's RMSProp starts square_avg at zeros: that is torch's RMSprop
     torch.testing.assert_close(
-        run(partial(Optimizer, cbs=[average_square_grad, rms_prop_step_002], lr=0.01, square_mom=0.99, eps=1e-8)),
+        run(partial(Optimizer, cbs=[average_square_grad, rms_prop_step_post], lr=0.01, square_mom=0.99, eps=1e-8)),
         run(partial(torch.optim.RMSprop, lr=0.01, alpha=0.99, eps=1e-8)), rtol=1e-5, atol=1e-6)
 
 
 def test_stepper_optimizer_is_a_torch_optimizer_with_state_and_hypers_in_groups():
     model = toy_model()
-    opt = Optimizer(model.parameters(), [average_grad_002, momentum_step_002], lr=0.1, mom=0.9)
+    opt = Optimizer(model.parameters(), [average_grad_post, momentum_step_post], lr=0.1, mom=0.9)
     train(model, opt, 2)
     p = next(model.parameters())
     assert isinstance(opt, torch.optim.Optimizer) and set(opt.state[p]) == {'grad_avg'}
@@ -425,8 +425,8 @@ def test_closure_and_zero_grad():
     assert all(p.grad is None for p in model.parameters())
 
 
-# --- seed 000's classes, verbatim bodies, as subclasses of our SGD -----------------------------------------------
-class SeedMomentum(SGD):
+# --- "Accelerated SGD"'s classes, verbatim bodies, as subclasses of our SGD ------------------------------------
+class CourseMomentum(SGD):
     def __init__(self, params, lr, wd=0., mom=0.9):
         super().__init__(params, lr=lr, wd=wd)
         self.mom=mom
@@ -437,7 +437,7 @@ class SeedMomentum(SGD):
         p -= self.lr * p.grad_avg
 
 
-class SeedRMSProp(SGD):
+class CourseRMSProp(SGD):
     def __init__(self, params, lr, wd=0., sqr_mom=0.99, eps=1e-5):
         super().__init__(params, lr=lr, wd=wd)
         self.sqr_mom,self.eps = sqr_mom,eps
@@ -448,7 +448,7 @@ class SeedRMSProp(SGD):
         p -= self.lr * p.grad/(p.sqr_avg.sqrt() + self.eps)
 
 
-class SeedAdam(SGD):
+class CourseAdam(SGD):
     def __init__(self, params, lr, wd=0., beta1=0.9, beta2=0.99, eps=1e-5):
         super().__init__(params, lr=lr, wd=wd)
         self.beta1,self.beta2,self.eps = beta1,beta2,eps
@@ -463,21 +463,21 @@ class SeedAdam(SGD):
         p -= self.lr * unbias_avg / (unbias_sqr_avg + self.eps).sqrt()
 
 
-@pytest.mark.parametrize('seed_cls, ours, kw', [(SeedMomentum, Momentum, dict(lr=0.1, wd=0.1, mom=0.8)),
-                                                (SeedRMSProp, RMSProp, dict(lr=0.01, wd=0.1, sqr_mom=0.9)),
-                                                (SeedAdam, Adam, dict(lr=0.01, wd=0.1, beta1=0.8, beta2=0.9))],
+@pytest.mark.parametrize('course_cls, ours, kw', [(CourseMomentum, Momentum, dict(lr=0.1, wd=0.1, mom=0.8)),
+                                                (CourseRMSProp, RMSProp, dict(lr=0.01, wd=0.1, sqr_mom=0.9)),
+                                                (CourseAdam, Adam, dict(lr=0.01, wd=0.1, beta1=0.8, beta2=0.9))],
                          ids=['Momentum', 'RMSProp', 'Adam'])
-def test_seed000_subclasses_match_ours(seed_cls, ours, kw):
+def test_course_subclasses_match_ours(course_cls, ours, kw):
     model = toy_model()
-    opt = seed_cls(model.parameters(), **kw)
+    opt = course_cls(model.parameters(), **kw)
     got = train(model, opt, 6)
     torch.testing.assert_close(got, run(partial(ours, **kw), 6), rtol=1e-5, atol=1e-6)
     assert opt.i == 6 and not torch.equal(got, flat(toy_model()))
 
 
-def test_seed000_subclass_sees_scheduler_writes():
+def test_course_subclass_sees_scheduler_writes():
     p = torch.nn.Parameter(torch.ones(2))
-    opt = SeedMomentum([p], lr=0.1, mom=0.9)
+    opt = CourseMomentum([p], lr=0.1, mom=0.9)
     assert opt.defaults['momentum'] == 0.9         # `self.mom = mom` went into the groups
     sched = OneCycleLR(opt, max_lr=0.1, total_steps=10)
     assert opt.mom == 0.95 and opt.lr == pytest.approx(0.1 / 25)
@@ -525,14 +525,14 @@ def test_star_import_surface():
 @pytest.mark.parametrize('name, hyper', [(n, h) for n, f in ALL_OPT_FUNCS.items() for h in ('lr', 'wd', 'eps')
                                          if h in f.keywords])
 def test_non_finite_hypers_are_refused(name, hyper, bad):
-    """Issue 13: `lr=nan` used to be accepted and turn every weight into NaN at the first step."""
+    """`lr=nan` used to be accepted and turn every weight into NaN at the first step."""
     with pytest.raises(ValueError, match=f'{hyper}.*finite'):
         ALL_OPT_FUNCS[name]([torch.nn.Parameter(torch.ones(1))], **{hyper: bad})
 
 
 @pytest.mark.parametrize('bad', [float('nan'), float('inf'), -1.])
 def test_learner_refuses_a_non_finite_lr(bad):
-    """Issue 13: torch's AdamW accepts lr=inf, and `fit(lr=nan)` reached the optimizer unchecked."""
+    """Torch's AdamW accepts lr=inf, and `fit(lr=nan)` reached the optimizer unchecked."""
     from miniai.learner import Learner
     model = torch.nn.Linear(1, 1)
     with pytest.raises(ValueError, match='lr must be a finite number'): Learner(model, lr=bad)

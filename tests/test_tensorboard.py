@@ -48,4 +48,4 @@ def test_event_files_read_back(tmp_path):
 
 def test_without_tensorboard_it_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)   # as if tensorboard were not installed
-    with pytest.raises(ImportError, match=r"pip install 'miniai\[tensorboard\]'"): TensorBoardCB('runs')
+    with pytest.raises(ImportError, match=r"pip install 'miniai-learner\[tensorboard\]'"): TensorBoardCB('runs')

@@ -28,13 +28,13 @@ try:
     import wandb
 except ImportError:   # then only the tests of the messages that say how to install it run
     wandb = None
-needs_wandb = pytest.mark.skipif(wandb is None, reason="needs wandb: pip install 'miniai[wandb]'")
+needs_wandb = pytest.mark.skipif(wandb is None, reason="needs wandb: pip install 'miniai-learner[wandb]'")
 
 
 @pytest.fixture(scope='module')
 def wandb_dir(tmp_path_factory):
     """Offline W&B with every folder it writes (runs, artifacts, cache, settings) in a temporary one."""
-    if wandb is None: pytest.skip("needs wandb: pip install 'miniai[wandb]'")
+    if wandb is None: pytest.skip("needs wandb: pip install 'miniai-learner[wandb]'")
     root = tmp_path_factory.mktemp('wandb')
     env = {'WANDB_MODE': 'offline', 'WANDB_DIR': str(root), 'WANDB_DATA_DIR': str(root / 'data'),
            'WANDB_CACHE_DIR': str(root / 'cache'), 'WANDB_CONFIG_DIR': str(root / 'config'), 'WANDB_SILENT': 'true',
@@ -351,7 +351,7 @@ def test_cli_wandb_without_the_package_says_how_to_install_it(data, tmp_path, mo
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: None if name == 'wandb' else find(name, *a))
     assert train(data, tmp_path / 'r', '--epochs', '1', '--wandb') == 1
     err = capsys.readouterr().err
-    assert err.startswith('miniai: error:') and "pip install 'miniai[wandb]'" in err
+    assert err.startswith('miniai: error:') and "pip install 'miniai-learner[wandb]'" in err
 
 
 def test_cli_help_names_the_flag_and_its_folder():

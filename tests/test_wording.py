@@ -1,7 +1,8 @@
-"""No in-house words where users read: the package, README, notebooks, docs/, tools/ and benchmarks/.
+"""No in-house words where users read: the package, README, notebooks, docs/, tools/, benchmarks/ and the tests.
 
 The documents the tutorials follow are named by title and author ("Scheduler" by galopy), not by a number
-("seed 001"); the course's CNN is "the course's CNN"; nothing says what was or was not lent, taken or targeted.
+("seed 001", `test_seed001_...`); the course's CNN is "the course's CNN"; nothing says what was or was not lent,
+taken or targeted; a test says what it checks, not which issue asked for it ("issue 13").
 A random seed (`--seed 42`, `set_seed(1)`, "seed 42") is a different word and stays.
 """
 import json
@@ -15,6 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Each phrase, with what to write instead (the message says it).
 BANNED = {
     r"(?<![-\w])seeds?[ _]?0\d\d\b": 'name the document by title and author ("Accelerated SGD", fast.ai course)',
+    r"(?<=_)seed_?0\d\d(?=_|\b)": 'name the document by title and author in test and helper names too',
     r"(?<![-\w=(])seeds? \d\b(?! *[,)=])": 'name the document by title and author, not "seed N"',
     r"(?<![-\w])seeds'": '"the course\'s CNN", "the tutorials\' documents", ... (the seeds are not a user\'s word)',
     r"\bthe seeds\b(?!=)": 'name the documents (the course, the tutorials) instead of "the seeds"',
@@ -23,6 +25,7 @@ BANNED = {
     r"\bH100 targets?\b": "say what was measured, not targets",
     r"\b(?:was|were|been|be|is|are|not) lent\b": "nothing about what was (not) available to the project",
     r"\blent to this work\b": "nothing about what was (not) available to the project",
+    r"\bissues? #?\d+\b": "say what is checked or fixed, not which issue asked for it",
 }
 _RE = {re.compile(p, re.I): why for p, why in BANNED.items()}
 
@@ -52,6 +55,7 @@ def user_facing_files() -> list[Path]:
     bench = ROOT / 'benchmarks'
     files += [p for p in sorted(bench.rglob('*')) if p.suffix in ('.py', '.md', '.sh')
               and 'results' not in p.relative_to(bench).parts]         # raw logs are kept as they were printed
+    files += [p for p in sorted((ROOT / 'tests').rglob('*.py')) if p.name != Path(__file__).name]  # (ours: examples)
     return [f for f in files if f.is_file() and f.name != '_modidx.py']
 
 
@@ -60,7 +64,8 @@ def user_facing_files() -> list[Path]:
     "the seeds' model", 'trains the seed recipe', 'a seed-recipe fit', "the seeds' recipe",
     'so the H100 targets are unmeasured',
     'no GPU was lent to this work', 'no GPU has been lent to this work', "after the seed's 3 epochs",
-    'the seeds use', 'def seed000(dsd):'])
+    'the seeds use', 'def seed000(dsd):', 'def test_seed001_scheduler():', 'def test_onecycle_seed001_signature',
+    '# --- issue 13: run folders', '(issue 12, the callbacks part)', 'Issue 13: a symlink'])
 def test_banned_phrases_are_caught(text):
     assert findings(text), f"{text!r} should be caught"
 

@@ -129,11 +129,11 @@ def _add_callback_flags(arg):
              "(miniai.gradients.GradientAccumulationCB)")
     arg('--tensorboard', action='store_true',
         help="also log to OUT/tensorboard (miniai.tensorboard.TensorBoardCB; "
-             "pip install 'miniai[tensorboard]')")
+             "pip install 'miniai-learner[tensorboard]')")
     arg('--wandb', action='store_true',
         help="also log to Weights & Biases, project $WANDB_PROJECT or miniai, the run's flags as its config "
-             "(miniai.wandb.WandBCB; pip install 'miniai[wandb]'); WANDB_MODE=offline keeps the run in OUT/wandb for "
-             "a later `wandb sync`")
+             "(miniai.wandb.WandBCB; pip install 'miniai-learner[wandb]'); WANDB_MODE=offline keeps the run in "
+             "OUT/wandb for a later `wandb sync`")
 
 
 def given_flags(argv: list[str]) -> set[str]:

@@ -28,13 +28,14 @@ def build_callbacks(args, out: Path) -> list:
         cbs.append(GradientAccumulationCB(args.accumulate))
     if args.tensorboard:
         if importlib.util.find_spec('tensorboard') is None:   # say so now, not after the data has loaded
-            raise UsageError("--tensorboard needs the tensorboard package: pip install 'miniai[tensorboard]' "
+            raise UsageError("--tensorboard needs the tensorboard package: pip install 'miniai-learner[tensorboard]' "
                              "(or pip install tensorboard)")
         from ..tensorboard import TensorBoardCB
         cbs.append(TensorBoardCB(out / 'tensorboard'))
     if getattr(args, 'wandb', False):
         if importlib.util.find_spec('wandb') is None:
-            raise UsageError("--wandb needs the wandb package: pip install 'miniai[wandb]' (or pip install wandb)")
+            raise UsageError("--wandb needs the wandb package: pip install 'miniai-learner[wandb]' (or pip install "
+                             "wandb)")
         import os
 
         from ..wandb import WandBCB

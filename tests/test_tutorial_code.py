@@ -1,7 +1,9 @@
-"""The seeds' code is the contract: their set-up, optimizer, scheduler and callback code, copied as written, runs on
-the package (on a tiny synthetic Fashion-MNIST in the hub's schema instead of `load_dataset("fashion_mnist")`).
+"""The code of the write-ups the tutorials follow is the contract: the set-up, optimizer, scheduler and callback code
+of "Accelerated SGD" (the fast.ai course's notebook, as written up by Benedict Thekkel) and of galopy's "Scheduler"
+post, copied as written, runs on the package (on a tiny synthetic Fashion-MNIST in the hub's schema instead of
+`load_dataset("fashion_mnist")`).
 
-Each test checks what the seed's code should have done (trained, recorded, plotted), not only that it ran.
+Each test checks what the write-up's code should have done (trained, recorded, plotted), not only that it ran.
 """
 import math
 import os
@@ -44,12 +46,12 @@ def dsd(tmp_path_factory):
     folder = tmp_path_factory.mktemp('fmnist')
     learnable_source(folder)
     os.environ['MINIAI_CACHE'] = str(folder / 'cache')
-    return load_fashion_mnist(folder)  # the data line: `dsd = load_dataset(name)` in the seeds
+    return load_fashion_mnist(folder)  # the data line: `dsd = load_dataset(name)` in the write-ups
 
 
 @pytest.fixture(scope='module')
-def seed000(dsd):
-    """Seed 000's set-up cell, unchanged but for the data line."""
+def accel_sgd(dsd):
+    """The set-up cell of "Accelerated SGD", unchanged but for the data line."""
     set_seed(42)
     xl,yl = 'image','label'  # noqa: F841 (the cell as it is)
     bs = 1024
@@ -75,7 +77,7 @@ def seed000(dsd):
     return fc.NS(dls=dls, metrics=metrics, astats=astats, cbs=cbs, act_gr=act_gr, iw=iw, lrf_cbs=lrf_cbs)
 
 
-# Seed 000's own optimizer classes, as written there (plain classes, not torch optimizers).
+# "Accelerated SGD"'s own optimizer classes, as written there (plain classes, not torch optimizers).
 class SGD:
     def __init__(self, params, lr, wd=0.):
         params = list(params)
@@ -123,9 +125,10 @@ class Adam(SGD):
         p -= self.lr * unbias_avg / (unbias_sqr_avg + self.eps).sqrt()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('opt_func,lr', [(SGD, 0.4), (Momentum, 1.5), (Adam, 6e-3)])
-def test_seed000_optimizer_classes_train(seed000, opt_func, lr):
-    s = seed000
+def test_accel_sgd_optimizer_classes_train(accel_sgd, opt_func, lr):
+    s = accel_sgd
     set_seed(42)
     model = get_model(s.act_gr, norm=nn.BatchNorm2d).apply(s.iw)
     learn = TrainLearner(model, s.dls, F.cross_entropy, lr=lr, cbs=s.cbs, opt_func=opt_func)
@@ -134,11 +137,12 @@ def test_seed000_optimizer_classes_train(seed000, opt_func, lr):
     assert [r['epoch'] for r in hist] == [0, 1, 2]
     assert hist[-1]['train_loss'] < hist[0]['train_loss'] and hist[-1]['valid_accuracy'] > 0.5  # it learns
     assert learn.opt.i == 3 * len(s.dls.train)
-    assert s.astats.color_dim().axes  # the seed looks at the activations after each run
+    assert s.astats.color_dim().axes  # the write-up looks at the activations after each run
 
 
-def test_seed000_schedulers_and_recorder(seed000):
-    s = seed000
+@pytest.mark.slow
+def test_accel_sgd_schedulers_and_recorder(accel_sgd):
+    s = accel_sgd
     def _lr(cb): return cb.pg['lr']
     tmax = 3 * len(s.dls.train)
     sched = partial(lr_scheduler.CosineAnnealingLR, T_max=tmax)
@@ -177,15 +181,15 @@ def test_seed000_schedulers_and_recorder(seed000):
     assert mom[0] > 0.94 and min(mom) == pytest.approx(0.85, abs=1e-3) and mom[-1] == pytest.approx(0.95, abs=1e-3)
 
 
-def test_seed000_single_batch_peek_at_the_optimizer(seed000):
-    learn = TrainLearner(get_model(), seed000.dls, F.cross_entropy, lr=6e-3, cbs=[DeviceCB(), SingleBatchCB()])
+def test_accel_sgd_single_batch_peek_at_the_optimizer(accel_sgd):
+    learn = TrainLearner(get_model(), accel_sgd.dls, F.cross_entropy, lr=6e-3, cbs=[DeviceCB(), SingleBatchCB()])
     learn.fit(1)
     opt = learn.opt
     sched = lr_scheduler.CosineAnnealingLR(opt, 100)
     assert sched.base_lrs == [0.006] and len(opt.param_groups) == 1
 
 
-# Seed 001's schedulers and callbacks, as written there.
+# galopy's "Scheduler" post: its schedulers and callbacks, as written there.
 class Scheduler:
     def __init__(self, opt, T_max):
         self.opt = opt
@@ -194,7 +198,7 @@ class Scheduler:
         self.max_lr = opt.param_groups[0]['lr']
 
 
-class CosineAnnealingSeed(Scheduler):
+class CosineAnnealingPost(Scheduler):
     def __init__(self, opt, T_max):
         super().__init__(opt, T_max)
 
@@ -206,18 +210,18 @@ class CosineAnnealingSeed(Scheduler):
     def get_last_lr(self): return self.opt.param_groups[0]['lr']
 
 
-class BaseSchedCBSeed(Callback):
+class BaseSchedCBPost(Callback):
     def __init__(self, sched): self.sched = sched
     def before_fit(self, learn): self.schedo = self.sched(learn.opt)
     def _step(self, learn):
         if learn.training: self.schedo.step()
 
 
-class BatchSchedCBSeed(BaseSchedCBSeed):
+class BatchSchedCBPost(BaseSchedCBPost):
     def after_batch(self, learn): self._step(learn)
 
 
-class RecorderCBSeed(Callback):
+class RecorderCBPost(Callback):
     def __init__(self, **d): self.d = d
     def before_fit(self, learn):
         self.recs = {k:[] for k in self.d}
@@ -235,8 +239,9 @@ class RecorderCBSeed(Callback):
             plt.show()
 
 
-def test_seed001_learner_and_callback_code(seed000):
-    dls = seed000.dls
+@pytest.mark.slow
+def test_scheduler_post_learner_and_callback_code(accel_sgd):
+    dls = accel_sgd.dls
     learn = TrainLearner(get_model(), dls, F.cross_entropy, cbs=[DeviceCB(), SingleBatchCB()])
     learn.fit()
     opt = learn.opt
@@ -248,11 +253,11 @@ def test_seed001_learner_and_callback_code(seed000):
     astats = ActivationStats(fc.risinstance(GeneralRelu))
     cbs = [DeviceCB(), metrics, ProgressCB(plot=False), astats]
     T_max = len(dls.train) * 3
-    sched = partial(CosineAnnealingSeed, T_max=T_max)
+    sched = partial(CosineAnnealingPost, T_max=T_max)
     set_seed(42)
     model = get_model(act_gr, norm=nn.BatchNorm2d).apply(iw)
-    rec = RecorderCBSeed(lr=_lr)
-    xtra = [BatchSchedCBSeed(sched),rec]
+    rec = RecorderCBPost(lr=_lr)
+    xtra = [BatchSchedCBPost(sched),rec]
     learn = TrainLearner(model, dls, F.cross_entropy, lr=2e-2, cbs=cbs+xtra, opt_func=optim.AdamW)
     learn.fit(3)
     want = [2e-2 * (1 + math.cos(math.pi * i / T_max)) / 2 for i in range(1, T_max + 1)]
@@ -261,8 +266,8 @@ def test_seed001_learner_and_callback_code(seed000):
     rec.plot()
 
 
-def test_seed001_scheduler_works_with_our_sched_lrs():
+def test_scheduler_post_scheduler_works_with_our_sched_lrs():
     opt = optim.SGD(nn.Linear(2, 1).parameters(), lr=0.1)
-    lrs = sched_lrs(CosineAnnealingSeed(opt, T_max=4), 4)
+    lrs = sched_lrs(CosineAnnealingPost(opt, T_max=4), 4)
     assert [float(v) if not isinstance(v, list) else v[0] for v in lrs] == pytest.approx(
         [0.1] + [0.05 * (1 + math.cos(math.pi * t / 4)) for t in range(1, 5)], abs=1e-7)
