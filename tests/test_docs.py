@@ -252,8 +252,10 @@ def public_names() -> dict[str, list[str]]:
         if parts[-1] == '__init__': parts = parts[:-1]
         elif parts[-1].startswith('_'): continue
         if len(parts) == 1 or any(p.startswith('_') for p in parts): continue
-        names = next((ast.literal_eval(n.value) for n in ast.parse(py.read_text()).body if isinstance(n, ast.Assign)
-                      and any(getattr(t, 'id', None) == '__all__' for t in n.targets)), [])
+        value = next((n.value for n in ast.parse(py.read_text()).body if isinstance(n, ast.Assign)
+                      and any(getattr(t, 'id', None) == '__all__' for t in n.targets)), None)
+        try: names = ast.literal_eval(value) if value is not None else []
+        except ValueError: names = []   # computed: miniai.imports gathers other modules' names, its page is its docstring
         out['.'.join(parts)] = names
     return out
 
