@@ -93,7 +93,8 @@ def test_flags_build_the_everyday_callbacks_from_their_modules(data, tmp_path, m
     monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: True if name == 'tensorboard' else find(name, *a))
     assert run(data, tmp_path / 'r', '--epochs', '1', '--limit', '100', '--early-stop', '3', '--clip', '0.5',
                '--accumulate', '4', '--tensorboard') == 0
-    assert made == [('EarlyStoppingCB', (), {'patience': 3}), ('GradientClipCB', (0.5,), {}),
+    assert made == [('EarlyStoppingCB', ('valid_accuracy',), {'patience': 3, 'restore_best': False}),
+                    ('GradientClipCB', (0.5,), {}),
                     ('GradientAccumulationCB', (4,), {}), ('TensorBoardCB', (tmp_path / 'r' / 'tensorboard',), {})]
     made.clear()
     assert run(data, tmp_path / 'plain', '--epochs', '1', '--limit', '100') == 0 and made == []

@@ -32,4 +32,4 @@ def test_help_states_the_resume_rule_and_the_signals():
     for words in ('--epochs', '--device', '--data', '--dist-timeout', 'is refused'):
         assert words in resume, f"--resume's help lacks {words!r}: {resume}"
     assert 'SIGTERM or SIGHUP' in text and '143' in text and '129' in text, text
-    assert re.search(r'run\.lock held by the process training in the folder', text), text
+    assert re.search(r'run\.lock who trains in the folder', text), text

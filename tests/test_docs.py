@@ -255,7 +255,7 @@ def public_names() -> dict[str, list[str]]:
         value = next((n.value for n in ast.parse(py.read_text()).body if isinstance(n, ast.Assign)
                       and any(getattr(t, 'id', None) == '__all__' for t in n.targets)), None)
         try: names = ast.literal_eval(value) if value is not None else []
-        except ValueError: names = []   # computed: miniai.imports gathers other modules' names, its page is its docstring
+        except ValueError: names = []   # computed (miniai.imports gathers other modules' names): a docstring page
         out['.'.join(parts)] = names
     return out
 
@@ -506,6 +506,7 @@ def test_api_pages_lead_with_main_names_and_skip_undocumented_members(site, repo
     reports, _ = reports
     problems = []
     for mod, names in public_names().items():
+        if not names: continue                    # a page that is its docstring (miniai.imports)
         rep = reports[site / 'api' / f"{mod.removeprefix('miniai.')}.html"]
         top = [e for e in rep['api'] if e['parent'] is None]
         if not top: problems.append(f"{mod}: no entry"); continue

@@ -309,7 +309,7 @@ def test_fit_config_names_the_model_inside_a_wrapper_and_the_global_batch_size(m
 # --- errors ----------------------------------------------------------------------------------------------------
 def test_without_wandb_it_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, 'wandb', None)   # as if wandb were not installed
-    with pytest.raises(ImportError, match=r"pip install 'miniai\[wandb\]'"): WandBCB()
+    with pytest.raises(ImportError, match=r"pip install 'miniai-learner\[wandb\]'"): WandBCB()
 
 
 @needs_wandb

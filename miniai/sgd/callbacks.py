@@ -92,7 +92,8 @@ class RecorderCB(Callback):
 
     def after_step(self, learn):
         for k, get in self.getters.items(): self.recs[k].append(get(self))
-        self.steps.append(learn.iter_count + 1)     # the step counter moves on after the batch
+        # the step counter moves on after the batch (a learner without one: the records' own count)
+        self.steps.append(getattr(learn, 'iter_count', len(self.steps)) + 1)
 
     def cleanup_fit(self, learn):                   # keep the hypers, drop the live params
         if self.pg is not None: self.pg = {k: v for k, v in self.pg.items() if k != 'params'}
