@@ -260,8 +260,9 @@ def test_an_explicit_out_taken_by_another_run_is_refused(tmp_path):
     _pick_together(N_THREADS, tmp_path / 'r', got)
     ok = [p for p in got if isinstance(p, Path)]
     assert len(ok) == 1 and len(got) == N_THREADS
-    assert all('--out' in str(e) and ('already holds files' in str(e) or 'just taken' in str(e))
-               for e in got if not isinstance(e, Path))
+    refusals = [str(e) for e in got if not isinstance(e, Path)]
+    assert all(m.startswith(f'--out {tmp_path / "r"} ') for m in refusals), refusals
+    assert all(any(why in m for why in ('already holds files', 'just taken', 'in use by another')) for m in refusals)
 
 
 def _one_line_error(capsys):

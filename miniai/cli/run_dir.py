@@ -138,11 +138,13 @@ def new_out_dir(out: Path | None) -> tuple[Path, bool, RunLock]:
     if any(out.iterdir()):
         raise _in_use(out) or UsageError(f"--out {out} already holds files; choose a new folder so no earlier run "
                                          "is overwritten")
+    just_taken = UsageError(f"--out {out} was just taken by another run starting at the same time; choose another "
+                            "folder")
     try: lock = RunLock(out)
-    except RunInUseError as e: raise _in_use(out) or e from None
+    except RunInUseError: raise _in_use(out) or just_taken from None    # its holder may have let go since
     if any(p.name != LOCK_NAME for p in out.iterdir()) or not _claim(out):
         lock.release()
-        raise UsageError(f"--out {out} was just taken by another run starting at the same time; choose another folder")
+        raise just_taken
     return out, created, lock
 
 
