@@ -240,7 +240,6 @@ def browser():
         finally: b.close()
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_every_page_loads_with_its_images_and_links(site, browser, tmp_path):
     notebooks = sorted((ROOT / 'nbs').glob('*.ipynb'))
@@ -288,7 +287,6 @@ def test_every_page_loads_with_its_images_and_links(site, browser, tmp_path):
     assert reports[site / 'index.html']['output_tables'] > 0, "the first fit's metrics table is not on the index page"
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_hidden_cells_are_not_shown(site):
     """`#| hide` cells (imports, warning filters) are left out; `show_doc(...)` calls show only their entry."""
@@ -307,7 +305,6 @@ def test_hidden_cells_are_not_shown(site):
     assert checked, "no notebook has a `#| hide` or show_doc cell to check"
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_api_reference_lists_every_public_name_with_a_source_link(site):
     """Every name in every module's `__all__` has an entry (heading id `miniai.mod.name`) with a source link."""
@@ -321,7 +318,6 @@ def test_api_reference_lists_every_public_name_with_a_source_link(site):
     assert not problems, '\n'.join(problems)
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_search_finds_the_schedules_page(site, browser):
     """Typing "OneCycle" in the search box lists the schedules pages (the search index runs offline, in the page)."""
@@ -335,7 +331,6 @@ def test_search_finds_the_schedules_page(site, browser):
     assert not errs, errs
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_source_link_opens_the_defining_line(site, browser):
     """An API entry's [source] link opens the module's source page at the line that defines the name."""
