@@ -40,11 +40,11 @@ train: setup
 lint: setup
 	$(VENV)/bin/ruff check miniai tests tools benchmarks
 
-# Every test, two at a time (pytest-xdist; tests that share a costly fixture stay on one worker): the notebooks in
-# quick mode, the docs site in Chromium, torchrun and the short runs on the real data included. The quick loop
-# while editing leaves out the tests marked slow: `.venv/bin/python -m pytest -m 'not slow'`.
+# Every test, two at a time (pytest-xdist; tests/conftest.py keeps the files whose tests share a costly fixture on
+# one worker): the notebooks in quick mode, the docs site in Chromium, torchrun and the short runs on the real data
+# included. The quick loop while editing leaves out the tests marked slow: `.venv/bin/python -m pytest -m 'not slow'`.
 test: lint setup browser
-	$(PY) -m pytest -q -n 2 --dist loadgroup $(ARGS)
+	$(PY) -m pytest -q -n 2 $(ARGS)
 
 # The docs site, offline, into _docs/ (mkdocs.yml: mkdocs-material, mkdocs-jupyter, mkdocstrings): the notebooks with
 # their committed outputs, the pages in docs/, an API page and a source page per module, full-text search.

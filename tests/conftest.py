@@ -2,6 +2,8 @@
 
 Under pytest-xdist (`make test` runs `pytest -n 2`) each worker gets its share of the cores for torch's threads,
 so two workers don't each spin two threads on a 2-core machine; the child processes the tests start inherit it.
+Each test goes to whichever worker is free, the slow ones first, except that the tests of a file in `ONE_WORKER`
+run together on one worker (`pytest_xdist_make_scheduler` below).
 """
 import importlib.util
 import os
@@ -101,6 +103,29 @@ def _exec_module(name, path):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+# Files whose tests share a module fixture that must be made once: under `pytest -n N` they run whole on one worker.
+ONE_WORKER = {
+    'test_docs.py': "the site is built into _docs/ (two builds at once would overwrite each other's files)",
+    'test_distributed.py': 'one torchrun of two processes (`ddp_run`) serves most of its tests',
+    'test_metrics.py': 'one interpreter start-up serves every case',
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's `load` schedule (each test to the first free worker), but the tests of a file in ONE_WORKER form one
+    unit of work. (Its `loadgroup` mode does not group on this pytest: the group goes in a node id pytest no longer
+    lets a plugin change.) Another `--dist` mode given on the command line is left as it is."""
+    if config.getoption('dist') != 'load': return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class OneWorkerFiles(LoadScopeScheduling):
+        def _split_scope(self, nodeid):
+            path = nodeid.split('::', 1)[0]
+            return path if Path(path).name in ONE_WORKER else nodeid
+
+    return OneWorkerFiles(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

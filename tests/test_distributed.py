@@ -146,7 +146,6 @@ def close(a, b, tol=1e-5):
             assert ra[k] == pytest.approx(rb[k], abs=tol), (k, ra, rb)
 
 
-@pytest.mark.xdist_group('ddp_run')
 @pytest.mark.slow
 @pytest.mark.parametrize('kind', ['memory', 'plain'])
 def test_two_ranks_match_one_process_with_the_same_global_batch(ddp_run, kind):
@@ -161,7 +160,6 @@ def test_two_ranks_match_one_process_with_the_same_global_batch(ddp_run, kind):
         assert torch.equal(r0[kind]['weights'][k], r1[kind]['weights'][k])
 
 
-@pytest.mark.xdist_group('ddp_run')
 @pytest.mark.slow
 def test_checkpoint_saved_under_ddp_loads_in_one_process_and_files_are_written_once(ddp_run):
     out, (r0, _) = ddp_run
@@ -172,7 +170,6 @@ def test_checkpoint_saved_under_ddp_loads_in_one_process_and_files_are_written_o
     assert len((out / 'memory.csv').read_text().splitlines()) == 1 + 2  # a header and 2 epochs, once
 
 
-@pytest.mark.xdist_group('ddp_run')
 @pytest.mark.slow
 def test_only_rank_0_prints(ddp_run):
     _, (r0, r1) = ddp_run
@@ -181,7 +178,6 @@ def test_only_rank_0_prints(ddp_run):
     assert 'valid_accuracy' in r0['stdout'] and r1['stdout'] == ''
 
 
-@pytest.mark.xdist_group('ddp_run')
 @pytest.mark.slow
 def test_lr_find_stops_at_the_same_batch_on_every_rank_and_restores_the_model(ddp_run):
     _, (r0, r1) = ddp_run
@@ -189,7 +185,6 @@ def test_lr_find_stops_at_the_same_batch_on_every_rank_and_restores_the_model(dd
     assert r0['lr_find']['restored'] and r1['lr_find']['restored']
 
 
-@pytest.mark.xdist_group('ddp_run')
 @pytest.mark.slow
 def test_shuffled_shards_split_each_epoch_and_are_reseeded_every_epoch(ddp_run):
     _, (r0, r1) = ddp_run
@@ -202,7 +197,6 @@ def test_shuffled_shards_split_each_epoch_and_are_reseeded_every_epoch(ddp_run):
     assert r0['one_cycle']['rows'] == r1['one_cycle']['rows']
 
 
-@pytest.mark.xdist_group('ddp_run')
 @pytest.mark.slow
 def test_clipping_accumulation_and_early_stopping_under_ddp_match_one_process(ddp_run):
     _, (r0, r1) = ddp_run
@@ -217,7 +211,6 @@ def test_clipping_accumulation_and_early_stopping_under_ddp_match_one_process(dd
         assert torch.equal(r0['grads']['weights'][k], r1['grads']['weights'][k])
 
 
-@pytest.mark.xdist_group('ddp_run')
 @pytest.mark.slow
 def test_miniai_train_under_torchrun_writes_its_files_once(ddp_run):
     out, (r0, r1) = ddp_run

@@ -319,7 +319,6 @@ def reports(site, browser):
     return out, problems
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_every_page_loads_with_its_images_and_links(site, reports):
     reports, problems = reports
@@ -354,7 +353,6 @@ def test_every_page_loads_with_its_images_and_links(site, reports):
     assert reports[site / 'index.html']['output_tables'] > 0, "the first fit's metrics table is not on the index page"
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_nav_footer_and_repository_link(site, build, reports):
     """Every page is in the nav (a source page: linked from the API index, which is); the nav starts with the
@@ -410,7 +408,6 @@ def _show_doc_targets(nb: Path) -> list[str]:
     return out
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_show_doc_renders_what_python_says_each_name_is(site, reports):
     """Each `show_doc(X)` of a module notebook is on its page as what X is: a class as a class (the kind, `class
@@ -459,7 +456,6 @@ def test_show_doc_renders_what_python_says_each_name_is(site, reports):
     assert n_classes > 10, f"only {n_classes} classes documented with show_doc"
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_no_plumbing_on_any_notebook_page(site, reports):
     """Readers see the code they would type: no quick-mode line, show_doc import, warning filter or `#|` directive
@@ -477,7 +473,6 @@ def test_no_plumbing_on_any_notebook_page(site, reports):
     assert all(any('MINIAI_QUICK' in c for c in code_cells(nb)) for nb in NOTEBOOKS)
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_hidden_cells_and_lines_are_not_shown(site):
     """`#| hide` cells and `#|hide_line` lines are left out; `show_doc(...)` calls show only their entry."""
@@ -498,7 +493,6 @@ def test_hidden_cells_and_lines_are_not_shown(site):
     assert checked, "no notebook has a `#| hide` cell, `#|hide_line` line or show_doc cell to check"
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_api_pages_lead_with_main_names_and_skip_undocumented_members(site, reports):
     """The first entry of each API page is one of its module's `__all__` names, with a docstring (`api/learner`:
@@ -522,7 +516,6 @@ def test_api_pages_lead_with_main_names_and_skip_undocumented_members(site, repo
     assert learner[0]['id'] == 'miniai.learner.Learner', learner[0]['id']
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_api_reference_lists_every_public_name_with_a_source_link(site):
     """Every name in every module's `__all__` has an entry (heading id `miniai.mod.name`) with a source link."""
@@ -536,7 +529,6 @@ def test_api_reference_lists_every_public_name_with_a_source_link(site):
     assert not problems, '\n'.join(problems)
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_search_finds_the_schedules_page(site, browser):
     """Typing "OneCycle" in the search box lists the schedules pages (the search index runs offline, in the page)."""
@@ -550,7 +542,6 @@ def test_search_finds_the_schedules_page(site, browser):
     assert not errs, errs
 
 
-@pytest.mark.xdist_group('docs')
 @pytest.mark.slow
 def test_source_link_opens_the_defining_line(site, browser):
     """An API entry's [source] link opens the module's source page at the line that defines the name."""

@@ -1,6 +1,7 @@
 """README.md's opening is nbs/index.ipynb's text, word for word, with what its first fit printed and plotted."""
 import base64
 import io
+import re
 from pathlib import Path
 
 import matplotlib
@@ -100,3 +101,15 @@ def test_write_keeps_readmes_own_part_and_catches_a_stale_opening(mod, tmp_path)
     assert mod.readme_text(tmp_path / 'README.md', index) == readme
     (tmp_path / 'README.md').write_text(readme.replace('fit()', 'fit(3)'))  # the code shown is not the code run
     assert mod.readme_text(tmp_path / 'README.md', index) != (tmp_path / 'README.md').read_text()
+
+
+def test_readme_says_the_command_make_test_runs_and_the_quick_loop(pytestconfig):
+    """`make test`'s pytest command (the Makefile's, which .ci/run calls) and the quick loop without the tests marked
+    slow are the ones README.md tells a contributor about."""
+    recipe = re.search(r'^test:.*\n\t(.+)$', (ROOT / 'Makefile').read_text(), re.M)[1]
+    assert recipe.startswith('$(PY) -m pytest '), recipe
+    flags = [w for w in recipe.split()[3:] if not w.startswith('$(') and w != '-q']
+    readme = (ROOT / 'README.md').read_text()
+    assert f"`pytest {' '.join(flags)}`" in readme, f"README.md should say that make test runs `pytest {flags}`"
+    assert any(m.startswith('slow:') for m in pytestconfig.getini('markers')) and "pytest -m 'not slow'" in readme
+    assert 'make test' in (ROOT / '.ci' / 'run').read_text()
