@@ -162,14 +162,17 @@ async def _run_all(paths, kernel_dir, timeout, workers, on_done):
     await asyncio.gather(*(one(p) for p in paths))
 
 
-def run_all(paths, quick: bool, workers: int = 1, timeout: int = 600, on_done=None):
-    """Execute `paths`, `workers` at a time; `on_done(path, executed nb or None, error or None, seconds)` each."""
+def run_all(paths, quick: bool, workers: int = 1, timeout: int = 600, on_done=None, kernel_dir: Path | None = None):
+    """Execute `paths`, `workers` at a time; `on_done(path, executed nb or None, error or None, seconds)` each.
+
+    `kernel_dir`: a kernelspec folder of one's own (tools/warm_kernels.py makes one whose kernels are forked from
+    a warm parent); by default a fresh kernel of this Python with `kernel_env(quick, workers)`."""
     results = {}
     def record(p, nb, err, secs):
         results[p] = (nb, err, secs)
         if on_done: on_done(p, nb, err, secs)
     with tempfile.TemporaryDirectory(prefix='miniai-kernel-') as d:
-        kernel_dir = write_kernelspec(Path(d), kernel_env(quick, workers))
+        kernel_dir = kernel_dir or write_kernelspec(Path(d), kernel_env(quick, workers))
         asyncio.run(_run_all(list(paths), kernel_dir, timeout, workers, record))
     return results
 
