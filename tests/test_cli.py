@@ -708,7 +708,7 @@ def _intact(run_dir):
     _final_files_are_whole(run_dir)
 
 
-N_CONCURRENT = 6                     # docs/reliability.md quotes this count
+N_CONCURRENT = 3                     # docs/reliability.md quotes this count
 
 
 def test_concurrent_runs_into_distinct_folders_all_finish_intact(data, tmp_path):
