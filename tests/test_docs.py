@@ -205,14 +205,19 @@ def evaluate(browser: Chromium, session: str, expression: str, timeout: float = 
     return res['result'].get('value')
 
 
-def open_page(browser: Chromium, url: str) -> tuple[str, str, dict, list]:
-    """Load `url` in a new tab: (target id, session, PAGE_REPORT's result, problems: failed or remote requests,
-    JS errors)."""
+def new_tab(browser: Chromium) -> tuple[str, str]:
+    """A new tab at 1400 px with its page, network and runtime events on: (target id, session)."""
     target = browser.send('Target.createTarget', {'url': 'about:blank'})['targetId']
     session = browser.send('Target.attachToTarget', {'targetId': target, 'flatten': True})['sessionId']
     for domain in ('Page', 'Network', 'Runtime'): browser.send(f'{domain}.enable', session=session)
     browser.send('Emulation.setDeviceMetricsOverride',
                  {'width': 1400, 'height': 900, 'deviceScaleFactor': 1, 'mobile': False}, session=session)
+    return target, session
+
+
+def visit(browser: Chromium, session: str, url: str) -> tuple[dict, list]:
+    """Load `url` in the tab of `session`: (PAGE_REPORT's result, problems: failed or remote requests, JS errors)."""
+    browser.events[:] = [e for e in browser.events if e.get('sessionId') != session]   # the last page's events
     browser.send('Page.navigate', {'url': url}, session=session)
     browser.wait_event('Page.loadEventFired', session)
     report = evaluate(browser, session, PAGE_REPORT)
@@ -227,7 +232,13 @@ def open_page(browser: Chromium, url: str) -> tuple[str, str, dict, list]:
         elif e['method'] == 'Runtime.exceptionThrown':
             d = p['exceptionDetails']
             problems.append(f"script error: {d.get('exception', {}).get('description') or d.get('text')}")
-    return target, session, report, problems
+    return report, problems
+
+
+def open_page(browser: Chromium, url: str) -> tuple[str, str, dict, list]:
+    """Load `url` in a new tab: (target id, session, PAGE_REPORT's result, problems as `visit` gives them)."""
+    target, session = new_tab(browser)
+    return (target, session, *visit(browser, session, url))
 
 
 def close_page(browser: Chromium, target: str, session: str):
@@ -305,17 +316,19 @@ def browser():
 
 @pytest.fixture(scope='session')
 def reports(site, browser):
-    """Every page opened once: ({page: PAGE_REPORT's result}, [problems with loading it])."""
+    """Every page opened once, one after another in one tab: ({page: PAGE_REPORT's result}, [problems with loading
+    it])."""
     out, problems = {}, []
+    target, session = new_tab(browser)          # one tab for all: a new tab per page costs a renderer start-up
     for page in sorted(p for p in site.rglob('*.html') if p.name != '404.html'):
-        target, session, rep, errs = open_page(browser, page.as_uri())
+        rep, errs = visit(browser, session, page.as_uri())
         out[page] = rep
         problems += [f"{page.relative_to(site)}: {e}" for e in errs]
         if page == site / 'index.html':
             shot = base64.b64decode(browser.send('Page.captureScreenshot', {'format': 'png'}, session=session)['data'])
             (site / 'screenshot-index.png').write_bytes(shot)
             print(f"screenshot of the index page: {site / 'screenshot-index.png'}")
-        close_page(browser, target, session)
+    close_page(browser, target, session)
     return out, problems
 
 
