@@ -1,8 +1,12 @@
 """Seconds of training + evaluation to 0.90, 0.93 and 0.95 Fashion-MNIST test accuracy, for a named recipe.
 
-`--recipe fast` is the quickest route to 0.93 found on a 2-core CPU; `--recipe best` aims at 0.95;
-`--recipe resnet` is the course's 4.9M-parameter ResNet for 5 epochs (the earlier record). Every flag a recipe
-sets can be overridden (`--recipe fast --epochs 8`). The pieces are miniai's: `get_resnet` or a small net built
+`--recipe fast` is the quickest route to 0.93 found on a 2-core CPU, in one of two versions chosen by the hardware
+found (and said in the first line of output): `fast-bf16` on CUDA and on a CPU with bfloat16 units (AMX or
+AVX512-BF16), `fast-fp32` on other CPUs, where bfloat16 arithmetic is slow. `fast-fp32` trains in float32 with
+channels_last, a cheaper last width, and after the first epoch only on the hardest half of the training images
+(`KeepHardCB`). `--recipe best` aims at 0.95; `--recipe resnet` is the course's 4.9M-parameter ResNet for 5 epochs
+(the earlier record). Every flag a recipe sets can be overridden (`--recipe fast --epochs 8`); `--holdout N`
+evaluates on the last N training images instead of the test set, for choosing settings. The pieces are miniai's: `get_resnet` or a small net built
 from `conv` and `ResBlock`, kaiming init, on-device augmentation (random flips, `--padding` for random crops),
 AdamW under `fit_one_cycle`, `EMACB` (an exponential moving average of the weights, which the evaluation uses),
 flip TTA, bfloat16 autocast and channels_last (`--amp --channels-last`: on by default on CUDA and on a CPU with
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import statistics
 import time
@@ -40,24 +45,45 @@ from miniai.augment import InputTransformCB, default_tfms, hflip
 from miniai.callbacks import def_device, set_seed
 from miniai.conv import conv
 from miniai.core import Callback, CancelEpochException
-from miniai.datasets import DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls
+from miniai.datasets import DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls, normalise_images
 from miniai.ema import EMACB
 from miniai.init import init_weights
 from miniai.learner import DeviceCB, TrainLearner
 from miniai.resnet import ResBlock, get_resnet
+from miniai.sgd import OneCycleSchedCB
 
-XMEAN, XSTD = 0.28, 0.35
 BARS = (0.90, 0.93, 0.95)
 
-# What each recipe sets; `None` leaves a flag to its device default (amp, channels_last: on for CUDA).
+# What each recipe sets; a flag a recipe leaves out (amp, channels_last) takes its device default: on for CUDA and a
+# CPU with bfloat16 units. `--recipe fast` is `fast-bf16` or `fast-fp32`, by the hardware found (`resolve_recipe`).
+_FAST = dict(arch='net', nfs=[16, 32, 64, 128], epochs=5, bs=256, lr=1e-2, wd=1e-2, padding=0, label_smoothing=0.1,
+             ema=0.99, tta=True, eval='end')
 RECIPES = {
     'resnet': dict(arch='resnet', nfs=[16, 32, 64, 128, 256, 512], epochs=5, bs=256, lr=1e-2, wd=1e-2, padding=0,
                    label_smoothing=0., ema=0., tta=False, eval='epoch'),
-    'fast': dict(arch='net', nfs=[16, 32, 64, 128], epochs=5, bs=256, lr=1e-2, wd=1e-2, padding=0,
-                 label_smoothing=0.1, ema=0.99, tta=True, eval='end'),
+    'fast-bf16': dict(_FAST, amp=True, channels_last=True),
+    # float32 on a CPU without bfloat16 units: a cheaper last width, and after the first epoch only the hardest half
+    # of the images (KeepHardCB), channels_last for the convolutions
+    'fast-fp32': dict(_FAST, nfs=[16, 32, 64, 96], keep=0.5, amp=False, channels_last=True),
     'best': dict(arch='resnet', nfs=[16, 32, 64, 128, 256, 512], epochs=25, bs=256, lr=1e-2, wd=1e-2, padding=1,
                  label_smoothing=0.1, ema=0.999, tta=True, eval='end'),
 }
+FP32_SUMMARY = 'float32 and channels_last, widths 16-32-64-96, the hardest half of the images after the first epoch'
+
+
+def resolve_recipe(name: str, device_type: str) -> tuple[str, str | None]:
+    """The recipe that `name` stands for on `device_type`, and a line saying why (None for a recipe named in full).
+
+    `fast` is `fast-bf16` where bfloat16 arithmetic is fast (CUDA, or a CPU with AMX or AVX512-BF16 units) and
+    `fast-fp32` elsewhere: without those units bfloat16 autocast runs slower than float32, and a recipe tuned for
+    bfloat16 wastes float32 time on a larger net than it can afford.
+    """
+    if name != 'fast': return name, None
+    if device_type == 'cuda': return 'fast-bf16', "CUDA: the bfloat16 route (--recipe fast-bf16)"
+    if device_type == 'cpu' and cpu_has_bf16():
+        return 'fast-bf16', "bfloat16 units on this CPU (AMX or AVX512-BF16): the bfloat16 route (--recipe fast-bf16)"
+    return 'fast-fp32', (f"no bfloat16 units on this {device_type.upper()} (AMX or AVX512-BF16): the float32 route "
+                         f"(--recipe fast-fp32: {FP32_SUMMARY})")
 
 
 class Limited:
@@ -67,10 +93,18 @@ class Limited:
     def __iter__(self): return islice(iter(self.dl), self.n)
 
 
-def make_dls(bs, device, limit):
-    if not limit: return get_dls(bs, device=device, drop_last=True)
-    def norm(b): return (b[0].float().div(255).sub(XMEAN).div(XSTD).unsqueeze(1), b[1])
-    t = {k: tuple(x[:limit].to(device) for x in v) for k, v in fashion_mnist_tensors().items()}
+def make_dls(bs, device, limit=0, holdout=0):
+    """Training and evaluation loaders over the in-memory images: the test set is evaluated, or with `holdout`
+    the last `holdout` training images (which are then not trained on), for choosing settings without looking at
+    the test set. `limit` keeps only the first `limit` training and test images."""
+    if not limit and not holdout: return get_dls(bs, device=device, drop_last=True)
+    t = {k: tuple(x[:limit or None].to(device) for x in v) for k, v in fashion_mnist_tensors().items()}
+    if holdout:
+        n = len(t['train'][0])
+        if not 0 < holdout < n:
+            raise ValueError(f"--holdout must be between 1 and {n - 1} (the training images kept), got {holdout}")
+        t = dict(train=tuple(x[:n - holdout] for x in t['train']), test=tuple(x[n - holdout:] for x in t['train']))
+    def norm(b): return (normalise_images(b[0]), b[1])
     train = InMemoryLoader(t['train'], bs, shuffle=True, drop_last=len(t['train'][0]) > bs, batch_tfm=norm)
     return DataLoaders(train, InMemoryLoader(t['test'], bs, batch_tfm=norm))
 
@@ -96,6 +130,63 @@ def make_model(arch='resnet', nfs=(16, 32, 64, 128, 256, 512)):
     if arch == 'resnet': model = get_resnet(act, nfs=nfs, norm=nn.BatchNorm2d)
     else: model = small_net(act, nfs, stem_stride=2 if arch == 'net-s2' else 1)
     return model.apply(partial(init_weights, leaky=0.1, linear=True))
+
+
+class KeepHardCB(Callback):
+    """After the first epoch, trains only on the fraction `keep` of the training images that were hardest in it.
+
+    In the first epoch each batch's images are ranked by their loss (on the weights of that moment, so images seen
+    early and late are ranked fairly) and the top `keep` of each batch is kept; the later epochs shuffle only those
+    (Paul, Ganguli and Dziugaite, "Deep Learning on a Data Diet", rank images by an early-training error score the
+    same way). Most Fashion-MNIST images (trousers, bags, sandals) are learnt in one epoch; training goes on
+    where the classes are confused. `loader` is the training loader to fit with: it is `train`'s images with their
+    indices, so the ranking knows which images a batch held; `steps(n_epochs)` is the fit's number of steps.
+    """
+    def __init__(self, keep: float, train: InMemoryLoader):
+        if not 0 < keep <= 1: raise ValueError(f"keep must be a fraction in (0, 1], got {keep}")
+        self.keep, self.train, self.batch_idx, self.hard, self.kept = keep, train, None, None, None
+        x = train.xs[0]
+        self.loader = InMemoryLoader(train.xs + (torch.arange(len(x), device=x.device),), train.batch_size,
+                                     shuffle=True, drop_last=train.drop_last, batch_tfm=self._note_indices)
+
+    def _note_indices(self, b):
+        self.batch_idx = b[-1]
+        return self.train.batch_tfm(b[:-1]) if self.train.batch_tfm else b[:-1]
+
+    def _per_batch(self): return math.ceil(self.keep * self.train.batch_size)
+
+    def steps(self, n_epochs: int) -> int:
+        n_kept = len(self.loader) * self._per_batch()
+        later = n_kept // self.train.batch_size if self.train.drop_last else math.ceil(n_kept / self.train.batch_size)
+        return len(self.loader) + (n_epochs - 1) * later
+
+    def before_fit(self, learn):
+        x = self.train.xs[0]
+        self.hard, self.kept = torch.zeros(len(x), dtype=torch.bool, device=x.device), None
+
+    def after_loss(self, learn):
+        if not learn.training or learn.epoch > 0: return
+        loss = F.cross_entropy(learn.preds.detach().float(), learn.batch[1], reduction='none')
+        self.hard[self.batch_idx[loss.topk(min(self._per_batch(), len(loss))).indices]] = True
+
+    def before_epoch(self, learn):
+        if not learn.training or learn.epoch == 0: return
+        if self.kept is None:
+            rows = self.hard.nonzero().squeeze(1)
+            self.kept = InMemoryLoader(tuple(x[rows] for x in self.train.xs), self.train.batch_size, shuffle=True,
+                                       drop_last=self.train.drop_last, batch_tfm=self.train.batch_tfm)
+        learn.dl = self.kept
+
+
+class OneCycleStepsCB(OneCycleSchedCB):
+    """`OneCycleSchedCB` over `steps` training steps in all: for a fit whose epochs differ in length."""
+    def __init__(self, steps: int, lr_max):
+        super().__init__(lr_max)
+        self.steps = steps
+
+    def before_fit(self, learn):
+        super().before_fit(learn)
+        self.total = self.steps
 
 
 def accel_cbs(args):
@@ -160,17 +251,29 @@ def warm_up(learn, dls, device, seed):
     return time.perf_counter() - t0
 
 
+def make_learner(args, device, dls):
+    """The learner of a run: `args`' model, loss, AdamW and callbacks (augmentation, precision, layout, average,
+    hard-image selection)."""
+    aug = [InputTransformCB(default_tfms(padding=args.padding))] if args.aug else []
+    cbs = [DeviceCB(device)] + aug + accel_cbs(args) + ([EMACB(args.ema)] if args.ema else [])
+    if args.keep < 1:
+        cbs.append(KeepHardCB(args.keep, dls.train))
+        dls = DataLoaders(cbs[-1].loader, dls.valid)
+    loss = partial(F.cross_entropy, label_smoothing=args.label_smoothing)
+    return TrainLearner(make_model(args.arch, args.nfs), dls, loss, lr=args.lr, cbs=cbs,
+                        opt_func=partial(torch.optim.AdamW, weight_decay=args.wd))
+
+
 def run(args, seed, device, dls):
     """One timed fit with `seed`: a dict with the config, per-epoch rows and the first time past each bar."""
     set_seed(seed)
     timer, ev = PhaseTimerCB(device), EvalCB(args.eval, args.tta, amp=args.amp)
-    aug = [InputTransformCB(default_tfms(padding=args.padding))] if args.aug else []
-    cbs = [DeviceCB(device)] + aug + accel_cbs(args) + ([EMACB(args.ema)] if args.ema else [])
-    loss = partial(F.cross_entropy, label_smoothing=args.label_smoothing)
-    learn = TrainLearner(make_model(args.arch, args.nfs), dls, loss, lr=args.lr, cbs=cbs,
-                         opt_func=partial(torch.optim.AdamW, weight_decay=args.wd))
-    warm = warm_up(learn, dls, device, seed)
-    learn.fit_one_cycle(args.epochs, args.lr, cbs=[ev, timer, ProgressLine(timer, ev)])
+    learn = make_learner(args, device, dls)
+    warm = warm_up(learn, learn.dls, device, seed)
+    cbs = [ev, timer, ProgressLine(timer, ev)]
+    hard = next((c for c in learn.cbs if isinstance(c, KeepHardCB)), None)
+    if hard: learn.fit(args.epochs, cbs=[OneCycleStepsCB(hard.steps(args.epochs), args.lr)] + cbs)
+    else: learn.fit_one_cycle(args.epochs, args.lr, cbs=cbs)
     evals = iter(timer.times[False])
     rows, cum = [], warm if args.compile else 0.        # compiling is part of the cost of --compile
     for e, tr in enumerate(timer.times[True]):
@@ -208,9 +311,19 @@ def cpu_has_bf16() -> bool:
     return ' amx_bf16' in flags or ' avx512_bf16' in flags
 
 
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), for the record of where a run was timed."""
+    try:
+        with open('/proc/cpuinfo') as f:
+            name = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), '')
+    except OSError: name = ''
+    return name or platform.processor() or platform.machine()
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument('--recipe', choices=sorted(RECIPES), default='fast', help='the defaults of the flags below')
+    ap.add_argument('--recipe', choices=['fast'] + sorted(RECIPES), default='fast',
+                    help="the defaults of the flags below; 'fast' is fast-bf16 or fast-fp32, by the hardware found")
     ap.add_argument('--arch', choices=['resnet', 'net', 'net-s2'],
                     help="'resnet': get_resnet; 'net': the cheaper small net; 'net-s2': the same, strided "
                          "from the start")
@@ -221,6 +334,9 @@ def parse_args(argv=None):
     ap.add_argument('--wd', type=float, help='AdamW weight decay')
     ap.add_argument('--padding', type=int, help='random-crop padding (0: no crop)')
     ap.add_argument('--aug', action=argparse.BooleanOptionalAction, default=True, help='random flips (and crops)')
+    ap.add_argument('--keep', type=float,
+                    help='after the first epoch, train only on this fraction of the training images, the hardest '
+                         'in it (1: all)')
     ap.add_argument('--label-smoothing', type=float)
     ap.add_argument('--ema', type=float, help='EMACB decay (0: no weight averaging)')
     ap.add_argument('--tta', action=argparse.BooleanOptionalAction, help='evaluate with flip TTA')
@@ -232,19 +348,25 @@ def parse_args(argv=None):
                     help='channels_last memory format (default: as --amp)')
     ap.add_argument('--compile', action='store_true', help='torch.compile the model (see the warm-up seconds)')
     ap.add_argument('--limit', type=int, default=0, help='use only the first N train and test items (quick check)')
+    ap.add_argument('--holdout', type=int, default=0,
+                    help='evaluate on the last N training images (not trained on) instead of the test set: for '
+                         'choosing settings')
     ap.add_argument('--targets', type=float, nargs='+', default=list(BARS), help='accuracy bars')
     ap.add_argument('--seed', type=int, default=0)
     ap.add_argument("--seeds", type=int, nargs='+', help='several runs, one per random seed (overrides --seed)')
     ap.add_argument('--json', help='write the config and every run to this file')
     args = ap.parse_args(argv)
-    for k, v in RECIPES[args.recipe].items():
-        if getattr(args, k) is None: setattr(args, k, v)
     dev = torch.device(args.device).type
+    args.recipe, args.chosen = resolve_recipe(args.recipe, dev)
+    for k, v in {**dict(keep=1.), **RECIPES[args.recipe]}.items():
+        if getattr(args, k) is None: setattr(args, k, v)
     fast_bf16 = dev == 'cuda' or (dev == 'cpu' and cpu_has_bf16())
     if args.amp is None: args.amp = fast_bf16
     if args.channels_last is None: args.channels_last = fast_bf16
     if args.epochs < 1: ap.error(f"--epochs must be >= 1, got {args.epochs}")
     if not 0 <= args.ema < 1: ap.error(f"--ema must be a decay in [0, 1), got {args.ema}")
+    if not 0 < args.keep <= 1: ap.error(f"--keep must be a fraction in (0, 1], got {args.keep}")
+    if args.holdout < 0: ap.error(f"--holdout must be a number of training images >= 0, got {args.holdout}")
     return args
 
 
@@ -254,10 +376,10 @@ def main(argv=None):
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True                 # fixed shapes: autotune each conv once
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    dls = make_dls(args.bs, device, args.limit)
-    cpu_name = platform.processor() or platform.machine()
-    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name
-    cfg = {k: v for k, v in vars(args).items() if k not in ("seeds", 'json')}
+    dls = make_dls(args.bs, device, args.limit, args.holdout)
+    if args.chosen: print(args.chosen, flush=True)
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()
+    cfg = {k: v for k, v in vars(args).items() if k not in ("seeds", 'json', 'chosen')}
     print(f"torch {torch.__version__}, {device} ({name}), {torch.get_num_threads()} threads; {len(dls.train)} "
           f"batches an epoch; {cfg}", flush=True)
     runs = []
