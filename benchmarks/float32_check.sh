@@ -39,7 +39,7 @@ if [ "$FORCE" = 0 ] && awk -v l="$(load1)" 'BEGIN { exit !(l >= 1) }'; then
   exit 3
 fi
 mkdir -p "$OUT"
-(while sleep 10; do echo "$(date -u +%H:%M:%S) $(load1)"; done) > "$OUT/load.txt" &
+(while sleep 10; do echo "$(date -u +%H:%M:%S) $(load1)"; done) > "$OUT/load.txt" 2>/dev/null &
 SAMPLER=$!
 trap 'kill $SAMPLER 2>/dev/null || true' EXIT
 
