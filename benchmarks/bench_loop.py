@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from functools import partial
@@ -26,7 +25,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torcheval.metrics import MulticlassAccuracy
 
-from common import PhaseTimerCB, seed_model, sync
+from common import PhaseTimerCB, cpu_name, seed_model, sync
 from miniai.callbacks import def_device, set_seed
 from miniai.datasets import DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls, inplace, load_fashion_mnist
 from miniai.learner import DeviceCB, MetricsCB, ProgressCB, TrainLearner
@@ -143,7 +142,7 @@ def main(argv=None):
     data = {k: tuple(t[:args.limit] if args.limit else t for t in v) for k, v in fashion_mnist_tensors().items()}
     data_dev = {k: tuple(t.to(device) for t in v) for k, v in data.items()}
     dls = get_dls(args.bs, device=device) if not args.limit else limited_dls(data_dev, args.bs)
-    gpu = torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_name()
     print(f"torch {torch.__version__}, {device} ({gpu}), {torch.get_num_threads()} threads; "
           f"{len(data['train'][0])} train / {len(data['test'][0])} test items, bs {args.bs}, {args.epochs} epochs, "
           f"seed {args.seed}", flush=True)

@@ -7,14 +7,13 @@ and the median ms/step is reported. Usage: `python benchmarks/bench_optimizers.p
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from functools import partial
 
 import torch
 
-from common import sync
+from common import cpu_name, sync
 from miniai.sgd import SGD, Adagrad, Adam, Lamb, Momentum, Nesterov, RMSProp
 
 # (name, ours, torch's closest algorithm, how they relate)
@@ -51,7 +50,7 @@ def bench(width: int, layers: int, steps: int, reps: int, warmup: int, device):
     params = make_params(width, layers, device)
     n = sum(p.numel() for p in params)
     print(f"{n/1e6:.1f}M parameters ({layers} x Linear({width}, {width})), {device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+          f"{torch.get_num_threads()} threads, {cpu_name()}")
     print(f"medians of {reps} rounds of {steps} steps after {warmup} warm-up steps; ratio: median of per-round "
           "ours/torch\n")
     print(f"{'optimizer':<10} {'ours ms':>9} {'torch ms':>9} {'ratio':>6}  torch counterpart")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from functools import partial
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torcheval.metrics import MulticlassAccuracy
 
-from common import sync
+from common import cpu_name, sync
 from miniai.accel import ChannelsLastCB, MixedPrecisionCB
 from miniai.activations import GeneralRelu
 from miniai.augment import InputTransformCB, default_tfms, get_preds
@@ -67,7 +66,7 @@ def main(argv=None):
     args = parse_args(argv)
     print(json.dumps(vars(args)))
     print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}", flush=True)
+          f"{cpu_name()}", flush=True)
     set_seed(args.seed)
     dls = get_dls(args.bs, device=args.device)
     dls = DataLoaders(_head(dls.train, args.limit, True), _head(dls.valid, args.limit, False))

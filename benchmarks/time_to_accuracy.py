@@ -29,7 +29,6 @@ import argparse
 import copy
 import json
 import math
-import platform
 import statistics
 import time
 from functools import partial
@@ -39,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import PhaseTimerCB, sync
+from common import PhaseTimerCB, cpu_has_bf16, cpu_name, sync
 from miniai.accel import ChannelsLastCB, CompileCB, MixedPrecisionCB
 from miniai.activations import GeneralRelu
 from miniai.augment import InputTransformCB, default_tfms, hflip
@@ -302,23 +301,6 @@ def report(res, args):
                           f"not passed in {args.epochs} epochs"))
     print(f"seed {res['seed']}: accuracy {res['accuracy']:.4f} in {res['total_s']:.2f} s of training + evaluation",
           flush=True)
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has bfloat16 units (AMX or AVX512-BF16), where bf16 autocast speeds convolutions up."""
-    try:
-        with open('/proc/cpuinfo') as f: flags = f.read()
-    except OSError: return False
-    return ' amx_bf16' in flags or ' avx512_bf16' in flags
-
-
-def cpu_name() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one), for the record of where a run was timed."""
-    try:
-        with open('/proc/cpuinfo') as f:
-            name = next((ln.split(':', 1)[1].strip() for ln in f if ln.startswith('model name')), '')
-    except OSError: name = ''
-    return name or platform.processor() or platform.machine()
 
 
 def parse_args(argv=None):
