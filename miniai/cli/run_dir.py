@@ -38,6 +38,19 @@ def _holder(fd: int) -> str:
     return f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, started {started}"
 
 
+def _flock_soon(fd: int, patience: float = 0.2):
+    """Lock `fd` exclusively, trying again for `patience` seconds: `held_by_other` takes the lock for an instant to
+    see whether anyone holds it, and such a look must not make the run that is taking it give up. A run that holds
+    it keeps it for longer: BlockingIOError then."""
+    import fcntl
+    deadline = time.monotonic() + patience
+    while True:
+        try: return fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() > deadline: raise
+            time.sleep(0.005)
+
+
 class RunLock:
     """An exclusive hold on a run folder for this process, until `release` (or the process ends).
 
@@ -45,13 +58,12 @@ class RunLock:
     network mounts) it holds nothing and says so in `held`, rather than refusing to train.
     """
     def __init__(self, folder):
-        import fcntl
         self.path, self.held, self.fd = Path(folder) / LOCK_NAME, False, None
         try: self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
         except OSError as e:
             raise UsageError(f"cannot hold the run folder {folder}: {self.path} cannot be opened "
                              f"({(e.strerror or str(e)).lower()}); if it is a symlink, delete it") from None
-        try: fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try: _flock_soon(self.fd)
         except BlockingIOError:
             who = _holder(self.fd)
             self.release()
