@@ -25,6 +25,7 @@ matplotlib.use('Agg')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')  # tests never reach the network
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 
+ROOT = Path(__file__).resolve().parent.parent
 # the real Fashion-MNIST IDX files, where this machine has them (`apt-get install dataset-fashion-mnist`)
 REAL_DATA = os.environ.get('MINIAI_DATA') or ('/usr/share/datasets/fashion-mnist'
                                               if Path('/usr/share/datasets/fashion-mnist').is_dir() else None)
@@ -81,6 +82,17 @@ def _seed():
     yield
     # only when a test turned it on: the switch's first call imports torch._inductor, seconds per process
     if torch.are_deterministic_algorithms_enabled(): torch.use_deterministic_algorithms(False)
+
+
+@pytest.fixture(scope='session')
+def warm():
+    """A warm Python parent for this worker (tools/warm_python.py): `warm.popen(['-m', 'miniai', 'train', ...])`
+    and `warm.command(...)` start a process of their own, as `python ...` would, without paying torch's imports
+    again. Its environment is a notebook kernel's (no MPLBACKEND: matplotlib reads it at import); each process
+    gets the environment it is started with."""
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join([str(ROOT)] + [p for p in [os.environ.get('PYTHONPATH')] if p])}
+    for name in ('MPLBACKEND', 'MINIAI_QUICK'): env.pop(name, None)
+    with load_tool('warm_python').warm_python(env) as w: yield w
 
 
 def load_tool(name, folder: str = 'tools'):

@@ -194,12 +194,11 @@ def test_train_leaves_warning_filters_and_signal_handlers_as_they_were(tmp_path)
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_and_exits_130(data, tmp_path):
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(data, tmp_path, warm):
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1'}
     out = tmp_path / 'r'
-    p = subprocess.Popen([sys.executable, '-m', 'miniai', 'train', '--data', str(data), '--out', str(out), '--bs',
-                          '8', '--epochs', '50', '--device', 'cpu'], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = warm.popen(['-m', 'miniai', 'train', '--data', str(data), '--out', str(out), '--bs', '8', '--epochs', '50',
+                    '--device', 'cpu'], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300                  # generous: the start-up alone is slow on a loaded machine
     while not (out / 'last.pt').exists() and time.time() < deadline: time.sleep(0.2)  # a first epoch is done
     p.send_signal(signal.SIGINT)
@@ -450,11 +449,10 @@ def test_interrupted_pt_holds_the_one_cycle_schedule(data, tmp_path, monkeypatch
 ENV = {**os.environ, 'PYTHONPATH': str(ROOT), 'PYTHONUNBUFFERED': '1', 'OMP_NUM_THREADS': '1'}
 
 
-def _training(data, out, *extra):
+def _training(warm, data, out, *extra):
     """`python -m miniai train` into `out` in a process of its own, long enough to be stopped after an epoch."""
-    return subprocess.Popen([sys.executable, '-m', 'miniai', 'train', '--data', str(data), '--out', str(out), '--bs',
-                             '8', '--epochs', '50', '--device', 'cpu', *extra], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return warm.popen(['-m', 'miniai', 'train', '--data', str(data), '--out', str(out), '--bs', '8', '--epochs', '50',
+                       '--device', 'cpu', *extra], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def _wait_for(path, p, timeout=90):
@@ -464,16 +462,16 @@ def _wait_for(path, p, timeout=90):
 
 
 @pytest.mark.parametrize('sig', [signal.SIGTERM, signal.SIGHUP])
-def test_sigterm_and_sighup_save_like_ctrl_c_and_a_second_writer_is_refused(sig, data, tmp_path, capsys):
+def test_sigterm_and_sighup_save_like_ctrl_c_and_a_second_writer_is_refused(sig, data, tmp_path, capsys, warm):
     out = tmp_path / 'r'
-    p = _training(data, out)
+    p = _training(warm, data, out)
     try:
         _wait_for(out / 'last.pt', p)                   # an epoch is done; the run is still training
         before = (out / 'metrics.csv').read_text()
         capsys.readouterr()
         assert main(['train', '--resume', str(out)]) == 1
         err = _one_line_error(capsys)
-        assert f'pid {p.pid} on host' in err and 'in use by another' in err and str(out) in err
+        assert f'pid {p.child_pid} on host' in err and 'in use by another' in err and str(out) in err
         assert (out / 'metrics.csv').read_text().startswith(before)     # the refused resume wrote nothing
         p.send_signal(sig)
         _, err = p.communicate(timeout=60)
@@ -491,6 +489,20 @@ lock = RunLock(sys.argv[1])
 print('held', flush=True)
 time.sleep(120)
 """
+
+
+def test_a_look_at_the_lock_does_not_make_the_run_taking_it_give_up(tmp_path):
+    """`held_by_other` takes the lock for an instant to see whether a run holds it; a run taking the lock in that
+    instant (16 runs racing for one --out, as above) waits the look out instead of refusing."""
+    import fcntl
+
+    from miniai.cli.run_dir import LOCK_NAME, RunLock
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)                 # a look, let go of 50 ms later
+    threading.Timer(0.05, os.close, (fd,)).start()
+    lock = RunLock(tmp_path)
+    assert lock.held
+    lock.release()
 
 
 def test_a_killed_run_leaves_no_stale_lock(tmp_path):
@@ -695,10 +707,10 @@ def test_flags_that_would_change_a_resumed_run_are_refused(data, tmp_path, capsy
     assert run(data, tmp_path / 'r', '--seed', '3', '--resume', str(tmp_path / 'r')) == 0
 
 
-def _concurrent(data, outs):
-    ps = [subprocess.Popen([sys.executable, '-m', 'miniai', 'train', '--data', str(data), '--out', str(o), '--limit',
-                            '120', '--bs', '40', '--epochs', '1', '--device', 'cpu'], env=ENV,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for o in outs]
+def _concurrent(warm, data, outs):
+    ps = [warm.popen(['-m', 'miniai', 'train', '--data', str(data), '--out', str(o), '--limit', '120', '--bs', '40',
+                      '--epochs', '1', '--device', 'cpu'], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     text=True) for o in outs]
     return [(p.returncode, err) for p in ps for _, err in [p.communicate(timeout=300)]]
 
 
@@ -711,15 +723,15 @@ def _intact(run_dir):
 N_CONCURRENT = 3                     # docs/reliability.md quotes this count
 
 
-def test_concurrent_runs_into_distinct_folders_all_finish_intact(data, tmp_path):
+def test_concurrent_runs_into_distinct_folders_all_finish_intact(data, tmp_path, warm):
     outs = [tmp_path / f'r{i}' for i in range(N_CONCURRENT)]
-    got = _concurrent(data, outs)
+    got = _concurrent(warm, data, outs)
     assert [rc for rc, _ in got] == [0] * N_CONCURRENT, got
     for o in outs: _intact(o)
 
 
-def test_concurrent_runs_into_the_same_folder_give_one_run_and_one_line_refusals(data, tmp_path):
-    got = _concurrent(data, [tmp_path / 'r'] * N_CONCURRENT)
+def test_concurrent_runs_into_the_same_folder_give_one_run_and_one_line_refusals(data, tmp_path, warm):
+    got = _concurrent(warm, data, [tmp_path / 'r'] * N_CONCURRENT)
     assert sorted(rc for rc, _ in got) == [0] + [1] * (N_CONCURRENT - 1), got
     for rc, err in got:
         if rc == 0: continue

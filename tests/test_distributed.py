@@ -118,18 +118,24 @@ def worker(out: Path, fm: Path):
     torch.save(res, out / f"rank{os.environ['RANK']}.pt")
 
 
+def torchrun(warm, *args) -> list[str]:
+    """The arguments of `python -m torch.distributed.run --standalone --nproc_per_node 2 ARGS...`, its two workers
+    forked from the warm parent too (torchrun's `--no-python` starts the command it is given as it is).
+    `--standalone`: a rendezvous on localhost with a free port, so parallel test runs don't collide."""
+    return ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '--no-python',
+            *warm.command(*args)]
+
+
 @pytest.fixture(scope='module')
-def ddp_run(tmp_path_factory):
+def ddp_run(tmp_path_factory, warm):
     from test_datasets import make_source
     out, fm = tmp_path_factory.mktemp('ddp'), tmp_path_factory.mktemp('fm')
     make_source(fm, n_train=256, n_test=64)
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1', 'HF_DATASETS_OFFLINE': '1',
            'HF_HUB_OFFLINE': '1'}
-    # --standalone: a rendezvous on localhost with a free port, so parallel test runs don't collide
     log = out / 'log.txt'                         # a file, not a pipe: the workers may outlive torchrun
     with open(log, 'w') as f:
-        p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                              __file__, str(out), str(fm)], env=env, stdout=f, stderr=subprocess.STDOUT)
+        p = warm.popen(torchrun(warm, __file__, str(out), str(fm)), env=env, stdout=f, stderr=subprocess.STDOUT)
         try: p.wait(timeout=120)
         except subprocess.TimeoutExpired:         # ranks waiting for each other: torchrun stops its workers on SIGTERM
             p.terminate()
@@ -321,13 +327,12 @@ def _torchrun_setup(tmp_path, name, script):
 
 
 @pytest.mark.slow
-def test_a_stalled_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_path):
+def test_a_stalled_rank_ends_the_run_with_a_clear_error_within_the_timeout(tmp_path, warm):
     fm, env = _torchrun_setup(tmp_path, 'stall.py', STALL)
     log = tmp_path / 'log.txt'
     with open(log, 'w') as f:
-        p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
-                              str(tmp_path / 'stall.py'), str(tmp_path), str(fm), str(TIMEOUT)], env=env, stdout=f,
-                             stderr=subprocess.STDOUT)
+        p = warm.popen(torchrun(warm, str(tmp_path / 'stall.py'), str(tmp_path), str(fm), str(TIMEOUT)), env=env,
+                       stdout=f, stderr=subprocess.STDOUT)
         try: p.wait(timeout=200)
         except subprocess.TimeoutExpired:
             p.kill()

@@ -1,7 +1,7 @@
 """Every notebook in nbs/ (the module notebooks and the tutorials) runs top to bottom in quick mode.
 
 Each runs in a fresh kernel of this Python, forked from a parent that has imported torch and miniai once
-(`tools/warm_kernels.py`: a fresh interpreter's imports would cost about 4 CPU seconds a notebook), with
+(`tools/warm_python.py`: a fresh interpreter's imports would cost about 4 CPU seconds a notebook), with
 MINIAI_QUICK=1 (a subset of the data, fewer epochs), a time limit per cell, and in a temp copy of nbs/ so the
 committed outputs are never touched. Each notebook is a test of its own, so `pytest -n 2` (as `make test` runs it)
 keeps two kernels busy beside the other tests; a failure shows the failing cell and its traceback. The notebooks
@@ -24,7 +24,7 @@ WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))   # kernels at t
 
 
 @pytest.fixture(scope='module')
-def runner(tmp_path_factory):
+def runner(tmp_path_factory, warm):
     """tools/run_notebooks.py as a module, and a copy of nbs/ to run the notebooks in."""
     for mod in ('nbclient', 'ipykernel', 'nbformat'):
         if importlib.util.find_spec(mod) is None:        # in CI a missing runner is a failure, not a skip
@@ -33,8 +33,8 @@ def runner(tmp_path_factory):
     work = tmp_path_factory.mktemp('nbs-run')
     shutil.copytree(ROOT / 'nbs', work / 'nbs')
     rn = load_tool('run_notebooks')
-    with load_tool('warm_kernels').warm_kernels(rn.kernel_env(quick=True, workers=WORKERS)) as kernel_dir:
-        yield rn, work / 'nbs', kernel_dir
+    return rn, work / 'nbs', rn.write_kernelspec(work / 'kernel', rn.kernel_env(quick=True, workers=WORKERS),
+                                                  python=warm.command())
 
 
 def test_there_are_notebooks():

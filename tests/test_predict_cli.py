@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -149,10 +148,10 @@ def test_names_with_tabs_and_newlines_cannot_forge_result_lines(trained, pngs, t
                                    for n in names]
 
 
-def test_a_closed_output_pipe_ends_with_one_line_not_a_traceback(trained, pngs):
+def test_a_closed_output_pipe_ends_with_one_line_not_a_traceback(trained, pngs, warm):
     env = {**os.environ, 'PYTHONPATH': str(ROOT), 'OMP_NUM_THREADS': '1'}
-    p = subprocess.Popen([sys.executable, '-m', 'miniai', 'predict', str(trained), *map(str, pngs[0])], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    p = warm.popen(['-m', 'miniai', 'predict', str(trained), *map(str, pngs[0])], env=env, stdout=subprocess.PIPE,
+                   stderr=subprocess.PIPE, cwd=ROOT)
     p.stdout.close()                                  # as `| head -0`: the reader is gone before the first result
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 1

@@ -58,11 +58,13 @@ def kernel_env(quick: bool, workers: int = 1) -> dict:
     return env
 
 
-def write_kernelspec(folder: Path, env: dict) -> Path:
-    """A kernelspec under `folder` starting `sys.executable` with `env` (as `jupyter kernelspec` would write it)."""
+def write_kernelspec(folder: Path, env: dict, python: list[str] | None = None) -> Path:
+    """A kernelspec under `folder` starting `python` (default: `sys.executable`; tools/warm_python.py's
+    `WarmPython.command()` forks kernels from a warm parent) with `env`, as `jupyter kernelspec` would write it."""
     spec = folder / KERNEL_NAME
     spec.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, '-Xfrozen_modules=off', '-m', 'ipykernel_launcher', '-f', '{connection_file}']
+    python = python or [sys.executable, '-Xfrozen_modules=off']
+    argv = [*python, '-m', 'ipykernel_launcher', '-f', '{connection_file}']
     (spec / 'kernel.json').write_text(json.dumps(
         {'argv': argv, 'display_name': 'miniai (this Python)', 'language': 'python', 'env': env}, indent=1))
     return folder
@@ -165,8 +167,9 @@ async def _run_all(paths, kernel_dir, timeout, workers, on_done):
 def run_all(paths, quick: bool, workers: int = 1, timeout: int = 600, on_done=None, kernel_dir: Path | None = None):
     """Execute `paths`, `workers` at a time; `on_done(path, executed nb or None, error or None, seconds)` each.
 
-    `kernel_dir`: a kernelspec folder of one's own (tools/warm_kernels.py makes one whose kernels are forked from
-    a warm parent); by default a fresh kernel of this Python with `kernel_env(quick, workers)`."""
+    `kernel_dir`: a kernelspec folder of one's own (`write_kernelspec` with tools/warm_python.py's command makes
+    one whose kernels are forked from a warm parent); by default a fresh kernel of this Python with
+    `kernel_env(quick, workers)`."""
     results = {}
     def record(p, nb, err, secs):
         results[p] = (nb, err, secs)

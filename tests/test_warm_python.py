@@ -1,0 +1,81 @@
+"""tools/warm_python.py: a process forked from the warm parent behaves, to whoever started it, as `python ...` would.
+
+The zygote here imports nothing heavy, so these tests are quick; the suite's own zygote (conftest's `warm`) is the
+same code with torch and miniai imported.
+"""
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import load_tool
+
+
+@pytest.fixture(scope='module')
+def light():
+    with load_tool('warm_python').warm_python(imports=['json']) as w: yield w
+
+
+SCRIPT = """
+import os, sys
+print('argv', sys.argv, 'cwd', os.getcwd(), 'env', os.environ.get('WARM_TEST'), 'main', __name__)
+print('to stderr', file=sys.stderr)
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_a_script_gets_its_arguments_folder_environment_streams_and_exit_status(light, tmp_path):
+    (tmp_path / 's.py').write_text(SCRIPT)
+    res = subprocess.run(light.command(str(tmp_path / 's.py'), '3', 'x y'), capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, 'WARM_TEST': 'here'}, timeout=60)
+    assert res.returncode == 3
+    assert res.stdout == f"argv ['{tmp_path / 's.py'}', '3', 'x y'] cwd {tmp_path} env here main __main__\n"
+    assert res.stderr == 'to stderr\n'
+
+
+def test_a_module_reads_its_stdin_and_its_exception_is_a_traceback_and_exit_status_1(light):
+    res = subprocess.run(light.command('-m', 'json.tool'), input='{"a": [1]}', capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0 and res.stdout == '{\n    "a": [\n        1\n    ]\n}\n'
+    res = subprocess.run(light.command('-m', 'json.tool'), input='{', capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and 'Expecting property name' in res.stderr
+
+
+SLEEPER = """
+import sys, time
+print('started', flush=True)
+try: time.sleep(60)
+except KeyboardInterrupt:
+    print('interrupted', flush=True)
+    raise
+"""
+
+
+def test_signals_reach_the_child_and_its_end_is_the_clients(light, tmp_path):
+    (tmp_path / 'sleep.py').write_text(SLEEPER)
+    for sig, out in ((signal.SIGINT, 'started\ninterrupted\n'), (signal.SIGTERM, 'started\n')):
+        p = light.popen([str(tmp_path / 'sleep.py')], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.child_pid not in (None, p.pid)
+        assert p.stdout.readline() == 'started\n'
+        p.send_signal(sig)
+        stdout, stderr = p.communicate(timeout=30)
+        assert p.returncode == -sig and 'started\n' + stdout == out, stderr
+        if sig == signal.SIGINT: assert 'KeyboardInterrupt' in stderr
+
+
+def test_killing_the_client_kills_the_child(light, tmp_path):
+    (tmp_path / 'sleep.py').write_text(SLEEPER)
+    p = light.popen([str(tmp_path / 'sleep.py')], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == 'started\n'
+    p.kill()
+    p.wait(timeout=30)
+    deadline = time.time() + 10
+    while os.path.exists(f'/proc/{p.child_pid}') and time.time() < deadline: time.sleep(0.05)
+    assert not os.path.exists(f'/proc/{p.child_pid}')
+
+
+def test_what_python_would_do_that_it_cannot_is_refused_with_a_message(light):
+    res = subprocess.run(light.command('-c', 'print(1)'), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and 'runs `-m MODULE ARGS...` or `SCRIPT ARGS...`' in res.stderr
