@@ -33,3 +33,18 @@ def test_help_states_the_resume_rule_and_the_signals():
         assert words in resume, f"--resume's help lacks {words!r}: {resume}"
     assert 'SIGTERM or SIGHUP' in text and '143' in text and '129' in text, text
     assert re.search(r'run\.lock who trains in the folder', text), text
+
+
+def test_help_answers_without_importing_torch():
+    """`miniai --help`, `miniai train --help` and an unknown flag are answered before torch is imported (seconds
+    of start-up): the command line loads the training code only to run it."""
+    import subprocess
+    import sys
+    code = ("import sys\nfrom miniai.cli import main\n"
+            "for argv in (['--help'], ['train', '--help'], ['train', '--nope']):\n"
+            "    try: main(argv)\n    except SystemExit as e: print('exit', e.code)\n"
+            "print('torch', 'torch' in sys.modules)\n")
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=60)
+    got = [line for line in res.stdout.splitlines() if line.startswith(('exit ', 'torch '))]
+    assert got == ['exit 0', 'exit 0', 'exit 2', 'torch False'], res.stdout[-500:] + res.stderr[-2000:]
+    assert 'unrecognized arguments: --nope' in res.stderr

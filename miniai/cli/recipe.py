@@ -1,6 +1,7 @@
 """The default recipe of `miniai train` as a learner: `build_learner` (the model, AdamW, cross entropy and the run's
 callbacks) and `build_callbacks` (the optional ones its flags ask for).
-Shown in nbs/12_inference.ipynb.
+Shown in nbs/12_inference.ipynb. Torch and the rest of miniai are imported when a learner is built, not with this
+module, so that `miniai --help` and a refused command answer at once.
 """
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import importlib.util
 from pathlib import Path
 
 from ..errors import UsageError
-from ..models import recipe_model
 
 __all__ = ['build_learner', 'build_callbacks']
 
@@ -54,6 +54,7 @@ def build_learner(args, dls, out: Path, device):
     from ..distributed import DDPCB, is_distributed
     from ..learner import TrainLearner
     from ..metrics import MulticlassAccuracy
+    from ..models import recipe_model
     from ..sgd import RecorderCB
 
     model = recipe_model()
