@@ -1,6 +1,8 @@
-"""The scripts of benchmarks/ in their tiny versions, on the first 500 to 1000 real Fashion-MNIST images: they run end
+"""The scripts of benchmarks/ in their tiny versions, on the first 320 to 1000 real Fashion-MNIST images: they run end
 to end, learn, and report what they measured (the full runs are in docs/benchmarks.md); the fast recipe takes the
 route of the hardware it finds; float32_check.sh alternates its two recipes and reports their ratio."""
+import contextlib
+import io
 import json
 import re
 from pathlib import Path
@@ -20,16 +22,16 @@ pytestmark = pytest.mark.skipif(REAL_DATA is None, reason='needs the real Fashio
 @pytest.mark.slow
 def test_resnet_script_tiny_run_learns_with_the_flags_it_was_given(capsys):
     learn = load_tool('resnet_fashion_mnist', 'benchmarks').main(
-        ['--limit', '500', '--epochs', '2', '--bs', '16', '--nfs', '8', '16', '32', '--tta',
+        ['--limit', '320', '--epochs', '2', '--bs', '16', '--nfs', '8', '16', '32', '--tta',
          '--bf16', '--channels-last'])     # bf16 on a CPU without bf16 units is slow: a small set, more steps
     out = capsys.readouterr().out
     acc = float(re.search(r'test accuracy: ([\d.]+)', out).group(1))
     assert acc > 0.3                                   # 10 classes: chance is 0.1
     assert re.search(r'TTA \(flip\) accuracy: [\d.]+ \(gain [-+][\d.]+\)', out)
-    assert '500 training, 500 test images' in out
+    assert '320 training, 320 test images' in out
     # the reported accuracy is the learner's on the test images
     preds, targs = get_preds(learn)
-    assert len(targs) == 500 and abs((preds.argmax(1) == targs).float().mean().item() - acc) < 1e-4
+    assert len(targs) == 320 and abs((preds.argmax(1) == targs).float().mean().item() - acc) < 1e-4
     # the flags reached the learner and the model
     assert [type(c) for c in learn.cbs if isinstance(c, (MixedPrecisionCB, ChannelsLastCB)) and c.active] == \
         [MixedPrecisionCB, ChannelsLastCB]
@@ -37,23 +39,31 @@ def test_resnet_script_tiny_run_learns_with_the_flags_it_was_given(capsys):
     assert [m.out_channels for m in learn.model.modules() if isinstance(m, torch.nn.Conv2d)][:2] == [8, 8]
 
 
+@pytest.fixture(scope='module')
+def fp32_run(tmp_path_factory):
+    """One tiny `--recipe fast` run, 2 epochs evaluated after each, on a CPU said to have no bfloat16 units:
+    (the script as a module, the run, its --json file, what it printed)."""
+    tta = load_tool('time_to_accuracy', 'benchmarks')
+    out_json = tmp_path_factory.mktemp('tta') / 'tta.json'
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(io.StringIO()) as out:
+        mp.setattr(tta, 'cpu_has_bf16', lambda: False)
+        run, = tta.main(['--recipe', 'fast', '--device', 'cpu', '--limit', '1000', '--bs', '128', '--epochs', '2',
+                         '--eval', 'epoch', '--targets', '0.3', '0.999', '--json', str(out_json)])
+    return tta, run, json.loads(out_json.read_text()), out.getvalue()
+
+
 @pytest.mark.slow
-def test_time_to_accuracy_tiny_run_reports_first_epoch_past_each_bar(tmp_path, capsys):
-    out_json = tmp_path / 'tta.json'
-    load_tool('time_to_accuracy', 'benchmarks').main(
-        ['--recipe', 'fast', '--limit', '1000', '--bs', '128', '--epochs', '2', '--eval', 'epoch',
-         '--targets', '0.3', '0.999', '--json', str(out_json)])
-    res = json.loads(out_json.read_text())
+def test_time_to_accuracy_tiny_run_reports_first_epoch_past_each_bar(fp32_run):
+    _, _, res, out = fp32_run
     run, = res['runs']
     accs = [r['accuracy'] for r in run['epochs']]
     assert len(accs) == 2 and max(accs) > 0.3
     first = next(i for i, a in enumerate(accs) if a >= 0.3)
     assert run['reached']['0.3'] == {'epoch': first + 1, 'seconds': run['epochs'][first]['cum_s']}
-    out = capsys.readouterr().out
     assert run['reached']['0.999'] is None and '0.999: not passed in 2 epochs' in out
     assert all(r['train_s'] > 0 and r['eval_s'] > 0 for r in run['epochs'])
     assert run['total_s'] == pytest.approx(sum(r['train_s'] + r['eval_s'] for r in run['epochs']))
-    assert re.search(r'SUMMARY recipe fast-(?:bf16|fp32), 1 run\(s\): accuracy [\d.]+ .*0.3: passed by all', out)
+    assert re.search(r'SUMMARY recipe fast-fp32, 1 run\(s\): accuracy [\d.]+ .*0.3: passed by all', out)
 
 
 @pytest.mark.slow
@@ -118,19 +128,15 @@ def test_fast_recipe_takes_the_route_of_the_hardware_it_finds(monkeypatch, bf16_
     assert (args.recipe, args.amp, args.chosen) == (other, tta.RECIPES[other]['amp'], None)
 
 
-def test_float32_route_tiny_run_says_which_route_it_took(monkeypatch, tmp_path, capsys):
-    tta = load_tool('time_to_accuracy', 'benchmarks')
-    monkeypatch.setattr(tta, 'cpu_has_bf16', lambda: False)
-    out_json = tmp_path / 'fp32.json'
-    run, = tta.main(['--recipe', 'fast', '--device', 'cpu', '--limit', '1000', '--epochs', '1', '--json',
-                     str(out_json)])
-    out = capsys.readouterr().out
+def test_float32_route_tiny_run_says_which_route_it_took(fp32_run):
+    tta, run, res, out = fp32_run
     assert out.startswith('no bfloat16 units on this CPU') and '--recipe fast-fp32' in out.splitlines()[0]
-    res = json.loads(out_json.read_text())
     assert res['config']['recipe'] == 'fast-fp32' and not res['config']['amp']
-    assert {k: res['config'][k] for k in tta.RECIPES['fast-fp32'] if k != 'epochs'} == \
-        {k: v for k, v in tta.RECIPES['fast-fp32'].items() if k != 'epochs'}
-    assert run['accuracy'] > 0.1 and re.search(r'SUMMARY recipe fast-fp32, 1 run\(s\)', out)
+    given = ('epochs', 'bs', 'eval')                               # the flags of the run override these
+    assert {k: res['config'][k] for k in tta.RECIPES['fast-fp32'] if k not in given} == \
+        {k: v for k, v in tta.RECIPES['fast-fp32'].items() if k not in given}
+    assert (res['config']['epochs'], res['config']['bs'], res['config']['eval']) == (2, 128, 'epoch')
+    assert run['accuracy'] > 0.1
 
 
 def test_holdout_evaluates_the_last_training_images_and_trains_on_the_rest():

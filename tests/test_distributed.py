@@ -357,15 +357,17 @@ sys.exit(rc)
 
 @pytest.mark.slow
 @pytest.mark.parametrize('launcher', ['torch.distributed.run', 'miniai.launch'])
-def test_ctrl_c_under_torchrun_saves_once_and_every_process_exits_130(tmp_path, launcher):
+def test_ctrl_c_under_torchrun_saves_once_and_every_process_exits_130(tmp_path, launcher, warm):
+    """The launcher is a process of its own in a new session, as in a terminal; its workers start from the warm
+    parent (torchrun puts each in a session of its own and passes the signal on to it, as to any worker)."""
     import signal
 
     fm, env = _torchrun_setup(tmp_path, 'rc.py', RECORD_RC)
     run = tmp_path / 'run'
     log = tmp_path / 'log.txt'
     with open(log, 'w') as f:
-        p = subprocess.Popen([sys.executable, '-m', launcher, '--standalone', '--nproc_per_node', '2',
-                              str(tmp_path / 'rc.py'), str(tmp_path), str(fm)], env=env, stdout=f,
+        p = subprocess.Popen([sys.executable, '-m', launcher, '--standalone', '--nproc_per_node', '2', '--no-python',
+                              *warm.command(str(tmp_path / 'rc.py'), str(tmp_path), str(fm))], env=env, stdout=f,
                              stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 120
         while not (run / 'last.pt').exists() and time.time() < deadline: time.sleep(0.2)   # an epoch is done

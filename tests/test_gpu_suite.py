@@ -12,14 +12,20 @@ SUITE = ROOT / 'benchmarks' / 'gpu_suite.sh'
 pytestmark = pytest.mark.skipif(shutil.which('bash') is None, reason='needs bash')
 
 
-def _run(*args, suite=SUITE, env=None, timeout=600):
+def _run(*args, suite=SUITE, env=None, timeout=600, python=sys.executable):
     return subprocess.run(['bash', str(suite), *args], check=False, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, 'PYTHON': sys.executable, **(env or {})})
+                          timeout=timeout, env={**os.environ, 'PYTHON': str(python), **(env or {})})
+
+
+@pytest.fixture
+def python(warm, tmp_path):
+    """PYTHON for the dry runs: each script's --help from the warm parent, without importing torch anew."""
+    return warm.executable(tmp_path)
 
 
 @pytest.mark.slow
-def test_dry_run_finds_every_step_and_flag():
-    r = _run('--dry-run')
+def test_dry_run_finds_every_step_and_flag(python):
+    r = _run('--dry-run', python=python)
     assert r.returncode == 0, r.stdout + r.stderr
     steps = [line for line in r.stdout.splitlines() if line.startswith('[')]
     assert len(steps) >= 6 and r.stdout.count('  ok') == len(steps)
@@ -40,17 +46,17 @@ def _fake_tree(tmp_path, tta_flags):
     return tmp_path / 'benchmarks' / 'gpu_suite.sh'
 
 
-def test_dry_run_reports_a_flag_the_script_does_not_accept(tmp_path):
+def test_dry_run_reports_a_flag_the_script_does_not_accept(tmp_path, python):
     suite = _fake_tree(tmp_path, ['--device', '--recipe', '--seeds', '--json', '--no-amp', '--no-channels-last'])
-    r = _run('--dry-run', suite=suite)                     # --compile is missing from the stub
+    r = _run('--dry-run', suite=suite, python=python)                     # --compile is missing from the stub
     assert r.returncode != 0
     assert 'UNKNOWN FLAG: --compile' in r.stdout and 'some steps are broken' in r.stderr
 
 
-def test_dry_run_reports_a_missing_script(tmp_path):
+def test_dry_run_reports_a_missing_script(tmp_path, python):
     suite = _fake_tree(tmp_path, [])
     (tmp_path / 'benchmarks' / 'bench_loop.py').unlink()
-    r = _run('--dry-run', suite=suite)
+    r = _run('--dry-run', suite=suite, python=python)
     assert r.returncode != 0 and 'MISSING: benchmarks/bench_loop.py' in r.stdout
 
 

@@ -203,6 +203,14 @@ class WarmPython:
         pid = ['--pid-fd', str(pid_fd)] if pid_fd is not None else []
         return [sys.executable, '-S', str(Path(__file__).resolve()), 'client', self.sock, *pid, '--', *args]
 
+    def executable(self, folder: Path) -> Path:
+        """A stand-in for `sys.executable` at `folder`/python, for programs that take an interpreter's path (e.g.
+        a script's PYTHON variable): it runs `-m MODULE ...` and `SCRIPT ...` forked from the zygote."""
+        path = Path(folder) / 'python'
+        path.write_text('#!/bin/sh\nexec ' + ' '.join(f"'{a}'" for a in self.command()) + ' "$@"\n')
+        path.chmod(0o755)
+        return path
+
     def popen(self, args: list[str], **kwargs) -> subprocess.Popen:
         """`subprocess.Popen([sys.executable, *args], **kwargs)` forked from the zygote, with `.child_pid`: the pid
         of the process that runs `args` (`.pid` is its client's)."""
