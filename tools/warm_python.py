@@ -96,10 +96,12 @@ def serve(sock_path: str, imports: list[str]) -> tuple[dict, list[int]] | None:
         if sys.stdin in ready and not sys.stdin.buffer.read1(1): break     # our parent closed our stdin: stop
         if srv in ready:
             conn, _ = srv.accept()
+            conn.settimeout(10)                    # a client that stops mid-request must not stall the others
             try: request, fds = _recv_request(conn)
             except (ConnectionError, ValueError, OSError):
                 conn.close()
                 continue
+            conn.settimeout(None)
             pid = os.fork()
             if pid == 0:                                                   # the child
                 srv.close()
@@ -170,6 +172,12 @@ def run_request(request: dict, fds: list[int]):
 
 def client(sock_path: str, argv: list[str], pid_fd: int | None = None) -> int:
     """The command that stands for a child: ask the zygote for one, pass it signals, exit as it exited."""
+    pid, pending = None, []                        # a signal that comes before the child's pid is passed on after
+    def forward(sig, _frame):
+        if pid is None: pending.append(sig)
+        else:
+            with contextlib.suppress(ProcessLookupError): os.kill(pid, sig)
+    for sig in FORWARDED: signal.signal(sig, forward)
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     conn.connect(sock_path)
     request = json.dumps({'argv': argv, 'cwd': os.getcwd(), 'env': dict(os.environ)}).encode()
@@ -178,12 +186,10 @@ def client(sock_path: str, argv: list[str], pid_fd: int | None = None) -> int:
     line = _recv_line(conn)
     if not line: return 1
     pid = int(line)
+    for sig in pending: forward(sig, None)
     if pid_fd is not None:
         os.write(pid_fd, f'{pid}\n'.encode())
         os.close(pid_fd)
-    def forward(sig, _frame):
-        with contextlib.suppress(ProcessLookupError): os.kill(pid, sig)
-    for sig in FORWARDED: signal.signal(sig, forward)
     status = _recv_line(conn).strip()
     if not status: return 1                        # the zygote ended first
     code = int(status)
