@@ -95,6 +95,15 @@ def warm():
     with load_tool('warm_python').warm_python(env) as w: yield w
 
 
+@pytest.fixture
+def warm_course_kernels(warm, monkeypatch):
+    """tools/run_course_notebooks.py as a module, its kernels forked from the warm parent."""
+    rc = load_tool('run_course_notebooks')
+    write = rc.write_kernelspec
+    monkeypatch.setattr(rc, 'write_kernelspec', lambda folder: write(folder, python=warm.command()))
+    return rc
+
+
 def load_tool(name, folder: str = 'tools'):
     """The script `folder`/`name`.py as a module (tools/ and benchmarks/ are not packages); `folder` goes on
     sys.path while it loads, for the script's imports of its neighbours (benchmarks' `common`)."""

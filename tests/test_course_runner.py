@@ -140,7 +140,7 @@ def test_fashion_mnist_comes_from_miniai_cut_to_size(harness, monkeypatch):
     assert harness.load_dataset_builder('fashion_mnist').info is got['train'].info
 
 
-def test_a_tiny_course_notebook_runs_cell_by_cell(tmp_path, capsys):
+def test_a_tiny_course_notebook_runs_cell_by_cell(tmp_path, capsys, warm_course_kernels):
     for mod in ('nbclient', 'ipykernel', 'nbformat'): pytest.importorskip(mod)
     import nbformat
     nb = nbformat.from_dict(nb_of(
@@ -153,7 +153,8 @@ def test_a_tiny_course_notebook_runs_cell_by_cell(tmp_path, capsys):
         'import nbdev; nbdev.nbdev_export()'))
     nbformat.write(nb, tmp_path / '09_tiny.ipynb')
     out = tmp_path / 'res.json'
-    assert rc.main(['--course', str(tmp_path), '--notebooks', '09', '--json', str(out), '--timeout', '120']) == 1
+    assert warm_course_kernels.main(['--course', str(tmp_path), '--notebooks', '09', '--json', str(out),
+                                     '--timeout', '120']) == 1
     res = json.loads(out.read_text())
     assert res['total'] == {'run': 6, 'passed': 4, 'failed': 2, 'skipped': 1}
     cells = by_cell(res['notebooks'][0]['cells'])

@@ -78,7 +78,7 @@ def test_providers_name_the_first_notebook_saving_each_file(tmp_path):
     assert {k: v.name for k, v in rc.providers(tmp_path).items()} == {'clf.pkl': '14_a.ipynb', 'd.pkl': '17_b.ipynb'}
 
 
-def test_a_notebook_loading_an_earlier_notebooks_file_runs_that_one_first(tmp_path, capsys):
+def test_a_notebook_loading_an_earlier_notebooks_file_runs_that_one_first(tmp_path, capsys, warm_course_kernels):
     for mod in ('nbclient', 'ipykernel', 'nbformat'): pytest.importorskip(mod)
     _write(tmp_path, '14_maker.ipynb', "import torch\nfrom pathlib import Path\nPath('models').mkdir(exist_ok=True)",
            "torch.save({'w': 3}, 'models/clf.pkl')",
@@ -86,7 +86,8 @@ def test_a_notebook_loading_an_earlier_notebooks_file_runs_that_one_first(tmp_pa
     _write(tmp_path, '19_user.ipynb', "import torch", "assert torch.load('models/clf.pkl')['w'] == 3",
            "x = torch.zeros(2).cuda()")
     out = tmp_path / 'res.json'
-    assert rc.main(['--course', str(tmp_path), '--notebooks', '19', '--json', str(out), '--timeout', '120']) == 0
+    assert warm_course_kernels.main(['--course', str(tmp_path), '--notebooks', '19', '--json', str(out),
+                                     '--timeout', '120']) == 0
     res = json.loads(out.read_text())
     assert res['total'] == {'run': 3, 'passed': 3, 'failed': 0, 'skipped': 0}     # the prerequisite is not counted
     assert [(r['notebook'], r.get('prerequisite_for')) for r in res['notebooks']] == [

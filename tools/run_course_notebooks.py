@@ -431,12 +431,14 @@ class _CourseHarness:
 '''
 
 
-def write_kernelspec(folder: Path) -> Path:
-    """A kernelspec for this Python with this process's environment (so PYTHONPATH picks the miniai)."""
+def write_kernelspec(folder: Path, python: list[str] | None = None) -> Path:
+    """A kernelspec for `python` (default: this Python; tools/warm_python.py's `WarmPython.command()` forks kernels
+    from a warm parent) with this process's environment (so PYTHONPATH picks the miniai)."""
     env = {k: v for k, v in os.environ.items() if k != 'MPLBACKEND'}   # an inherited Agg backend hides the plots
     spec = folder / KERNEL_NAME
     spec.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, '-Xfrozen_modules=off', '-m', 'ipykernel_launcher', '-f', '{connection_file}']
+    python = python or [sys.executable, '-Xfrozen_modules=off']
+    argv = [*python, '-m', 'ipykernel_launcher', '-f', '{connection_file}']
     (spec / 'kernel.json').write_text(json.dumps(
         {'argv': argv, 'display_name': 'course notebooks on miniai', 'language': 'python', 'env': env}))
     return folder
