@@ -1,8 +1,8 @@
 """No in-house words where users read: the package, README, notebooks, docs/, tools/, benchmarks/ and the tests.
 
 The documents the tutorials follow are named by title and author ("Scheduler" by galopy), not by a number
-("seed 001", `test_seed001_...`); the course's CNN is "the course's CNN"; nothing says what was or was not lent,
-taken or targeted; a test says what it checks, not which issue asked for it ("issue 13").
+("seed 001", `test_seed001_...`) or as "the seed"; the course's CNN is "the course's CNN"; nothing says what was or
+was not lent, taken or targeted; a test says what it checks, not which issue asked for it ("issue 13").
 A random seed (`--seed 42`, `set_seed(1)`, "seed 42") is a different word and stays.
 """
 import json
@@ -87,3 +87,63 @@ def test_no_in_house_words_where_users_read():
                 where = path.relative_to(ROOT).as_posix() + ('' if path.suffix == '.ipynb' else f':{i}')
                 problems.append(f"{where}: {phrase!r}: {why}")
     assert not problems, f"{len(problems)} in-house phrases:\n" + '\n'.join(problems)
+
+
+# "The seed" for the document a tutorial follows: the tutorials say "the course notebook", "the post", "the
+# code-along", "the notes". A random seed is "the random seed", `set_seed(42)`, `--seed 1`, "the same seed".
+_NAME_IT = 'name the document ("the course notebook", "the post", "the code-along", "the notes")'
+DOCUMENT_SEED = {
+    r"\bthe seed\b(?!,? ?-?\d| as an? )": _NAME_IT + '; a random seed is "the random seed"',
+    r"(?<![-\w])(?<!each )(?<!every )seed's\b": _NAME_IT + ", not \"the seed's\"",
+    r"\bseed[- ](?:class|classes|accuracy|accuracies|time|times|lr|document|notebook|post|notes|table)\b":
+        'name the document in labels too: "course class", "post accuracy", "post time", "the course\'s class, here"',
+    r"\bseed_(?:opt|acc|class|secs|time)\b": 'name the document in variables too: course_opt, course_acc',
+    r"(?<![\w.'\"])seed = \{": 'name the document in variables too: post = {...}',
+    r"(?:^|\|)[ \t]*seed[ \t]*(?=\|)|<th>\s*seed\s*</th>": 'a column of the document\'s numbers is named after it '
+        '(`course`, `post accuracy`); a column of random seeds is "random seed"',
+    r"md_table\(\[[^\]]*['\"]seed['\"]": 'a column of the document\'s numbers is named after it (`course`)',
+}
+_DOC_RE = {re.compile(p, re.I): why for p, why in DOCUMENT_SEED.items()}
+
+
+def document_seed_findings(text: str) -> list[tuple[str, str]]:
+    """(matched phrase, what to write instead) for every use of "seed" meaning the document a tutorial follows."""
+    return [(m[0], why) for rx, why in _DOC_RE.items() for m in rx.finditer(text)]
+
+
+@pytest.mark.parametrize('text', [
+    'Each optimizer is first written exactly as the seed writes it,', 'The seed draws a live loss',
+    '**What is different from the seed.** The seed uses fastai', 'Everything else follows the seed: its `SimpleNet`',
+    'dls = DataLoaders.from_dd(tds, bs, in_memory=True)   # the seed: DataLoaders.from_dd(tds, bs, num_workers=4)',
+    "res['SGD', 'seed class'] = final_acc()", '| SGD (seed class) | 0.851 | 0.856 | +0.5 |', 'Seed lr `1e-3`:',
+    "md_table(['optimizer', 'lr', 'seed', \"seed's class, here\", 'miniai.sgd, here'],",
+    "| optimizer | lr | seed | seed's class, here | miniai.sgd, here |", '| run | seed | ours | difference (points) |',
+    "seed_opt = {'SGD': (0.4, 0.851)}", 'for k, s in seed_acc.items():', "seed = {'cosine, from scratch': (0.877, 75),",
+    "md_table(['run', 'seed accuracy', 'seed time', 'our accuracy'], rows)", '<th>seed</th>',
+    'plt.plot(seeds, lw=4, alpha=.4, label="seed\'s OneCycle")', 'the symptom the seed\'s notes describe',
+    'the six entries the seed lists:', 'the seed document', 'a seed notebook'])
+def test_the_document_called_seed_is_caught(text):
+    assert document_seed_findings(text), f"{text!r} should be caught"
+
+
+@pytest.mark.parametrize('text', [
+    'python train.py --seed 42', 'set_seed(42)', 'torch.manual_seed(1)', 'seed 42', 'the random seed', 'seed=0',
+    'With the same seed and the same batches the run matches', 'with the same recipe, seed and number of epochs as',
+    'a fresh, identically seeded `SimpleNet`', 'seeded the same way each time', 'the seed, 42, is saved',
+    'it stores the seed as a 64-bit integer', 'seeds 0, 1, 2 of both recipes', '(seed 0)', 'three random seeds',
+    '| random seed | train s per epoch |', "assert [r['seed'] for r in runs] == [3, 4]", '{"epochs": 2, "seed": 1}',
+    'lacks the key(s) lr, bs, seed', '| `seed` | the random seed |', 'rank:int=0, seed:int=0', '`seed + epoch`',
+    "each seed's accuracy", 'def seed_worker(worker_id):', 'SEED_RANGE = (-2**63, 2**64 - 1)'])
+def test_random_seeds_are_not_taken_for_the_document(text):
+    assert not document_seed_findings(text), f"{text!r} is a random seed: {document_seed_findings(text)}"
+
+
+def test_tutorials_name_the_document_they_follow_not_the_seed():
+    problems = []
+    for path in user_facing_files():
+        text = notebook_text(path) if path.suffix == '.ipynb' else path.read_text(errors='replace')
+        for i, line in enumerate(text.splitlines(), 1):
+            for phrase, why in document_seed_findings(line):
+                where = path.relative_to(ROOT).as_posix() + ('' if path.suffix == '.ipynb' else f':{i}')
+                problems.append(f"{where}: {phrase!r}: {why}")
+    assert not problems, f"{len(problems)} uses of 'seed' for a tutorial's document:\n" + '\n'.join(problems)
