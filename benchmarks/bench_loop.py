@@ -25,7 +25,7 @@ import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from torcheval.metrics import MulticlassAccuracy
 
-from common import PhaseTimerCB, cpu_name, seed_model, sync
+from common import PhaseTimerCB, course_cnn, cpu_name, sync
 from miniai.callbacks import def_device, set_seed
 from miniai.datasets import DataLoaders, InMemoryLoader, fashion_mnist_tensors, get_dls, inplace, load_fashion_mnist
 from miniai.learner import DeviceCB, MetricsCB, ProgressCB, TrainLearner
@@ -47,7 +47,7 @@ def run_plain(data, epochs, bs, lr, device, seed, quiet=False):
     """The recipe by hand; `data` = {'train': (x uint8, y), 'test': (x, y)} already on `device`."""
     (xtr, ytr), (xte, yte) = data['train'], data['test']
     set_seed(seed)
-    model = seed_model().to(device)
+    model = course_cnn().to(device)
     n_batches = -(-len(xtr) // bs)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * n_batches)
@@ -87,7 +87,7 @@ def run_plain(data, epochs, bs, lr, device, seed, quiet=False):
 # ---------------------------------------------------------------- (b), (c) miniai
 def run_miniai(dls, epochs, lr, device, seed, quiet=False):
     set_seed(seed)
-    model = seed_model()
+    model = course_cnn()
     metrics, timer = MetricsCB(accuracy=MulticlassAccuracy()), PhaseTimerCB(device)
     sched = BatchSchedCB(partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=lr,
                                  total_steps=epochs * len(dls.train)))

@@ -12,7 +12,7 @@ from miniai.conv import get_model
 from miniai.core import Callback
 from miniai.init import init_weights
 
-__all__ = ['sync', 'PhaseTimerCB', 'seed_model', 'cpu_name', 'cpu_has_bf16']
+__all__ = ['sync', 'PhaseTimerCB', 'course_cnn', 'cpu_name', 'cpu_has_bf16']
 
 
 def sync(device):
@@ -36,7 +36,7 @@ class PhaseTimerCB(Callback):
         self.times[learn.training].append(time.perf_counter() - self.t0)
 
 
-def seed_model() -> nn.Module:
+def course_cnn() -> nn.Module:
     """The course's `get_model` with GeneralRelu(leak=0.1, sub=0.4), BatchNorm and kaiming init."""
     act = partial(GeneralRelu, leak=0.1, sub=0.4)
     return get_model(act, norm=nn.BatchNorm2d).apply(partial(init_weights, leaky=0.1))

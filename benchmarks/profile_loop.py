@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torcheval.metrics import MulticlassAccuracy
 
-from common import seed_model
+from common import course_cnn
 from miniai.callbacks import DeviceCB, MetricsCB, ProgressCB, set_seed
 from miniai.datasets import get_dls
 from miniai.learner import TrainLearner
@@ -31,7 +31,7 @@ def main():
     args = ap.parse_args()
     set_seed(42)
     dls = get_dls(args.bs, limit=args.limit)
-    model = seed_model()
+    model = course_cnn()
     cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()]
     learn = TrainLearner(model, dls, F.cross_entropy, lr=6e-2, cbs=cbs, opt_func=torch.optim.AdamW)
     prof = cProfile.Profile()
