@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(REAL_DATA is None, reason='needs the real Fashio
 def test_resnet_script_tiny_run_learns_with_the_flags_it_was_given(capsys):
     learn = load_tool('resnet_fashion_mnist', 'benchmarks').main(
         ['--limit', '320', '--epochs', '1', '--bs', '8', '--nfs', '8', '16', '32', '--tta',
-         '--bf16', '--channels-last'])     # bf16 on a CPU without bf16 units is slow: a small set, more steps
+         '--bf16', '--channels-last'])     # bf16 on a CPU without bf16 units is slow: a small set
     out = capsys.readouterr().out
     acc = float(re.search(r'test accuracy: ([\d.]+)', out).group(1))
     assert acc > 0.3                                   # 10 classes: chance is 0.1

@@ -40,7 +40,7 @@ CASES = {
     'after miniai.metrics': 'from miniai.metrics import MulticlassAccuracy; from torcheval.metrics import Mean; '
                             'import torcheval.metrics as tm; assert MulticlassAccuracy is tm.MulticlassAccuracy; '
                             'import warnings; '
-                            'warnings.warn("`torch.jit.script` is deprecated, said someone else", UserWarning); '
+                            'warnings.warn("`torch.jit.script` is deprecated, said someone else", FutureWarning); '
                             'warnings.warn("something else", FutureWarning)',
 }
 

@@ -6,6 +6,7 @@ same code with torch and miniai imported.
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -79,3 +80,39 @@ def test_killing_the_client_kills_the_child(light, tmp_path):
 def test_what_python_would_do_that_it_cannot_is_refused_with_a_message(light):
     res = subprocess.run(light.command('-c', 'print(1)'), capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and 'runs `-m MODULE ARGS...` or `SCRIPT ARGS...`' in res.stderr
+
+
+def test_a_child_killed_outright_is_reported_as_python_reports_it(light, tmp_path):
+    (tmp_path / 'sleep.py').write_text(SLEEPER)
+    p = light.popen([str(tmp_path / 'sleep.py')], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline() == 'started\n'
+    os.kill(p.child_pid, signal.SIGKILL)
+    assert p.wait(timeout=30) == -signal.SIGKILL
+
+
+def test_a_last_flush_into_a_closed_pipe_is_reported_with_status_120_as_python_does(light, tmp_path):
+    (tmp_path / 'late.py').write_text("print('x' * 100)\n")          # still buffered when the script ends
+    buffered = {k: v for k, v in os.environ.items() if k != 'PYTHONUNBUFFERED'}
+    for cmd in ([sys.executable, str(tmp_path / 'late.py')], light.command(str(tmp_path / 'late.py'))):
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=buffered)
+        p.stdout.close()                                              # the reader is gone
+        err = p.stderr.read().decode()
+        assert p.wait(timeout=30) == 120 and 'Exception ignored' in err and 'BrokenPipeError' in err, (cmd, err)
+
+
+def test_a_client_gone_before_its_answer_leaves_the_parent_serving(light, tmp_path):
+    import json
+    import socket
+    wp = load_tool('warm_python')
+    (tmp_path / 's.py').write_text(SCRIPT)
+    for _ in range(3):                                   # asks for a child, then hangs up without reading its pid
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.connect(light.sock)
+        req = json.dumps({'argv': [str(tmp_path / 'sleep.py')], 'cwd': str(tmp_path), 'env': {}}).encode()
+        (tmp_path / 'sleep.py').write_text(SLEEPER)
+        socket.send_fds(conn, [wp._HEADER.pack(len(req))], [0, 1, 2])
+        conn.sendall(req)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b'\1\0\0\0\0\0\0\0')   # close with a reset
+        conn.close()
+    res = subprocess.run(light.command(str(tmp_path / 's.py'), '0'), capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.startswith('argv')

@@ -20,7 +20,9 @@ with one difference: `Popen.pid` is the client's; `warm.popen(args)` also gives 
 
 Forking is safe because the zygote only imports: no torch op has run, so no thread pool exists. The zygote's
 environment should match the children's in what is read at import time (the tests start it with theirs);
-OMP_NUM_THREADS, read when torch's thread pool starts, is applied in each child. Only `-m MODULE` and a script path
+OMP_NUM_THREADS, read when torch's thread pool starts, is applied in each child. The children also share the
+zygote's hash seed and the state its imports left in global random generators, and they end without tearing the
+modules down (what a fresh interpreter could print while doing that does not appear). Only `-m MODULE` and a script path
 (after an optional `-u`) are understood: anything else is refused with a message. `tools/run_notebooks.py` makes
 kernels of it (`write_kernelspec(..., python=warm.command())`), and the tests use it through tests/conftest.py.
 """
@@ -31,6 +33,7 @@ import io
 import json
 import os
 import select
+import shlex
 import signal
 import socket
 import struct
@@ -70,10 +73,15 @@ def _recv_line(conn: socket.socket) -> bytes:
 
 
 def _recv_request(conn: socket.socket) -> tuple[dict, list[int]]:
-    """A client's request (argv, cwd, env) and its standard streams, as file descriptors of this process."""
+    """A client's request (argv, cwd, env) and its standard streams, as file descriptors of this process (closed
+    again if the rest of the request does not come)."""
     head, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
-    head += _recv_exactly(conn, _HEADER.size - len(head))
-    return json.loads(_recv_exactly(conn, _HEADER.unpack(head)[0])), fds
+    try:
+        head += _recv_exactly(conn, _HEADER.size - len(head))
+        return json.loads(_recv_exactly(conn, _HEADER.unpack(head)[0])), fds
+    except BaseException:
+        for fd in fds: os.close(fd)
+        raise
 
 
 def serve(sock_path: str, imports: list[str]) -> tuple[dict, list[int]] | None:
@@ -89,38 +97,49 @@ def serve(sock_path: str, imports: list[str]) -> tuple[dict, list[int]] | None:
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     srv.bind(sock_path)
     srv.listen(64)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C on the test run is for the tests; the parent stops us
     print('ready', flush=True)                     # the parent waits for this line
     children: dict[socket.socket, int] = {}        # client connection -> the pid of its child
-    while True:
-        ready, _, _ = select.select([srv, sys.stdin, *children], [], [], 0.1)
-        if sys.stdin in ready and not sys.stdin.buffer.read1(1): break     # our parent closed our stdin: stop
-        if srv in ready:
-            conn, _ = srv.accept()
-            conn.settimeout(10)                    # a client that stops mid-request must not stall the others
-            try: request, fds = _recv_request(conn)
-            except (ConnectionError, ValueError, OSError):
+    zygote = os.getpid()
+
+    def gone(conn: socket.socket):                 # a client went away: its child too
+        with contextlib.suppress(ProcessLookupError): os.kill(children[conn], signal.SIGKILL)
+
+    try:
+        while True:
+            ready, _, _ = select.select([srv, sys.stdin, *children], [], [], 0.1)
+            if sys.stdin in ready and not sys.stdin.buffer.read1(1): break     # our parent closed our stdin: stop
+            if srv in ready:
+                conn, _ = srv.accept()
+                conn.settimeout(10)                # a client that stops mid-request must not stall the rest for long
+                try: request, fds = _recv_request(conn)
+                except (ConnectionError, ValueError, OSError):
+                    conn.close()
+                    continue
+                conn.settimeout(None)
+                pid = os.fork()
+                if pid == 0:                                               # the child
+                    srv.close()
+                    for c in [conn, *children]: c.close()
+                    return request, fds
+                for fd in fds: os.close(fd)
+                children[conn] = pid
+                try: conn.sendall(f'{pid}\n'.encode())
+                except OSError: gone(conn)
+            for conn in [c for c in children if c in ready]:
+                try: alive = conn.recv(1)
+                except OSError: alive = b''
+                if not alive: gone(conn)
+            for conn, pid in list(children.items()):
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if not done: continue
+                with contextlib.suppress(OSError): conn.sendall(f'{os.waitstatus_to_exitcode(status)}\n'.encode())
                 conn.close()
-                continue
-            conn.settimeout(None)
-            pid = os.fork()
-            if pid == 0:                                                   # the child
-                srv.close()
-                for c in [conn, *children]: c.close()
-                return request, fds
-            for fd in fds: os.close(fd)
-            conn.sendall(f'{pid}\n'.encode())
-            children[conn] = pid
-        for conn in [c for c in children if c in ready]:                  # a client went away: its child too
-            if not conn.recv(1):
-                with contextlib.suppress(ProcessLookupError): os.kill(children[conn], signal.SIGKILL)
-        for conn, pid in list(children.items()):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if not done: continue
-            with contextlib.suppress(OSError): conn.sendall(f'{os.waitstatus_to_exitcode(status)}\n'.encode())
-            conn.close()
-            del children[conn]
-    for pid in children.values():
-        with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGKILL)
+                del children[conn]
+    finally:
+        if os.getpid() == zygote:                  # not in a child returning from the loop
+            for pid in children.values():
+                with contextlib.suppress(ProcessLookupError): os.kill(pid, signal.SIGKILL)
     return None
 
 
@@ -194,7 +213,7 @@ def client(sock_path: str, argv: list[str], pid_fd: int | None = None) -> int:
     if not status: return 1                        # the zygote ended first
     code = int(status)
     if code < 0:                                   # a signal ended the child: end the same way
-        signal.signal(-code, signal.SIG_DFL)
+        with contextlib.suppress(OSError): signal.signal(-code, signal.SIG_DFL)   # SIGKILL's can't be set
         os.kill(os.getpid(), -code)
     return code
 
@@ -213,7 +232,7 @@ class WarmPython:
         """A stand-in for `sys.executable` at `folder`/python, for programs that take an interpreter's path (e.g.
         a script's PYTHON variable): it runs `-m MODULE ...` and `SCRIPT ...` forked from the zygote."""
         path = Path(folder) / 'python'
-        path.write_text('#!/bin/sh\nexec ' + ' '.join(f"'{a}'" for a in self.command()) + ' "$@"\n')
+        path.write_text('#!/bin/sh\nexec ' + ' '.join(map(shlex.quote, self.command())) + ' "$@"\n')
         path.chmod(0o755)
         return path
 
@@ -222,6 +241,9 @@ class WarmPython:
         of the process that runs `args` (`.pid` is its client's)."""
         r, w = os.pipe()
         try: p = subprocess.Popen(self.command(*args, pid_fd=w), pass_fds=(w,), **kwargs)
+        except BaseException:
+            os.close(r)
+            raise
         finally: os.close(w)
         with os.fdopen(r) as f: line = f.readline()
         p.child_pid = int(line) if line.strip() else None
@@ -256,7 +278,6 @@ def _end_child(run) -> None:
     touch, and so copy, every page shared with the zygote)."""
     import atexit
     import threading
-    import traceback
     code, sig = 0, None
     try: run()
     except SystemExit as e:
@@ -264,15 +285,20 @@ def _end_child(run) -> None:
         elif isinstance(e.code, int): code = e.code
         else: print(e.code, file=sys.stderr); code = 1
     except KeyboardInterrupt:
-        traceback.print_exc()
+        sys.excepthook(*sys.exc_info())
         sig = signal.SIGINT                        # python ends on an uncaught Ctrl-C by SIGINT, for the shell
     except BaseException:
         sys.excepthook(*sys.exc_info())
         code = 1
     threading._shutdown()
     atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception): stream.flush()
+    for stream in (sys.stdout, sys.stderr):        # as python: a failed last flush is reported, and the status is 120
+        if stream is None or stream.closed: continue
+        try: stream.flush()
+        except Exception as e:
+            with contextlib.suppress(Exception): print(f"Exception ignored in: {stream!r}\n{type(e).__name__}: {e}",
+                                                       file=sys.__stderr__, flush=True)
+            code = 120
     if sig is not None:
         signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
