@@ -45,7 +45,7 @@ from pathlib import Path
 # what the children import, imported once in the zygote (matplotlib without pyplot: a kernel picks its backend;
 # miniai.metrics before torcheval, as miniai imports them, so torcheval's import warning is silenced as there)
 WARM_IMPORTS = ['torch', 'torch.nn.functional', 'numpy', 'pandas', 'PIL.Image', 'matplotlib', 'IPython',
-                'IPython.display', 'ipykernel.kernelapp', 'fastcore.all', 'fastprogress', 'nbdev.showdoc',
+                'IPython.display', 'ipykernel.ipkernel', 'fastcore.all', 'fastprogress', 'nbdev.showdoc',
                 'miniai.core', 'miniai.learner', 'miniai.callbacks', 'miniai.metrics', 'torcheval.metrics',
                 'miniai.datasets', 'miniai.conv', 'miniai.sgd', 'miniai.activations', 'miniai.init', 'miniai.augment',
                 'miniai.accel', 'miniai.checkpoint', 'miniai.cli', 'miniai.predict_cli', 'miniai.distributed',
