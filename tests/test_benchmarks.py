@@ -1,4 +1,4 @@
-"""The scripts of benchmarks/ in their tiny versions, on the first 320 to 1000 real Fashion-MNIST images: they run end
+"""The scripts of benchmarks/ in their tiny versions, on the first 200 to 1000 real Fashion-MNIST images: they run end
 to end, learn, and report what they measured (the full runs are in docs/benchmarks.md); the fast recipe takes the
 route of the hardware it finds; float32_check.sh alternates its two recipes and reports their ratio."""
 import json
@@ -20,16 +20,16 @@ pytestmark = pytest.mark.skipif(REAL_DATA is None, reason='needs the real Fashio
 @pytest.mark.slow
 def test_resnet_script_tiny_run_learns_with_the_flags_it_was_given(capsys):
     learn = load_tool('resnet_fashion_mnist', 'benchmarks').main(
-        ['--limit', '320', '--epochs', '1', '--bs', '8', '--nfs', '8', '16', '32', '--tta',
+        ['--limit', '200', '--epochs', '1', '--bs', '8', '--nfs', '8', '16', '32', '--tta',
          '--bf16', '--channels-last'])     # bf16 on a CPU without bf16 units is slow: a small set
     out = capsys.readouterr().out
     acc = float(re.search(r'test accuracy: ([\d.]+)', out).group(1))
     assert acc > 0.3                                   # 10 classes: chance is 0.1
     assert re.search(r'TTA \(flip\) accuracy: [\d.]+ \(gain [-+][\d.]+\)', out)
-    assert '320 training, 320 test images' in out
+    assert '200 training, 200 test images' in out
     # the reported accuracy is the learner's on the test images
     preds, targs = get_preds(learn)
-    assert len(targs) == 320 and abs((preds.argmax(1) == targs).float().mean().item() - acc) < 1e-4
+    assert len(targs) == 200 and abs((preds.argmax(1) == targs).float().mean().item() - acc) < 1e-4
     # the flags reached the learner and the model
     assert [type(c) for c in learn.cbs if isinstance(c, (MixedPrecisionCB, ChannelsLastCB)) and c.active] == \
         [MixedPrecisionCB, ChannelsLastCB]
