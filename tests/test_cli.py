@@ -5,6 +5,7 @@ import errno
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -622,12 +623,20 @@ WRITE_FAILURES = {'full-at-0': (_full_after(0), 'no space left on device'),
                   'permission': (_denied, 'permission denied')}
 
 
+@pytest.fixture(scope='module')
+def one_epoch_run(data, tmp_path_factory):
+    """A finished one-epoch run, for tests that copy it and go on from there."""
+    r = tmp_path_factory.mktemp('one-epoch') / 'r'
+    assert run(data, r, '--epochs', '1') == 0
+    return r
+
+
 @pytest.mark.parametrize('case', WRITE_FAILURES)
-def test_a_failed_write_of_model_pt_names_file_and_cause_and_loses_nothing(case, data, tmp_path, monkeypatch,
+def test_a_failed_write_of_model_pt_names_file_and_cause_and_loses_nothing(case, one_epoch_run, tmp_path, monkeypatch,
                                                                            capsys):
     act, cause = WRITE_FAILURES[case]
     r = tmp_path / 'r'
-    assert run(data, r, '--epochs', '1') == 0
+    shutil.copytree(one_epoch_run, r)
     model_before, csv_before = (r / 'model.pt').read_bytes(), (r / 'metrics.csv').read_text()
     capsys.readouterr()
     with monkeypatch.context() as m:                        # extend the run; writing the new model.pt fails
