@@ -8,6 +8,7 @@ run together on one worker (`pytest_xdist_make_scheduler` below).
 import importlib.util
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 if (_workers := int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))) > 1:     # before torch reads it
@@ -82,6 +83,35 @@ def _seed():
     yield
     # only when a test turned it on: the switch's first call imports torch._inductor, seconds per process
     if torch.are_deterministic_algorithms_enabled(): torch.use_deterministic_algorithms(False)
+
+
+@contextmanager
+def blank_run_plots():
+    """While it lasts, `miniai train` draws its final plots as blank figures: drawing training.png and confusion.png
+    costs most of a tiny run's second, and most tests read neither. The files are still written, through the same
+    atomic path. The plots themselves are tested in test_callbacks, test_interpret and the tests marked
+    `real_plots`."""
+    import matplotlib.pyplot as plt
+
+    from miniai import interpret, train_plots
+    def blank(*args, **kwargs): return plt.figure(figsize=(1, 1))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(train_plots, 'plot_training', blank)
+        m.setattr(interpret.Interpretation, 'plot_confusion_matrix', blank)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _blank_run_plots(request):
+    """`blank_run_plots` for every test of the files that run `miniai train` in-process, unless marked
+    `real_plots`."""
+    if request.node.path.name not in BLANK_PLOTS_IN or request.node.get_closest_marker('real_plots'):
+        yield
+        return
+    with blank_run_plots(): yield
+
+
+BLANK_PLOTS_IN = {'test_cli.py', 'test_predict_cli.py', 'test_wandb.py'}
 
 
 @pytest.fixture(scope='session')

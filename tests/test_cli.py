@@ -19,7 +19,7 @@ import pytest
 import torch
 from test_datasets import NAMES, write_idx
 
-from conftest import StopAfter
+from conftest import StopAfter, blank_run_plots
 from miniai.cli import main
 from miniai.core import Callback, CancelFitException
 from miniai.models import recipe_model
@@ -53,6 +53,7 @@ COLUMNS = ['epoch', 'train_loss', 'valid_loss', 'train_accuracy', 'valid_accurac
 
 
 @pytest.mark.slow
+@pytest.mark.real_plots
 def test_train_writes_metrics_png_config_and_checkpoints(data, tmp_path, capsys):
     assert run(data, tmp_path / 'r', '--epochs', '2') == 0
     out = capsys.readouterr().out
@@ -627,7 +628,7 @@ WRITE_FAILURES = {'full-at-0': (_full_after(0), 'no space left on device'),
 def one_epoch_run(data, tmp_path_factory):
     """A finished one-epoch run, for tests that copy it and go on from there."""
     r = tmp_path_factory.mktemp('one-epoch') / 'r'
-    assert run(data, r, '--epochs', '1') == 0
+    with blank_run_plots(): assert run(data, r, '--epochs', '1') == 0
     return r
 
 
