@@ -33,8 +33,10 @@ def runner(tmp_path_factory, warm):
     work = tmp_path_factory.mktemp('nbs-run')
     shutil.copytree(ROOT / 'nbs', work / 'nbs')
     rn = load_tool('run_notebooks')
-    return rn, work / 'nbs', rn.write_kernelspec(work / 'kernel', rn.kernel_env(quick=True, workers=WORKERS),
-                                                  python=warm.command())
+    # kernels forked from the warm parent, and so the Pythons they start with sys.executable (10_distributed's
+    # torchrun and its workers)
+    env = {**rn.kernel_env(quick=True, workers=WORKERS), warm.EXECUTABLE_VAR: str(warm.executable(work))}
+    return rn, work / 'nbs', rn.write_kernelspec(work / 'kernel', env, python=warm.command())
 
 
 def test_there_are_notebooks():

@@ -116,3 +116,24 @@ def test_a_client_gone_before_its_answer_leaves_the_parent_serving(light, tmp_pa
         conn.close()
     res = subprocess.run(light.command(str(tmp_path / 's.py'), '0'), capture_output=True, text=True, timeout=60)
     assert res.returncode == 0 and res.stdout.startswith('argv')
+
+
+PARENT = """
+import subprocess, sys
+print('forked', 'json' in sys.modules, 'executable', sys.executable, flush=True)   # the zygote imported json
+subprocess.run([sys.executable, sys.argv[1]], check=True)
+subprocess.run([sys.executable, '-c', "import sys; print('-c forked', 'json' in sys.modules)"], check=True)
+"""
+
+
+def test_the_stand_in_executable_forks_scripts_and_is_passed_on_to_what_they_start(light, tmp_path):
+    """With EXECUTABLE_VAR set, a child's sys.executable is the stand-in, so a Python it starts (a script: torchrun's
+    workers) is forked too; what the zygote cannot run (`-c`) runs in a real interpreter."""
+    (tmp_path / 'parent.py').write_text(PARENT)
+    (tmp_path / 'child.py').write_text("import sys; print('child forked', 'json' in sys.modules, sys.executable)\n")
+    exe = light.executable(tmp_path)
+    res = subprocess.run([str(exe), str(tmp_path / 'parent.py'), str(tmp_path / 'child.py')], capture_output=True,
+                         text=True, env={**os.environ, light.EXECUTABLE_VAR: str(exe)}, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [f'forked True executable {exe}', f'child forked True {exe}',
+                                       '-c forked False']

@@ -51,6 +51,7 @@ WARM_IMPORTS = ['torch', 'torch.nn.functional', 'numpy', 'pandas', 'PIL.Image', 
                 'miniai.accel', 'miniai.checkpoint', 'miniai.cli', 'miniai.predict_cli', 'miniai.distributed',
                 'miniai.train_plots', 'matplotlib.figure', 'matplotlib.backends.backend_agg']
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+EXECUTABLE_VAR = 'WARM_PYTHON_EXECUTABLE'    # a child's sys.executable, where set: `WarmPython.executable`
 _HEADER = struct.Struct('!Q')                # the request's length, sent with the client's three standard streams
 
 
@@ -167,6 +168,7 @@ def run_request(request: dict, fds: list[int]):
     os.environ.clear()
     os.environ.update(request['env'])
     os.chdir(request['cwd'])
+    if exe := request['env'].get(EXECUTABLE_VAR): sys.executable = exe
     for sig in FORWARDED[1:]: signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     argv, unbuffered = list(request['argv']), bool(request['env'].get('PYTHONUNBUFFERED'))
@@ -220,6 +222,8 @@ def client(sock_path: str, argv: list[str], pid_fd: int | None = None) -> int:
 
 class WarmPython:
     """A running zygote: `command(*args)` is the command line that runs `python *args` as a child of it."""
+    EXECUTABLE_VAR = EXECUTABLE_VAR
+
     def __init__(self, sock: str): self.sock = sock
 
     def command(self, *args: str, pid_fd: int | None = None) -> list[str]:
@@ -230,9 +234,21 @@ class WarmPython:
 
     def executable(self, folder: Path) -> Path:
         """A stand-in for `sys.executable` at `folder`/python, for programs that take an interpreter's path (e.g.
-        a script's PYTHON variable): it runs `-m MODULE ...` and `SCRIPT ...` forked from the zygote."""
+        a script's PYTHON variable): it runs `-m MODULE ...` and `SCRIPT ...` (after an optional `-u`) forked from
+        the zygote, and anything else (`-c CODE`, other options, no arguments) in this Python.
+
+        A child whose environment has `EXECUTABLE_VAR` set to such a stand-in takes it as its `sys.executable`,
+        so that the Pythons it starts that way (torchrun's launcher, and then its workers) are forked too."""
         path = Path(folder) / 'python'
-        path.write_text('#!/bin/sh\nexec ' + ' '.join(map(shlex.quote, self.command())) + ' "$@"\n')
+        warm = ' '.join(map(shlex.quote, self.command()))
+        path.write_text(f'''#!/bin/sh
+# python, forked from a warm parent (tools/warm_python.py) for `-m MODULE` and `SCRIPT`, after an optional -u
+a=$1; [ "$a" = -u ] && a=$2
+case "$a" in
+  -m|[!-]*) exec {warm} "$@" ;;
+esac
+exec {shlex.quote(sys.executable)} "$@"
+''')
         path.chmod(0o755)
         return path
 
