@@ -6,7 +6,6 @@ post, copied as written, runs on the package (on a tiny synthetic Fashion-MNIST 
 Each test checks what the write-up's code should have done (trained, recorded, plotted), not only that it ran.
 """
 import math
-import os
 import pickle  # noqa
 from functools import partial
 
@@ -45,8 +44,16 @@ def learnable_source(folder, n_train=640, n_test=192, seed=0):
 def dsd(tmp_path_factory):
     folder = tmp_path_factory.mktemp('fmnist')
     learnable_source(folder)
-    os.environ['MINIAI_CACHE'] = str(folder / 'cache')
-    return load_fashion_mnist(folder)  # the data line: `dsd = load_dataset(name)` in the write-ups
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv('MINIAI_CACHE', str(folder / 'cache'))
+        return load_fashion_mnist(folder)  # the data line: `dsd = load_dataset(name)` in the write-ups
+
+
+@pytest.fixture(autouse=True)
+def _in_a_folder_of_its_own(tmp_path, monkeypatch):
+    """The code writes where it runs (ProgressCB(plot=True) saves progress.png outside a notebook): not into the
+    checkout."""
+    monkeypatch.chdir(tmp_path)
 
 
 @pytest.fixture(scope='module')
