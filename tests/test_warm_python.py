@@ -46,8 +46,9 @@ def test_a_module_reads_its_stdin_and_its_exception_is_a_traceback_and_exit_stat
 
 SLEEPER = """
 import sys, time
-print('started', flush=True)
-try: time.sleep(60)
+try:                              # the signal may come as soon as 'started' is written, before print returns
+    print('started', flush=True)
+    time.sleep(60)
 except KeyboardInterrupt:
     print('interrupted', flush=True)
     raise
