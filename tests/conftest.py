@@ -85,33 +85,42 @@ def _seed():
     if torch.are_deterministic_algorithms_enabled(): torch.use_deterministic_algorithms(False)
 
 
+# The files whose tests run `miniai train` in-process: their runs draw blank final plots (`blank_run_plots`)
+BLANK_PLOTS_IN = {'test_cli.py', 'test_predict_cli.py', 'test_wandb.py'}
+
+
 @contextmanager
 def blank_run_plots():
     """While it lasts, `miniai train` draws its final plots as blank figures: drawing training.png and confusion.png
     costs most of a tiny run's second, and most tests read neither. The files are still written, through the same
-    atomic path. The plots themselves are tested in test_callbacks, test_interpret and the tests marked
-    `real_plots`."""
-    import matplotlib.pyplot as plt
+    atomic path, and each call is checked against the real function's signature. The plots themselves are tested
+    in test_callbacks, test_interpret and the tests marked `real_plots` (a new run and a resumed one)."""
+    import inspect
+
+    from matplotlib.figure import Figure
 
     from miniai import interpret, train_plots
-    def blank(*args, **kwargs): return plt.figure(figsize=(1, 1))
+
+    def blank_of(real):
+        def blank(*args, **kwargs):
+            inspect.signature(real).bind(*args, **kwargs)      # a call the real function would refuse fails here too
+            return Figure(figsize=(1, 1))
+        return blank
+
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(train_plots, 'plot_training', blank)
-        m.setattr(interpret.Interpretation, 'plot_confusion_matrix', blank)
+        m.setattr(train_plots, 'plot_training', blank_of(train_plots.plot_training))
+        m.setattr(interpret.Interpretation, 'plot_confusion_matrix',
+                  blank_of(interpret.Interpretation.plot_confusion_matrix))
         yield
 
 
 @pytest.fixture(autouse=True)
 def _blank_run_plots(request):
-    """`blank_run_plots` for every test of the files that run `miniai train` in-process, unless marked
-    `real_plots`."""
+    """`blank_run_plots` for every test of the files in BLANK_PLOTS_IN, unless marked `real_plots`."""
     if request.node.path.name not in BLANK_PLOTS_IN or request.node.get_closest_marker('real_plots'):
         yield
         return
     with blank_run_plots(): yield
-
-
-BLANK_PLOTS_IN = {'test_cli.py', 'test_predict_cli.py', 'test_wandb.py'}
 
 
 @pytest.fixture(scope='session')

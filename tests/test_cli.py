@@ -157,6 +157,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.real_plots
 def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     assert run(data, tmp_path / 'full', '--epochs', '3', '--deterministic') == 0
     # a run that died after epoch 2: keep its folder as it was then, by training 3 epochs and stopping early

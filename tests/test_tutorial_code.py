@@ -8,6 +8,7 @@ Each test checks what the write-up's code should have done (trained, recorded, p
 import math
 import pickle  # noqa
 from functools import partial
+from pathlib import Path
 
 import fastcore.all as fc
 import matplotlib.pyplot as plt
@@ -145,6 +146,8 @@ def test_accel_sgd_optimizer_classes_train(accel_sgd, opt_func, lr):
     assert hist[-1]['train_loss'] < hist[0]['train_loss'] and hist[-1]['valid_accuracy'] > 0.5  # it learns
     assert learn.opt.i == 3 * len(s.dls.train)
     assert s.astats.color_dim().axes  # the write-up looks at the activations after each run
+    # ProgressCB(plot=True) outside a notebook saves its curve where the code runs (this test's own folder)
+    assert Path('progress.png').read_bytes()[:4] == b'\x89PNG'
 
 
 @pytest.mark.slow

@@ -120,21 +120,37 @@ def test_a_client_gone_before_its_answer_leaves_the_parent_serving(light, tmp_pa
 
 
 PARENT = """
-import subprocess, sys
-print('forked', 'json' in sys.modules, 'executable', sys.executable, flush=True)   # the zygote imported json
-subprocess.run([sys.executable, sys.argv[1]], check=True)
-subprocess.run([sys.executable, '-c', "import sys; print('-c forked', 'json' in sys.modules)"], check=True)
+import os, subprocess, sys
+def say(*args): print(*args, flush=True)
+say('forked', 'colorsys' in sys.modules, 'executable', sys.executable)       # only the zygote imported colorsys
+for args in ([sys.argv[1]], ['-u', sys.argv[1]], ['-m', 'child']):
+    subprocess.run([sys.executable, *args], check=True, cwd=os.path.dirname(sys.argv[1]))
+subprocess.run([sys.executable, '-c', "import sys; print('-c forked', 'colorsys' in sys.modules)"], check=True)
+r, w = os.pipe()                                    # a descriptor passed on: only a real process can keep it
+subprocess.run([sys.executable, sys.argv[1], str(w)], check=True, pass_fds=(w,))
+os.close(w)
+say('through the passed descriptor:', os.read(r, 100).decode())
+"""
+
+CHILD = """
+import os, sys
+print('child forked', 'colorsys' in sys.modules, sys.executable == os.environ['WARM_PYTHON_EXECUTABLE'], flush=True)
+if len(sys.argv) > 1: os.write(int(sys.argv[1]), b'written')
 """
 
 
-def test_the_stand_in_executable_forks_scripts_and_is_passed_on_to_what_they_start(light, tmp_path):
-    """With EXECUTABLE_VAR set, a child's sys.executable is the stand-in, so a Python it starts (a script: torchrun's
-    workers) is forked too; what the zygote cannot run (`-c`) runs in a real interpreter."""
-    (tmp_path / 'parent.py').write_text(PARENT)
-    (tmp_path / 'child.py').write_text("import sys; print('child forked', 'json' in sys.modules, sys.executable)\n")
-    exe = light.executable(tmp_path)
-    res = subprocess.run([str(exe), str(tmp_path / 'parent.py'), str(tmp_path / 'child.py')], capture_output=True,
-                         text=True, env={**os.environ, light.EXECUTABLE_VAR: str(exe)}, timeout=60)
+def test_the_stand_in_executable_forks_scripts_and_is_passed_on_to_what_they_start(tmp_path):
+    """With EXECUTABLE_VAR set, a child's sys.executable is the stand-in, so a Python it starts (a script, `-u
+    SCRIPT`: torchrun's workers, `-m MODULE`) is forked too; what a forked child cannot be (`-c`, a start that passes
+    a file descriptor) runs in a real interpreter."""
+    with load_tool('warm_python').warm_python(imports=['colorsys']) as light:
+        (tmp_path / 'parent.py').write_text(PARENT)
+        (tmp_path / 'child.py').write_text(CHILD)
+        exe = light.executable(tmp_path)
+        assert light.EXECUTABLE_VAR == 'WARM_PYTHON_EXECUTABLE'
+        res = subprocess.run([str(exe), str(tmp_path / 'parent.py'), str(tmp_path / 'child.py')],
+                             capture_output=True, text=True, env={**os.environ, light.EXECUTABLE_VAR: str(exe)},
+                             timeout=60)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == [f'forked True executable {exe}', f'child forked True {exe}',
-                                       '-c forked False']
+    assert res.stdout.splitlines() == [f'forked True executable {exe}'] + ['child forked True True'] * 3 + [
+        '-c forked False', 'child forked False False', 'through the passed descriptor: written']

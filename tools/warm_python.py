@@ -23,8 +23,13 @@ environment should match the children's in what is read at import time (the test
 OMP_NUM_THREADS, read when torch's thread pool starts, is applied in each child. The children also share the
 zygote's hash seed and the state its imports left in global random generators, and they end without tearing the
 modules down (what a fresh interpreter could print while doing that does not appear). Only `-m MODULE` and a script path
-(after an optional `-u`) are understood: anything else is refused with a message. `tools/run_notebooks.py` makes
-kernels of it (`write_kernelspec(..., python=warm.command())`), and the tests use it through tests/conftest.py.
+(after an optional `-u`) are understood: anything else is refused with a message. A child gets the standard streams
+and no other file descriptor.
+
+`WarmPython.executable(folder)` writes a stand-in `python` that forks what it can and runs the rest in a real
+interpreter; a child started with `EXECUTABLE_VAR` naming it takes it as its `sys.executable` (a shell script, then),
+so that the Pythons it starts are forked too. `tools/run_notebooks.py` makes kernels of the command
+(`write_kernelspec(..., python=warm.command())`), and the tests use it through tests/conftest.py.
 """
 from __future__ import annotations
 
@@ -235,19 +240,29 @@ class WarmPython:
     def executable(self, folder: Path) -> Path:
         """A stand-in for `sys.executable` at `folder`/python, for programs that take an interpreter's path (e.g.
         a script's PYTHON variable): it runs `-m MODULE ...` and `SCRIPT ...` (after an optional `-u`) forked from
-        the zygote, and anything else (`-c CODE`, other options, no arguments) in this Python.
+        the zygote. Anything else (`-c CODE`, other options, no arguments), and any start that passes a file
+        descriptor beyond 0-2 (torch.compile's workers, multiprocessing: a forked child gets only the standard
+        streams), runs in the interpreter that wrote the stand-in.
 
         A child whose environment has `EXECUTABLE_VAR` set to such a stand-in takes it as its `sys.executable`,
         so that the Pythons it starts that way (torchrun's launcher, and then its workers) are forked too."""
         path = Path(folder) / 'python'
-        warm = ' '.join(map(shlex.quote, self.command()))
+        warm, real = ' '.join(map(shlex.quote, self.command())), shlex.quote(sys.executable)
         path.write_text(f'''#!/bin/sh
-# python, forked from a warm parent (tools/warm_python.py) for `-m MODULE` and `SCRIPT`, after an optional -u
-a=$1; [ "$a" = -u ] && a=$2
+# python, forked from a warm parent (tools/warm_python.py) for `-m MODULE` and `SCRIPT`, after an optional -u;
+# anything else, or a start that passes other file descriptors than 0-2, runs in {real}
+a=$1; b=$2; [ "$a" = -u ] && {{ a=$2; b=$3; }}
 case "$a" in
-  -m|[!-]*) exec {warm} "$@" ;;
+  -m) [ -n "$b" ] || exec {real} "$@" ;;
+  -*|'') exec {real} "$@" ;;
 esac
-exec {shlex.quote(sys.executable)} "$@"
+for fd in /proc/$$/fd/*; do
+  case ${{fd##*/}} in 0|1|2) continue ;; esac
+  [ -e "$fd" ] || continue                           # the listing's own, closed by now
+  [ "$(readlink "$fd")" = "$(readlink -f "$0")" ] && continue   # this script, as the shell reads it
+  exec {real} "$@"
+done
+exec {warm} "$@"
 ''')
         path.chmod(0o755)
         return path
