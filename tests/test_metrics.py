@@ -1,8 +1,9 @@
 """`miniai.metrics` imports torcheval without torch's `torch.jit.script` FutureWarning, and hides nothing else.
 
 Each case needs an interpreter that has not imported torcheval yet and shows every warning (`-W default`). They run
-in children forked from one such interpreter after it has imported torch, the slow part of the start-up that every
-case shares; each child then imports torcheval afresh, as a new process would.
+in children forked from one such interpreter after it has imported torch and torchvision (which torcheval imports),
+the slow part of the start-up that every case shares, without a warning of their own; each child then imports
+torcheval afresh, as a new process would.
 """
 import json
 import subprocess
@@ -17,7 +18,7 @@ JIT = '`torch.jit.script` is deprecated'
 # Runs each case of argv[1] (name -> code) in a forked child; prints {name: [exit code, the child's stderr]}.
 FORKS = r'''
 import json, os, sys, tempfile, traceback
-import torch
+import torch, torchvision
 out = {}
 for name, code in json.loads(sys.argv[1]).items():
     with tempfile.TemporaryFile() as err:
@@ -52,7 +53,7 @@ def stderr_of():
                          text=True, cwd=ROOT, timeout=180,
                          env={'PYTHONPATH': str(ROOT), 'PATH': '/usr/bin:/bin', 'OMP_NUM_THREADS': '1'})
     assert res.returncode == 0, res.stderr
-    assert JIT not in res.stderr, "importing torch alone warns already: the cases below could not see it again"
+    assert JIT not in res.stderr, "importing torch or torchvision warns already: the cases could not see it again"
     out = json.loads(res.stdout)
     for name, (rc, err) in out.items(): assert rc == 0, f"{name}:\n{err}"
     return {name: err for name, (_, err) in out.items()}
