@@ -45,9 +45,9 @@ def test_a_module_reads_its_stdin_and_its_exception_is_a_traceback_and_exit_stat
 
 
 SLEEPER = """
-import sys, time
-try:                              # the signal may come as soon as 'started' is written, before print returns
-    print('started', flush=True)
+import os, sys, time
+try:      # the signal may come as soon as 'started' is out: not inside a buffered write, which it could leave locked
+    os.write(1, b'started\\n')
     time.sleep(60)
 except KeyboardInterrupt:
     print('interrupted', flush=True)
