@@ -78,14 +78,20 @@ def test_random_seeds_are_not_caught(text):
     assert not findings(text), f"{text!r} is a random seed, not an in-house word: {findings(text)}"
 
 
-def test_no_in_house_words_where_users_read():
+def scan_user_facing_files(check) -> list[str]:
+    """`check(line)`'s (phrase, why) findings on every line of the files users read, as 'file:line: ...' lines."""
     problems = []
     for path in user_facing_files():
         text = notebook_text(path) if path.suffix == '.ipynb' else path.read_text(errors='replace')
         for i, line in enumerate(text.splitlines(), 1):
-            for phrase, why in findings(line):
+            for phrase, why in check(line):
                 where = path.relative_to(ROOT).as_posix() + ('' if path.suffix == '.ipynb' else f':{i}')
                 problems.append(f"{where}: {phrase!r}: {why}")
+    return problems
+
+
+def test_no_in_house_words_where_users_read():
+    problems = scan_user_facing_files(findings)
     assert not problems, f"{len(problems)} in-house phrases:\n" + '\n'.join(problems)
 
 
@@ -139,11 +145,5 @@ def test_random_seeds_are_not_taken_for_the_document(text):
 
 
 def test_tutorials_name_the_document_they_follow_not_the_seed():
-    problems = []
-    for path in user_facing_files():
-        text = notebook_text(path) if path.suffix == '.ipynb' else path.read_text(errors='replace')
-        for i, line in enumerate(text.splitlines(), 1):
-            for phrase, why in document_seed_findings(line):
-                where = path.relative_to(ROOT).as_posix() + ('' if path.suffix == '.ipynb' else f':{i}')
-                problems.append(f"{where}: {phrase!r}: {why}")
+    problems = scan_user_facing_files(document_seed_findings)
     assert not problems, f"{len(problems)} uses of 'seed' for a tutorial's document:\n" + '\n'.join(problems)
