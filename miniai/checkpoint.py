@@ -291,18 +291,25 @@ class SaveModelCB(Callback):
     metrics history. `epoch_done` is the last epoch this fit completed (None before the first): a checkpoint saved
     after an interrupt is a mid-epoch one (`save_checkpoint(..., epoch_done=False)`) unless
     `epoch_done == learn.epoch`.
+
+    Each new fit starts its own best, as `EarlyStoppingCB` does (fastai's `reset_on_fit`): a second `fit` writes
+    `best.pt` at its first epoch even if an earlier fit did better. `reset_on_fit=False` keeps the best of all the
+    fits instead. A fit that resumes a checkpoint (`load_state_dict`) carries on with the best it saved.
     """
     order = Order.CHECKPOINT  # after the loggers have the epoch's row
     run_in_isolated_fits = False
 
-    def __init__(self, dir='.', every_epoch: bool = True, monitor: str | None = None, mode: str = 'auto'):
-        self.dir, self.every_epoch, self.monitor = Path(dir), every_epoch, monitor
+    def __init__(self, dir='.', every_epoch: bool = True, monitor: str | None = None, mode: str = 'auto',
+                 reset_on_fit: bool = True):
+        self.dir, self.every_epoch, self.monitor, self.reset_on_fit = Path(dir), every_epoch, monitor, reset_on_fit
         self.mode = monitor_mode(mode, monitor or '')
         self.best, self.key, self.epoch_done = None, monitor, None   # `epoch_done`: the last epoch this fit completed
+        self._resumed = False
 
     def before_fit(self, learn):
         if not getattr(learn, 'do_train', True): return   # an evaluation saves nothing (it logs no row)
-        self.epoch_done = None
+        if self.reset_on_fit and not self._resumed: self.best = None
+        self.epoch_done, self._resumed = None, False
         if self.monitor: self.key = resolve_monitor(learn, self.monitor, f"SaveModelCB(monitor={self.monitor!r})")
 
     def after_log(self, learn):
@@ -316,7 +323,9 @@ class SaveModelCB(Callback):
         if self.every_epoch: save_checkpoint(learn, self.dir / 'last.pt')
 
     def state_dict(self): return {'best': self.best}
-    def load_state_dict(self, sd): self.best = sd['best']
+    def load_state_dict(self, sd):
+        """Carry on from a checkpoint's best in the next fit (a run resuming)."""
+        self.best, self._resumed = sd['best'], True
 
 
 class TerminateOnNaNCB(Callback):

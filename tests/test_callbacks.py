@@ -235,6 +235,26 @@ def test_save_model_cb_takes_row_names_and_refuses_a_misspelt_monitor_before_tra
     assert bad.iter_count == 0 and not (tmp_path / 'b').exists()
 
 
+def test_save_model_cb_starts_a_new_best_with_each_fit_unless_told_to_keep_it(tmp_path):
+    from miniai.checkpoint import SaveModelCB
+    def two_fits(saver):
+        learn = TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.05, cbs=[MetricsCB(), saver])
+        learn.fit(3)
+        first = min(r['valid_loss'] for r in learn.cbs[0].history)
+        with torch.no_grad():
+            for p in learn.model.parameters(): p.add_(torch.randn_like(p))   # far from where the first fit ended
+        learn.fit(1, lr=0.)
+        saved = torch.load(saver.dir / 'best.pt', weights_only=True)['iter_count']
+        return first, learn.cbs[0].history[-1]['valid_loss'], saved == learn.iter_count
+    fresh = SaveModelCB(tmp_path / 'a', every_epoch=False, monitor='valid_loss')
+    first, second, saved_by_second = two_fits(fresh)
+    assert second > first, "the setup needs a second fit that does worse than the first one's best"
+    assert fresh.best == second and saved_by_second
+    kept = SaveModelCB(tmp_path / 'b', every_epoch=False, monitor='valid_loss', reset_on_fit=False)
+    first, second, saved_by_second = two_fits(kept)
+    assert kept.best == first < second and not saved_by_second
+
+
 def test_training_plot_puts_the_lr_at_its_steps_and_epochs_at_their_last_step():
     from miniai.train_plots import plot_training
     hist = [{'epoch': e, 'train_loss': 1. / (e + 1), 'valid_loss': 2. / (e + 1), 'valid_accuracy': 0.5 + e / 10}
