@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .callbacks import to_cpu
-from .core import Callback, CancelFitException, Order, _cb_list
+from .core import Callback, CancelFitException, Order, as_cb_list
 from .init import BatchTransformCB, summary
 
 __all__ = ['summary', 'show_image_batch', 'CapturePreds', 'capture_preds', '_rand_erase1', 'rand_erase', 'RandErase',
@@ -272,7 +272,7 @@ def show_image_batch(x, max_n: int | None = None, cbs=None, **kwargs):
     # a look at a batch: no trace in the logs, counters, optimizer or weights (a learner of the user's own that has
     # no `isolated` runs the fit as it is)
     with (x.isolated(weights=True) if hasattr(x, 'isolated') else contextlib.nullcontext()):
-        x.fit(1, valid=False, cbs=[grab] + _cb_list(cbs), start_epoch=0)
+        x.fit(1, valid=False, cbs=[grab] + as_cb_list(cbs), start_epoch=0)
     if not hasattr(grab, 'batch'): raise ValueError("the learner's training loader gave no batch")
     show_images(to_cpu(grab.batch[0][:9 if max_n is None else max_n]), **kwargs)
     return plt.gcf()
@@ -376,7 +376,7 @@ def capture_preds(learn, cbs=None, inps: bool = False) -> tuple[torch.Tensor, ..
     with `inps`, as CPU tensors; `cbs` (one callback or a list) join the learner's for this pass, e.g. a
     `BatchTransformCB` that flips the validation images for test-time augmentation. See `get_preds`.
     """
-    extra = _cb_list(cbs)
+    extra = as_cb_list(cbs)
     learn.add_cbs(extra)
     try: res = get_preds(learn, with_input=inps, act=None)   # the model's outputs, as in the course
     finally: learn.remove_cbs(extra)

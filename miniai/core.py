@@ -58,7 +58,7 @@ checkpoints, early stopping, NaN guards, schedulers, recorders, weight averaging
 from __future__ import annotations
 
 __all__ = ['EVENTS', 'STEPS', 'Order', 'CancelFitException', 'CancelEpochException', 'CancelBatchException',
-           'CancelStepException', 'Callback', 'run_cbs', 'call_cb', 'check_callback', 'run_stage']
+           'CancelStepException', 'Callback', 'run_cbs', 'call_cb', 'check_callback', 'run_stage', 'as_cb_list']
 
 # The one source of truth for events: the dispatcher, the docs and the tests read this tuple.
 EVENTS = ('before_fit', 'after_fit', 'cleanup_fit',
@@ -167,6 +167,6 @@ def run_cbs(cbs, method_nm: str, learn=None):
         if method is not None: call_cb(cb, method, method_nm, learn)
 
 
-def _cb_list(cbs) -> list:
+def as_cb_list(cbs) -> list:
     """`cbs` as a list: `None` gives `[]` and a single callback `[cb]`, as the course accepts wherever it takes cbs."""
     return [] if cbs is None else [cbs] if isinstance(cbs, Callback) else list(cbs)

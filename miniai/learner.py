@@ -35,7 +35,7 @@ from .core import (
     CancelEpochException,
     CancelFitException,
     CancelStepException,
-    _cb_list,
+    as_cb_list,
     call_cb,
     check_callback,
     run_cbs,
@@ -117,13 +117,13 @@ class Learner:
     # --- callbacks -----------------------------------------------------------------------------------------
     def add_cbs(self, cbs):
         """Add callbacks (a list, or one) after checking each is a `Callback` with only real event names."""
-        for cb in _cb_list(cbs): self.cbs.append(check_callback(cb))
+        for cb in as_cb_list(cbs): self.cbs.append(check_callback(cb))
         self._table = None
         return self
 
     def remove_cbs(self, cbs):
         """Remove callbacks (a list, or one) that the learner holds (the others are ignored)."""
-        for cb in _cb_list(cbs):
+        for cb in as_cb_list(cbs):
             if cb in self.cbs: self.cbs.remove(cb)
         self._table = None
         return self
@@ -131,7 +131,7 @@ class Learner:
     @contextmanager
     def added_cbs(self, cbs):
         """Add `cbs` (a list, one callback or None) for the `with` block only; they are removed however it ends."""
-        cbs = _cb_list(cbs)
+        cbs = as_cb_list(cbs)
         self.add_cbs(cbs)
         try: yield self
         finally: self.remove_cbs(cbs)
@@ -139,7 +139,7 @@ class Learner:
     @contextmanager
     def removed_cbs(self, cbs):
         """Take `cbs` out for the `with` block only; they come back at their old places however it ends."""
-        before, out = list(self.cbs), {id(cb) for cb in _cb_list(cbs)}
+        before, out = list(self.cbs), {id(cb) for cb in as_cb_list(cbs)}
         self.remove_cbs([cb for cb in before if id(cb) in out])
         try: yield self
         finally:  # the old list, less what the block removed itself, plus what it added and left
@@ -220,7 +220,7 @@ class Learner:
         """
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
-        if train: self._check_train_loader()
+        if train: self.check_train_loader()
         if train and self.opt_func is None and self.opt is None:
             raise ValueError("this learner has no optimizer (it was made with opt_func=None), so it cannot train: "
                              "pass train=False to only evaluate, or make it with an opt_func such as torch.optim.SGD")
@@ -307,7 +307,9 @@ class Learner:
         load_checkpoint(self, path, weights_only=weights_only)
         return self
 
-    def _check_train_loader(self):
+    def check_train_loader(self):
+        """Raise a clear error before any callback runs if there is nothing to train on: no `dls.train`, or an
+        empty one. `fit` and `lr_find` call it first, so a mistake in the data never reaches the loop."""
         dl = getattr(self.dls, 'train', None)
         if dl is None: raise TypeError("fit needs dls with a `.train` loader; this Learner was made without dls")
         if hasattr(dl, '__len__') and len(dl) == 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .core import Callback, CancelEpochException, CancelFitException, Order, _cb_list
+from .core import Callback, CancelEpochException, CancelFitException, Order, as_cb_list
 from .device import all_reduce_mean, is_main_process
 
 __all__ = ['LRFinderCB', 'LRFinderResult', 'lr_find', 'valley', 'steep', 'minimum']
@@ -163,13 +163,13 @@ def lr_find(learn, gamma: float | None = None, max_mult: float = 3, start_lr: fl
         n_epochs = 10 if max_epochs is None else max_epochs
         if not start_lr > 0: raise ValueError(f"start_lr must be > 0, got {start_lr}")
     cb = LRFinderCB(gamma=gamma, max_mult=max_mult, num_it=num_it, stop_div=stop_div, beta=0.98, show_plot=False)
-    learn._check_train_loader()
+    learn.check_train_loader()
     # callbacks that keep records (metrics, loggers, checkpoints) sit the sweep out, and everything it changes
     # (weights, optimizer, lr, RNG, counters) is put back
     with learn.isolated(weights=True):
         # with num_it, num_it epochs: a bound however short DDPCB's shards make them (LRFinderCB stops after
         # num_it batches); start_epoch=0 leaves a loaded checkpoint's resume epoch pending for the real fit
-        learn.fit(n_epochs, valid=False, lr=start_lr, cbs=[cb] + _cb_list(cbs), start_epoch=0)
+        learn.fit(n_epochs, valid=False, lr=start_lr, cbs=[cb] + as_cb_list(cbs), start_epoch=0)
     if not cb.losses: raise RuntimeError("lr_find saw no training batch")
     res = LRFinderResult(cb.lrs, cb.losses, cb.smoothed, valley(cb.lrs, cb.smoothed), steep(cb.lrs, cb.smoothed),
                          minimum(cb.lrs, cb.smoothed))
