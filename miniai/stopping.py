@@ -41,6 +41,13 @@ class EarlyStoppingCB(Callback):
         if not self._resumed: self.best, self.best_epoch, self.wait = None, None, 0  # a new fit starts afresh
         self.stopped_epoch, self.best_state, self._seen, self._resumed, self._ended = None, None, False, False, False
 
+    @property
+    def patience_spent(self) -> bool:
+        """Whether `wait` has reached `patience`: the fit stopped here, and a run resumed from this state would
+        stop again after one more epoch without improvement (`miniai train --resume` treats such a run as
+        complete)."""
+        return self.wait >= self.patience
+
     def after_log(self, learn):
         """Count the epoch from its metrics row: done at the row (MetricsCB's after_epoch), so the checkpoint
         SaveModelCB writes for this epoch holds this epoch's best and wait."""

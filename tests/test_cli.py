@@ -179,6 +179,26 @@ def test_resume_continues_to_the_same_weights(data, tmp_path, monkeypatch):
     assert drop(a) == drop(b) and len(a) == 3
 
 
+def test_a_run_that_early_stopping_ended_is_complete_and_resume_says_so(data, tmp_path, capsys):
+    r = tmp_path / 'r'
+    # with an lr too small to learn, valid_accuracy only wanders (BatchNorm's statistics): patience 1 is soon spent
+    assert run(data, r, '--epochs', '8', '--early-stop', '1', '--lr', '1e-9', '--deterministic') == 0
+    n = len(rows(r / 'metrics.csv'))
+    assert n < 8
+    before = {f: (r / f).read_bytes() for f in ('metrics.csv', 'last.pt', 'best.pt', 'model.pt')}
+    capsys.readouterr()
+    for extra in ([], ['--epochs', '10']):
+        assert main(['train', '--resume', str(r), *extra]) == 1
+        err = capsys.readouterr().err
+        assert f'was stopped early after {n} epochs' in err and 'had not improved for 1 epoch' in err, err
+        assert '--early-stop' in err
+    assert {f: (r / f).read_bytes() for f in before} == before
+    # stopped while writing its final files: the resume writes them, and trains nothing
+    (r / 'model.pt').unlink()
+    assert main(['train', '--resume', str(r)]) == 0
+    assert (r / 'model.pt').is_file() and len(rows(r / 'metrics.csv')) == n
+
+
 @pytest.mark.slow
 def test_two_deterministic_runs_give_identical_metrics(data, tmp_path):
     for d in ('a', 'b'): assert run(data, tmp_path / d, '--epochs', '2', '--deterministic', '--seed', '3') == 0

@@ -9,7 +9,8 @@
   (`check_same_data`).
 - A run whose epochs are all trained but whose final files were not all written (interrupted, or a full disk, while
   writing them) gets them written (`final_files_done` tells the two apart); one that is complete is refused, with the
-  flag that extends it (`check_resume`).
+  flag that extends it (`check_resume`). So is one that early stopping ended (`check_not_stopped_early`): another
+  epoch without improvement would only stop it again.
 Described in docs/reliability.md.
 """
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 from ..errors import UsageError
 from .parser import RESUME_FLAGS, SEED_RANGE, build_parser, flag_name
 
-__all__ = ['resume_args', 'data_identity', 'check_same_data', 'final_files_done', 'check_resume', 'resume_note',
-           'RUN_FACTS']
+__all__ = ['resume_args', 'data_identity', 'check_same_data', 'final_files_done', 'check_resume',
+           'check_not_stopped_early', 'resume_note', 'RUN_FACTS']
 
 _SAVED = {'epochs': int, 'lr': float, 'bs': int, 'seed': int}   # config.json keys a resume cannot do without
 # config.json keys that describe the run rather than its flags
@@ -145,6 +146,19 @@ def check_resume(done: int, args, saved_epochs: int):
     more = f"--epochs {done + saved_epochs}" if saved_epochs else "--epochs N"
     raise UsageError(f"the run in {args.out} has already trained {done} epochs (of {saved_epochs}); to train it "
                      f"longer pass a larger total, e.g. `miniai train --resume {args.out} {more}`")
+
+
+def check_not_stopped_early(out: Path, stopper, done: int):
+    """Refuse to resume a run that its early stopping (`stopper`, an `EarlyStoppingCB` with its state loaded, or
+    None) ended after `done` epochs: it is complete, and one more epoch without improvement would stop it again."""
+    if stopper is None or not stopper.patience_spent: return
+    n = f"{stopper.wait} epoch{'s' if stopper.wait != 1 else ''}"
+    best = (f"its best {stopper.key} was {stopper.best:.4g} at epoch {stopper.best_epoch}"
+            if stopper.best is not None else f"its {stopper.key} was never finite")
+    raise UsageError(f"the run in {out} was stopped early after {done} epochs: its {stopper.key} had not improved "
+                     f"for {n} (--early-stop {stopper.patience}; {best}), so it is complete and best.pt holds its "
+                     "best epoch. To train longer, start a new run with a larger --early-stop patience, or without "
+                     "it")
 
 
 def resume_note(done: int, args, saved_epochs: int) -> str:

@@ -15,7 +15,8 @@ from .errors import WriteError, write_error
 from .outputs import FINAL_FILES, final_message, finish, mark_final_files, rewrite_csv, write_config, write_plots
 from .parser import DIST_TIMEOUT
 from .recipe import build_learner
-from .resume import check_resume, check_same_data, data_identity, final_files_done, resume_args, resume_note
+from .resume import (check_not_stopped_early, check_resume, check_same_data, data_identity, final_files_done,
+                     resume_args, resume_note)
 from .run_dir import hold_run, out_dir, remove_if_unused
 from .signals import StopSignals, say, stop_on_signals
 
@@ -146,6 +147,7 @@ def _run(args, out: Path, device, world: int, facts: dict | None, stops: StopSig
     from ..datasets import get_dls
     from ..distributed import distributed_dls, is_main_process
     from ..sgd import OneCycleSchedCB
+    from ..stopping import EarlyStoppingCB
 
     main = is_main_process()
     set_seed(args.seed, deterministic=args.deterministic)
@@ -168,8 +170,11 @@ def _run(args, out: Path, device, world: int, facts: dict | None, stops: StopSig
     if args.resume:
         ckpt = load_checkpoint(learn, out / 'last.pt')
         done = learn.resume_epoch
-        if done >= args.epochs and not final_files_done(out, facts):
+        stopper = next((cb for cb in learn.cbs if isinstance(cb, EarlyStoppingCB)), None)
+        complete = done >= args.epochs or (stopper is not None and stopper.patience_spent)
+        if complete and not final_files_done(out, facts):
             return _only_final_files(learn, ckpt, full_dls.valid, out, device, len(dls.train), stops, main)
+        check_not_stopped_early(out, stopper, done)
         check_resume(done, args, facts['epochs'])
         if main: rewrite_csv(out / 'metrics.csv', metrics.history)  # drops rows written after last.pt
     if main:
@@ -194,7 +199,7 @@ def _only_final_files(learn, ckpt: dict, valid_dl, out: Path, device, n_batches:
                       main: bool) -> Path:
     """A resume of a run whose epochs are all trained but whose final files are not all written: write them."""
     if not main: return out
-    say(f"{out} has trained all its epochs but its final files were not all written (it was stopped, or a write "
+    say(f"{out} has finished training but its final files were not all written (it was stopped, or a write "
         "failed, while writing them): writing them now")
     # the loaded checkpoint gave every callback its state (losses, lrs, rows): the plots need no fit
     print(_write_final_files(learn, valid_dl, out, device, n_batches, stops))
