@@ -15,8 +15,15 @@ from .errors import WriteError, write_error
 from .outputs import FINAL_FILES, final_message, finish, mark_final_files, rewrite_csv, write_config, write_plots
 from .parser import DIST_TIMEOUT
 from .recipe import build_learner
-from .resume import (check_not_stopped_early, check_resume, check_same_data, data_identity, final_files_done,
-                     resume_args, resume_note)
+from .resume import (
+    check_not_stopped_early,
+    check_resume,
+    check_same_data,
+    data_identity,
+    final_files_done,
+    resume_args,
+    resume_note,
+)
 from .run_dir import hold_run, out_dir, remove_if_unused
 from .signals import StopSignals, say, stop_on_signals
 
