@@ -255,6 +255,23 @@ def test_save_model_cb_starts_a_new_best_with_each_fit_unless_told_to_keep_it(tm
     assert kept.best == first < second and not saved_by_second
 
 
+def test_save_model_cb_of_a_resumed_run_keeps_the_best_it_saved(tmp_path):
+    from conftest import StopAfter
+    from miniai.checkpoint import SaveModelCB
+    def learner(): return TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.05,
+                                       cbs=[MetricsCB(), SaveModelCB(tmp_path, monitor='valid_loss')])
+    part = learner()
+    part.fit(3, cbs=[StopAfter(1)])                  # a run that died after epoch 1
+    best, saved = part.cbs[1].best, torch.load(tmp_path / 'best.pt', weights_only=True)['iter_count']
+    resumed = learner()
+    resumed.load(tmp_path / 'last.pt')
+    with torch.no_grad():
+        for p in resumed.model.parameters(): p.add_(torch.randn_like(p))   # its last epoch: far worse
+    resumed.fit(3, lr=0.)
+    assert resumed.cbs[0].history[-1]['valid_loss'] > best
+    assert resumed.cbs[1].best == best and torch.load(tmp_path / 'best.pt', weights_only=True)['iter_count'] == saved
+
+
 def test_training_plot_puts_the_lr_at_its_steps_and_epochs_at_their_last_step():
     from miniai.train_plots import plot_training
     hist = [{'epoch': e, 'train_loss': 1. / (e + 1), 'valid_loss': 2. / (e + 1), 'valid_accuracy': 0.5 + e / 10}

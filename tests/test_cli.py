@@ -185,18 +185,19 @@ def test_a_run_that_early_stopping_ended_is_complete_and_resume_says_so(data, tm
     assert run(data, r, '--epochs', '8', '--early-stop', '1', '--lr', '1e-9', '--deterministic') == 0
     n = len(rows(r / 'metrics.csv'))
     assert n < 8
-    before = {f: (r / f).read_bytes() for f in ('metrics.csv', 'last.pt', 'best.pt', 'model.pt')}
+    before = {f: (r / f).read_bytes() for f in ('metrics.csv', 'config.json', 'last.pt', 'best.pt', 'model.pt')}
     capsys.readouterr()
     for extra in ([], ['--epochs', '10']):
         assert main(['train', '--resume', str(r), *extra]) == 1
         err = capsys.readouterr().err
-        assert f'was stopped early after {n} epochs' in err and 'had not improved for 1 epoch' in err, err
-        assert '--early-stop' in err
+        assert f'early stopping ended the run in {r} after {n} epochs' in err, err
+        assert 'had not improved for 1 epoch (--early-stop 1;' in err
     assert {f: (r / f).read_bytes() for f in before} == before
     # stopped while writing its final files: the resume writes them, and trains nothing
     (r / 'model.pt').unlink()
     assert main(['train', '--resume', str(r)]) == 0
     assert (r / 'model.pt').is_file() and len(rows(r / 'metrics.csv')) == n
+    assert main(['train', '--resume', str(r)]) == 1 and 'early stopping ended' in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -66,8 +66,9 @@ files written to --out:
 _RESUME_HELP = ("continue the run in DIR from its last complete epoch, with the run's own flags from DIR/config.json. "
                 "Only --epochs (a larger number extends the run), --device, --data (the run's data moved: the files "
                 "are checked to be the same) and --dist-timeout may be given with it; any other flag with a value "
-                "other than the run's would change the run and is refused. A run whose epochs are all trained but "
-                "whose final files are missing (stopped while writing them) gets them written")
+                "other than the run's would change the run and is refused. A run whose epochs are all trained, or that "
+                "--early-stop ended, is complete; if its final files are missing (stopped while writing them) the "
+                "resume writes them, and trains nothing")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +94,8 @@ def _parsers(given_only: bool = False) -> tuple[argparse.ArgumentParser, argpars
     def arg(*names, **kw):
         t.add_argument(*names, **{**kw, 'default': argparse.SUPPRESS} if given_only else kw)
     arg('--epochs', type=_positive(int), default=None,
-        help="epochs to train (default: 5); with --resume, a number larger than the run's extends it")
+        help="epochs to train (default: 5); with --resume, a number larger than the run's extends it (unless "
+             "--early-stop ended the run)")
     arg('--lr', type=_positive(float), default=6e-2, help="peak learning rate of the one-cycle schedule")
     arg('--bs', type=_positive(int), default=1024,
         help="global batch size: under torchrun each of the N processes takes bs/N per step")

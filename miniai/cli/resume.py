@@ -155,7 +155,8 @@ def check_not_stopped_early(out: Path, stopper, done: int):
     n = f"{stopper.wait} epoch{'s' if stopper.wait != 1 else ''}"
     best = (f"its best {stopper.key} was {stopper.best:.4g} at epoch {stopper.best_epoch}"
             if stopper.best is not None else f"its {stopper.key} was never finite")
-    raise UsageError(f"the run in {out} was stopped early after {done} epochs: its {stopper.key} had not improved "
+    epochs = f"{done} epoch{'s' if done != 1 else ''}"
+    raise UsageError(f"early stopping ended the run in {out} after {epochs}: its {stopper.key} had not improved "
                      f"for {n} (--early-stop {stopper.patience}; {best}), so it is complete and best.pt holds its "
                      "best epoch. To train longer, start a new run with a larger --early-stop patience, or without "
                      "it")

@@ -204,7 +204,8 @@ def _run(args, out: Path, device, world: int, facts: dict | None, stops: StopSig
 
 def _only_final_files(learn, ckpt: dict, valid_dl, out: Path, device, n_batches: int, stops: StopSignals,
                       main: bool) -> Path:
-    """A resume of a run whose epochs are all trained but whose final files are not all written: write them."""
+    """A resume of a run whose epochs are all trained (or that early stopping ended) but whose final files are not
+    all written: write them."""
     if not main: return out
     say(f"{out} has finished training but its final files were not all written (it was stopped, or a write "
         "failed, while writing them): writing them now")
