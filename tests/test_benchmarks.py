@@ -66,6 +66,22 @@ def test_fast_recipe_tiny_run_says_its_route_and_reports_first_epoch_past_each_b
 
 
 @pytest.mark.slow
+def test_fast_bf16_recipe_runs_end_to_end_in_bfloat16_wherever_it_is_named(tmp_path, capsys):
+    """`--recipe fast-bf16` named in full runs its bfloat16 route on any CPU (slowly where there are no bfloat16
+    units: a small set), TTA evaluation included, and learns."""
+    out_json = tmp_path / 'tta.json'
+    run, = load_tool('time_to_accuracy', 'benchmarks').main(
+        ['--recipe', 'fast-bf16', '--device', 'cpu', '--limit', '160', '--bs', '16', '--epochs', '2',
+         '--targets', '0.3', '--json', str(out_json)])
+    res, out = json.loads(out_json.read_text()), capsys.readouterr().out
+    assert not out.startswith('no bfloat16 units')            # a recipe named in full is not re-chosen
+    cfg = res['config']
+    assert (cfg['recipe'], cfg['amp'], cfg['channels_last'], cfg['tta']) == ('fast-bf16', True, True, True)
+    assert run['accuracy'] > 0.3 and run['reached']['0.3'] is not None
+    assert re.search(r'SUMMARY recipe fast-bf16, 1 run\(s\): accuracy [\d.]+ .*0.3: passed by all', out)
+
+
+@pytest.mark.slow
 def test_time_to_accuracy_evaluates_only_at_the_end_by_default_and_runs_each_seed(tmp_path, capsys):
     out_json = tmp_path / 'tta.json'
     load_tool('time_to_accuracy', 'benchmarks').main(
