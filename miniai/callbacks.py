@@ -143,7 +143,7 @@ class MetricsCB(Callback):
     def __init__(self, *ms, **metrics):
         for m in ms: metrics[type(m).__name__] = m
         self.metrics, self.history, self.show = metrics, [], True
-        self._row, self._lr, self._resumed = None, None, False
+        self._row, self._lr = None, None
 
     def columns(self, train: bool = True, valid: bool = True) -> list[str]:
         """The keys of the rows a fit with these phases makes, in their order."""
@@ -156,9 +156,9 @@ class MetricsCB(Callback):
 
     def before_fit(self, learn):
         self._printed_header, self._row = False, None
-        if self._resumed:   # a checkpoint taken inside an epoch repeats it: the rows of the epochs to come go
-            start = getattr(learn, 'run_epoch', getattr(learn, 'epoch', 0))
-            self.history, self._resumed = [r for r in self.history if r.get('epoch', -1) < start], False
+        if getattr(learn, 'resuming', False):   # a checkpoint taken inside an epoch repeats it: the rows of the
+            start = getattr(learn, 'run_epoch', getattr(learn, 'epoch', 0))   # epochs to come go
+            self.history = [r for r in self.history if r.get('epoch', -1) < start]
 
     def before_epoch(self, learn):
         for m in self.metrics.values(): m.reset()
@@ -215,7 +215,7 @@ class MetricsCB(Callback):
         print(*format_row(row))
 
     def state_dict(self): return {'history': list(self.history)}
-    def load_state_dict(self, sd): self.history, self._resumed = list(sd['history']), True
+    def load_state_dict(self, sd): self.history = list(sd['history'])
 
 
 def resolve_monitor(learn, monitor: str, who: str) -> str:
@@ -334,7 +334,7 @@ class ProgressCB(Callback):
         self.plot, self.min_interval, self.interactive, self.plot_path = plot, min_interval, interactive, plot_path
         self.losses, self.val_losses, self.main, self.first_step = [], [], True, 0
         # what cleanup_fit reads, so it also runs when an earlier callback's before_fit raised
-        self._pending, self.live, self.notebook, self._resumed = [], False, False, False
+        self._pending, self.live, self.notebook = [], False, False
 
     def before_fit(self, learn):
         from fastprogress import master_bar
@@ -345,9 +345,8 @@ class ProgressCB(Callback):
         # a loaded checkpoint's curve continues, with the losses of the steps done before it and no more (an
         # interrupted epoch runs again); a new fit starts anew
         step = getattr(learn, 'iter_count', 0)   # (a learner written in a notebook may not count steps)
-        if self._resumed: self.losses = self.losses[:max(step - self.first_step, 0)]
+        if getattr(learn, 'resuming', False): self.losses = self.losses[:max(step - self.first_step, 0)]
         else: self.losses, self.val_losses, self.first_step = [], [], step
-        self._resumed = False
         self._pending, self._last, self._first = [], 0., True
         self._has_rows = any(isinstance(cb, MetricsCB) for cb in getattr(learn, 'cbs', ()))
         if self.live: learn.epochs = self.mbar = master_bar(learn.epochs)
@@ -431,4 +430,4 @@ class ProgressCB(Callback):
     def load_state_dict(self, sd):
         """Take the losses of a checkpoint: the next fit goes on from them (and a plot made before it shows them)."""
         self.losses, self.val_losses = list(sd['losses']), list(sd['val_losses'])
-        self.first_step, self._resumed = sd.get('first_step', 0), True
+        self.first_step = sd.get('first_step', 0)

@@ -294,7 +294,8 @@ class SaveModelCB(Callback):
 
     Each new fit starts its own best, as `EarlyStoppingCB` does (fastai's `reset_on_fit`): a second `fit` writes
     `best.pt` at its first epoch even if an earlier fit did better. `reset_on_fit=False` keeps the best of all the
-    fits instead. A fit that resumes a checkpoint (`load_state_dict`) carries on with the best it saved.
+    fits instead. A fit that resumes a loaded checkpoint's run (`learn.resuming`) carries on with the best it
+    saved; after `learn.load`, `fit(n, start_epoch=0)` is a new fit and starts its own.
     """
     order = Order.CHECKPOINT  # after the loggers have the epoch's row
     run_in_isolated_fits = False
@@ -304,12 +305,11 @@ class SaveModelCB(Callback):
         self.dir, self.every_epoch, self.monitor, self.reset_on_fit = Path(dir), every_epoch, monitor, reset_on_fit
         self.mode = monitor_mode(mode, monitor or '')
         self.best, self.key, self.epoch_done = None, monitor, None   # `epoch_done`: the last epoch this fit completed
-        self._resumed = False
 
     def before_fit(self, learn):
         if not getattr(learn, 'do_train', True): return   # an evaluation saves nothing (it logs no row)
-        if self.reset_on_fit and not self._resumed: self.best = None
-        self.epoch_done, self._resumed = None, False
+        if self.reset_on_fit and not getattr(learn, 'resuming', False): self.best = None
+        self.epoch_done = None
         if self.monitor: self.key = resolve_monitor(learn, self.monitor, f"SaveModelCB(monitor={self.monitor!r})")
 
     def after_log(self, learn):
@@ -325,7 +325,7 @@ class SaveModelCB(Callback):
     def state_dict(self): return {'best': self.best}
     def load_state_dict(self, sd):
         """Carry on from a checkpoint's best in the next fit (a run resuming)."""
-        self.best, self._resumed = sd['best'], True
+        self.best = sd['best']
 
 
 class TerminateOnNaNCB(Callback):

@@ -54,7 +54,7 @@ _CANCELS = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': C
 # what a fit changes on the learner, which `Learner.isolated` puts back
 _FIT_STATE = ('epoch', 'epochs', 'n_epochs', 'epoch_offset', 'last_train_epoch', 'iter_count', 'dls', 'dl',
               'iter', 'n_iter', 'batch', 'preds', 'loss', 'training', 'do_train', 'do_valid', 'metrics_row',
-              'resume_epoch')
+              'resume_epoch', 'resuming')
 
 
 class with_cbs:
@@ -112,6 +112,9 @@ class Learner:
         self.epoch_offset = 0  # epochs of this learner's earlier fits: logs go on counting from there
         self.last_train_epoch = None  # the last epoch (of its own) the latest training fit reached
         self.pending_cb_states, self.resume_epoch = {}, None  # set by `load`, used by the next fit
+        # True during a training fit that continues a loaded checkpoint's run: callbacks keep the state it gave
+        # them (a best so far, a history) instead of starting afresh, as they do in a new fit
+        self.resuming = False
         self.add_cbs(cbs)
 
     # --- callbacks -----------------------------------------------------------------------------------------
@@ -216,7 +219,9 @@ class Learner:
             start_epoch: int | None = None):
         """Train for `n_epochs` (validating after each unless `valid=False`); `cbs` are only added for this fit.
 
-        After `load` of a checkpoint, the fit starts at the epoch after the saved one (or at `start_epoch`).
+        After `load` of a checkpoint, the fit starts at the epoch after the saved one and continues its run:
+        `resuming` is True while it runs, so callbacks carry on with the state the checkpoint gave them (a best so
+        far, a history). With `start_epoch` given it is a new fit instead, and they start afresh.
         """
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
@@ -246,13 +251,14 @@ class Learner:
             valid = False
         with self.added_cbs(cbs):
             try:
+                self.resuming = resuming
                 self.apply_pending_cb_states()
                 self.n_epochs, self.epochs = n_epochs, range(start_epoch, n_epochs)
                 self.epoch, self.do_train, self.do_valid = start_epoch, train, valid
                 if train and self.opt_func is not None: self.make_opt(lr)
                 self._with_events(lambda: self._fit(train, valid), 'fit', CancelFitException)
             finally:
-                self.training = False
+                self.training = self.resuming = False
                 self.model.eval()
 
     @property

@@ -32,14 +32,15 @@ class EarlyStoppingCB(Callback):
         self.monitor, self.patience, self.min_delta, self.restore_best = monitor, patience, min_delta, restore_best
         self.mode, self.verbose = monitor_mode(mode, monitor), verbose
         self.best, self.best_epoch, self.stopped_epoch, self.wait, self.best_state = None, None, None, 0, None
-        self.key, self._seen, self._resumed, self.active, self._ended = monitor, False, False, False, False
+        self.key, self._seen, self.active, self._ended = monitor, False, False, False
 
     def before_fit(self, learn):
         self.active = getattr(learn, 'do_train', True)   # an evaluation (fit(train=False)) is no epoch to count
         if not self.active: return
         self.key = resolve_monitor(learn, self.monitor, type(self).__name__)
-        if not self._resumed: self.best, self.best_epoch, self.wait = None, None, 0  # a new fit starts afresh
-        self.stopped_epoch, self.best_state, self._seen, self._resumed, self._ended = None, None, False, False, False
+        if not getattr(learn, 'resuming', False):   # a new fit starts afresh; a resumed run counts on
+            self.best, self.best_epoch, self.wait = None, None, 0
+        self.stopped_epoch, self.best_state, self._seen, self._ended = None, None, False, False
 
     @property
     def patience_spent(self) -> bool:
@@ -95,4 +96,3 @@ class EarlyStoppingCB(Callback):
     def load_state_dict(self, state_dict: dict):
         """Continue counting from `state_dict` in the next fit (a checkpoint resuming mid-run)."""
         self.best, self.best_epoch, self.wait = state_dict['best'], state_dict['best_epoch'], state_dict['wait']
-        self._resumed = True

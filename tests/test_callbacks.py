@@ -255,21 +255,36 @@ def test_save_model_cb_starts_a_new_best_with_each_fit_unless_told_to_keep_it(tm
     assert kept.best == first < second and not saved_by_second
 
 
-def test_save_model_cb_of_a_resumed_run_keeps_the_best_it_saved(tmp_path):
+class ResumingSeen(Callback):
+    """Records `learn.resuming` at each fit's start."""
+    def __init__(self): self.seen = []
+    def before_fit(self, learn): self.seen.append(learn.resuming)
+
+
+def test_save_model_cb_of_a_resumed_run_keeps_the_best_it_saved_and_a_new_fit_after_load_starts_its_own(tmp_path):
     from conftest import StopAfter
     from miniai.checkpoint import SaveModelCB
+    from miniai.stopping import EarlyStoppingCB
     def learner(): return TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.05,
-                                       cbs=[MetricsCB(), SaveModelCB(tmp_path, monitor='valid_loss')])
+                                       cbs=[MetricsCB(), SaveModelCB(tmp_path, monitor='valid_loss'),
+                                            EarlyStoppingCB(patience=9), ResumingSeen()])
     part = learner()
     part.fit(3, cbs=[StopAfter(1)])                  # a run that died after epoch 1
     best, saved = part.cbs[1].best, torch.load(tmp_path / 'best.pt', weights_only=True)['iter_count']
-    resumed = learner()
-    resumed.load(tmp_path / 'last.pt')
-    with torch.no_grad():
-        for p in resumed.model.parameters(): p.add_(torch.randn_like(p))   # its last epoch: far worse
-    resumed.fit(3, lr=0.)
-    assert resumed.cbs[0].history[-1]['valid_loss'] > best
-    assert resumed.cbs[1].best == best and torch.load(tmp_path / 'best.pt', weights_only=True)['iter_count'] == saved
+    worse_fits = {}
+    for how, kw in [('resumed', {}), ('new fit', dict(start_epoch=0))]:
+        learn = worse_fits[how] = learner()
+        learn.load(tmp_path / 'last.pt')
+        with torch.no_grad():
+            for p in learn.model.parameters(): p.add_(torch.randn_like(p))   # its next epoch: far worse
+        learn.fit(3, lr=0., **kw)
+        assert learn.cbs[0].history[-1]['valid_loss'] > best and not learn.resuming   # only set while it runs
+    resumed, new = worse_fits['resumed'], worse_fits['new fit']
+    assert resumed.cbs[3].seen == [True] and new.cbs[3].seen == [False] and part.cbs[3].seen == [False]
+    assert resumed.cbs[1].best == best == resumed.cbs[2].best and resumed.cbs[2].wait == part.cbs[2].wait + 1
+    # the new fit ran after the resumed one: its best is its own, and so is best.pt
+    assert new.cbs[1].best == min(r['valid_loss'] for r in new.cbs[0].history[-3:]) == new.cbs[2].best
+    assert torch.load(tmp_path / 'best.pt', weights_only=True)['iter_count'] != saved
 
 
 def test_training_plot_puts_the_lr_at_its_steps_and_epochs_at_their_last_step():

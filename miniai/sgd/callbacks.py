@@ -80,14 +80,13 @@ class RecorderCB(Callback):
     """
     run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
     def __init__(self, **getters: Callable):
-        self.getters, self.recs, self.steps, self.pg, self._resumed = getters, {k: [] for k in getters}, [], None, False
+        self.getters, self.recs, self.steps, self.pg = getters, {k: [] for k in getters}, [], None
 
     def before_fit(self, learn):
-        if self._resumed:   # the records of the steps done before the checkpoint, no more
+        if getattr(learn, 'resuming', False):   # the records of the steps done before the checkpoint, no more
             keep = sum(s <= learn.iter_count for s in self.steps)
             self.recs, self.steps = {k: v[:keep] for k, v in self.recs.items()}, self.steps[:keep]
         else: self.recs, self.steps = {k: [] for k in self.getters}, []
-        self._resumed = False
         self.pg = learn.opt.param_groups[0]
 
     def after_step(self, learn):
@@ -103,7 +102,7 @@ class RecorderCB(Callback):
         return {'recs': {k: [float(v) for v in vs] for k, vs in self.recs.items()}, 'steps': list(self.steps)}
 
     def load_state_dict(self, sd: dict):
-        self.recs, self.steps, self._resumed = {k: list(v) for k, v in sd['recs'].items()}, list(sd['steps']), True
+        self.recs, self.steps = {k: list(v) for k, v in sd['recs'].items()}, list(sd['steps'])
 
     def plot(self, figsize=None):
         """One subplot per getter against the training step; returns the matplotlib figure."""
