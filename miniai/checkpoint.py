@@ -324,7 +324,7 @@ class SaveModelCB(Callback):
 
     def state_dict(self): return {'best': self.best}
     def load_state_dict(self, sd):
-        """Carry on from a checkpoint's best in the next fit (a run resuming)."""
+        """Carry on from a checkpoint's best in the fit that resumes the run (`learn.resuming`)."""
         self.best = sd['best']
 
 

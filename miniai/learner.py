@@ -111,7 +111,7 @@ class Learner:
         self.cbs, self.opt, self.training, self.epoch, self.iter_count = [], None, False, 0, 0
         self.epoch_offset = 0  # epochs of this learner's earlier fits: logs go on counting from there
         self.last_train_epoch = None  # the last epoch (of its own) the latest training fit reached
-        self.pending_cb_states, self.resume_epoch = {}, None  # set by `load`, used by the next fit
+        self.pending_cb_states, self.resume_epoch = {}, None  # set by `load`, used by the next training fit
         # True during a training fit that continues a loaded checkpoint's run: callbacks keep the state it gave
         # them (a best so far, a history) instead of starting afresh, as they do in a new fit
         self.resuming = False
@@ -219,9 +219,11 @@ class Learner:
             start_epoch: int | None = None):
         """Train for `n_epochs` (validating after each unless `valid=False`); `cbs` are only added for this fit.
 
-        After `load` of a checkpoint, the fit starts at the epoch after the saved one and continues its run:
-        `resuming` is True while it runs, so callbacks carry on with the state the checkpoint gave them (a best so
-        far, a history). With `start_epoch` given it is a new fit instead, and they start afresh.
+        After `load` of a checkpoint, the next training fit starts at the epoch after the saved one and continues
+        its run: `resuming` is True while it runs, so callbacks carry on with the state the checkpoint gave them (a
+        best so far, an early-stopping count, a schedule, a loss curve). With `start_epoch` given it is a new fit
+        instead, and those start afresh as in any new fit. An evaluation (`train=False`) leaves the resume to the
+        next training fit.
         """
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
@@ -309,7 +311,7 @@ class Learner:
         return save_checkpoint(self, path)
 
     def load(self, path, weights_only: bool = False):
-        """Load a checkpoint; unless `weights_only`, the next fit continues the saved run."""
+        """Load a checkpoint; unless `weights_only`, the next training fit continues the saved run."""
         load_checkpoint(self, path, weights_only=weights_only)
         return self
 

@@ -94,5 +94,5 @@ class EarlyStoppingCB(Callback):
         return {'best': self.best, 'best_epoch': self.best_epoch, 'wait': self.wait}
 
     def load_state_dict(self, state_dict: dict):
-        """Continue counting from `state_dict` in the next fit (a checkpoint resuming mid-run)."""
+        """Continue counting from `state_dict` in the fit that resumes the run (`learn.resuming`)."""
         self.best, self.best_epoch, self.wait = state_dict['best'], state_dict['best_epoch'], state_dict['wait']

@@ -138,6 +138,37 @@ def test_predictions_and_lr_find_after_load_leave_the_resume_to_the_next_fit(tmp
     assert [r['epoch'] for r in resumed.cbs[0].history] == [0, 1, 2]   # loaded 0-1, then epoch 2
 
 
+def test_an_evaluation_after_load_leaves_the_resume_whole_and_a_new_fit_after_load_starts_afresh(tmp_path):
+    from miniai.learner import ProgressCB
+    from miniai.sgd import OneCycleSchedCB, RecorderCB
+    def learner(name):
+        learn = make_learner(tmp_path / name)
+        learn.add_cbs([OneCycleSchedCB(1e-2), RecorderCB(lr=lambda cb: cb.pg['lr']), ProgressCB()])
+        return learn
+    def rec_and_curve(learn):
+        rec, prog = (next(c for c in learn.cbs if isinstance(c, t)) for t in (RecorderCB, ProgressCB))
+        return rec.recs['lr'], rec.steps, prog.losses
+    full = learner('full')
+    full.fit(4)
+    lrs, steps, losses = rec_and_curve(full)
+    part = learner('part')
+    part.fit(4, cbs=[StopAfter(1)])
+    done = part.iter_count
+    resumed = learner('resumed')
+    resumed.load(tmp_path / 'part' / 'last.pt')
+    resumed.fit(1, train=False)                  # an evaluation: the resume waits for the next training fit
+    r_lrs, r_steps, r_losses = rec_and_curve(resumed)
+    assert (r_lrs, r_steps, r_losses) == (lrs[:done], steps[:done], losses[:done])
+    resumed.fit(4)
+    r_lrs, r_steps, r_losses = rec_and_curve(resumed)
+    assert r_lrs == lrs and r_steps == steps and len(r_losses) == len(losses)   # one schedule, one curve
+    new = learner('new')
+    new.load(tmp_path / 'part' / 'last.pt')
+    new.fit(4, start_epoch=0)                    # a new fit from the loaded weights: a schedule of its own
+    n_lrs, n_steps, n_losses = rec_and_curve(new)
+    assert n_lrs == lrs and n_steps == [s + done for s in steps] and len(n_losses) == len(losses)
+
+
 # ---------------------------------------------------------------- digests, kills, interrupted epochs
 N_FLIPS = 30      # docs/reliability.md quotes these counts
 N_KILLS = 20

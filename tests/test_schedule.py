@@ -175,9 +175,11 @@ class FakeLearner:
         self.opt, self.lr, self.training, self.used = opt, lr, False, []
         self.dls = SimpleNamespace(train=range(n_train), valid=range(n_valid))
 
-    def fit(self, n_epochs, cbs=(), lr=None):
+    def fit(self, n_epochs, cbs=(), lr=None, resuming=False):
+        """`resuming`: this fit continues a run whose state the callbacks were given (as `Learner.fit` says after
+        `load`)."""
         cbs = [check_callback(cb) for cb in cbs]
-        self.n_epochs = n_epochs
+        self.n_epochs, self.resuming = n_epochs, resuming
         run_cbs(cbs, 'before_fit', self)
         for self.epoch in range(n_epochs):
             for self.training, dl in ((True, self.dls.train), (False, self.dls.valid)):
@@ -231,7 +233,7 @@ def test_batch_sched_cb_state_dict_resumes_a_torch_onecycle_mid_run():
     second.opt.load_state_dict(ckpt['opt'])
     cb2 = make_cb()
     cb2.load_state_dict(ckpt['cb'])
-    second.fit(2, cbs=[cb2])
+    second.fit(2, cbs=[cb2], resuming=True)
     assert first.used + second.used == full.used
     assert len({m for _, m in full.used}) > 2                     # the momentum was cycled and resumed too
 
@@ -332,7 +334,7 @@ def test_one_cycle_sched_cb_state_dict_resumes_mid_run():
     cb2 = OneCycleSchedCB(0.1)
     cb2.load_state_dict(sd)
     learn2 = FakeLearner(Adam(params(1), lr=1.))
-    learn2.n_epochs = 3
+    learn2.n_epochs, learn2.resuming = 3, True        # a fit that continues the run the state came from
     cb2.before_fit(learn2)
     learn2.training = True
     for _ in range(7): cb2.before_batch(learn2); learn2._step(); cb2.after_batch(learn2)

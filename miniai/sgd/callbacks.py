@@ -22,14 +22,17 @@ class BaseSchedCB(Callback):
     """Makes `sched(learn.opt)` at each `before_fit` (torch's or ours); subclasses call `_step` at their event.
 
     `state_dict()` holds the scheduler's state and the groups' scheduled hypers; after `load_state_dict(sd)` the
-    next fit's scheduler continues from there (a checkpoint resuming mid-run).
+    fit that resumes the run (`learn.resuming`) continues from there. A new fit starts its schedule afresh, and an
+    evaluation (`fit(train=False)`) leaves it alone.
     """
     run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
     def __init__(self, sched: Callable): self.sched, self.schedo, self._pending = sched, None, None
 
     def before_fit(self, learn):
+        if not getattr(learn, 'do_train', True): return   # an evaluation steps nothing
         self.schedo = self.sched(learn.opt)
-        if self._pending is not None: self._restore(self._pending); self._pending = None
+        if self._pending is not None and getattr(learn, 'resuming', False): self._restore(self._pending)
+        self._pending = None
 
     def _step(self, learn):
         if learn.training: self.schedo.step()
@@ -42,7 +45,7 @@ class BaseSchedCB(Callback):
                 'hypers': [{k: g[k] for k in _HYPER_KEYS if k in g} for g in groups]}
 
     def load_state_dict(self, state_dict: dict):
-        """Restore `state_dict` now if a scheduler exists, and in the next `before_fit` either way."""
+        """Restore `state_dict` now if a scheduler exists, and when the fit that resumes the run starts."""
         if not state_dict: return
         if self.schedo is not None: self._restore(state_dict)
         self._pending = state_dict
@@ -83,6 +86,7 @@ class RecorderCB(Callback):
         self.getters, self.recs, self.steps, self.pg = getters, {k: [] for k in getters}, [], None
 
     def before_fit(self, learn):
+        if not getattr(learn, 'do_train', True): return   # an evaluation records nothing and keeps the records
         if getattr(learn, 'resuming', False):   # the records of the steps done before the checkpoint, no more
             keep = sum(s <= learn.iter_count for s in self.steps)
             self.recs, self.steps = {k: v[:keep] for k, v in self.recs.items()}, self.steps[:keep]
@@ -131,10 +135,12 @@ class ParamSchedCB(Callback):
         self.scheds, self.i, self.total, self._pending = scheds, 0, None, None
 
     def before_fit(self, learn):
+        if not getattr(learn, 'do_train', True): return   # an evaluation sets no hypers
         self.total = learn.n_epochs * len(learn.dls.train)
         if self.total == 0: raise ValueError("ParamSchedCB: the train loader is empty (0 batches)")
         self.opt, self.i = learn.opt, 0
-        if self._pending is not None: self.i, self._pending = self._pending['i'], None
+        if self._pending is not None and getattr(learn, 'resuming', False): self.i = self._pending['i']
+        self._pending = None
         self._set()
 
     def _set(self):
@@ -156,7 +162,7 @@ class ParamSchedCB(Callback):
         return {'i': self.i, 'total': self.total}
 
     def load_state_dict(self, state_dict: dict):
-        """Resume at `state_dict['i']` in the next fit."""
+        """Resume at `state_dict['i']` in the fit that resumes the run (`learn.resuming`)."""
         self.i, self._pending = state_dict['i'], dict(state_dict)
 
 
