@@ -38,7 +38,7 @@ from .files import MAX_DIGEST_BYTES, digest_path, read_regular, verify_digest, w
 
 __all__ = ['save_checkpoint', 'load_checkpoint', 'SaveModelCB', 'TerminateOnNaNCB', 'NonFiniteLossError',
            'NonFiniteWeightsError', 'CheckpointError', 'digest_path', 'is_main_process', 'unwrap_model',
-           'non_finite_state', 'MAX_DIGEST_BYTES', 'callback_keys']
+           'non_finite_state', 'MAX_DIGEST_BYTES', 'callback_keys', 'rng_state', 'set_rng_state']
 
 _FORMAT = 'miniai-checkpoint-1'
 
@@ -73,7 +73,8 @@ def _new_key(key: str) -> str:
     return key[:-2] if key.endswith('.0') else key
 
 
-def _rng_state():
+def rng_state() -> dict:
+    """The random state of Python, NumPy, torch and CUDA: what a checkpoint saves so a resumed run draws the same."""
     np_state = np.random.get_state()
     return {'python': random.getstate(),
             'numpy': [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -81,7 +82,8 @@ def _rng_state():
             'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
-def _set_rng_state(st):
+def set_rng_state(st: dict):
+    """Put back a random state taken by `rng_state`."""
     random.setstate((st['python'][0], tuple(st['python'][1]), st['python'][2]))
     kind, keys, pos, has_gauss, gauss = st['numpy']
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
@@ -147,7 +149,7 @@ def learner_state(learn, epoch_done: bool = True) -> dict:
             'callbacks': {k: cb.state_dict() for k, cb in zip(callback_keys(learn.cbs), learn.cbs)
                           if hasattr(cb, 'state_dict')},
             'epoch': learn.epoch, 'epoch_offset': getattr(learn, 'epoch_offset', 0), 'epoch_done': epoch_done,
-            'iter_count': learn.iter_count, 'rng': _rng_state()}
+            'iter_count': learn.iter_count, 'rng': rng_state()}
 
 
 def save_checkpoint(learn, path, epoch_done: bool = True, wait: bool = True) -> Path | None:
@@ -263,7 +265,9 @@ def load_checkpoint(learn, path, weights_only: bool = False) -> dict:
     last = ckpt['epoch'] if done else ckpt['epoch'] - 1      # a new fit (not a resume) numbers its rows after it
     learn.last_train_epoch = last if last >= 0 else None
     learn.resume_epoch = ckpt['epoch'] + 1 if done else ckpt['epoch']  # an interrupted epoch runs again from its start
-    _set_rng_state(ckpt['rng'])
+    # set now, and again when the resuming fit starts: an evaluation or prediction in between draws from it too
+    learn.resume_rng = ckpt['rng']
+    set_rng_state(ckpt['rng'])
     return ckpt
 
 

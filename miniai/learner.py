@@ -26,7 +26,7 @@ from .callbacks import (
     to_cpu,
     to_device,
 )
-from .checkpoint import callback_keys, load_checkpoint, save_checkpoint
+from .checkpoint import callback_keys, load_checkpoint, save_checkpoint, set_rng_state
 from .core import (
     EVENTS,
     STEPS,
@@ -54,7 +54,7 @@ _CANCELS = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': C
 # what a fit changes on the learner, which `Learner.isolated` puts back
 _FIT_STATE = ('epoch', 'epochs', 'n_epochs', 'epoch_offset', 'last_train_epoch', 'iter_count', 'dls', 'dl',
               'iter', 'n_iter', 'batch', 'preds', 'loss', 'training', 'do_train', 'do_valid', 'metrics_row',
-              'resume_epoch', 'resuming')
+              'resume_epoch', 'resume_rng', 'resuming')
 
 
 class with_cbs:
@@ -111,7 +111,8 @@ class Learner:
         self.cbs, self.opt, self.training, self.epoch, self.iter_count = [], None, False, 0, 0
         self.epoch_offset = 0  # epochs of this learner's earlier fits: logs go on counting from there
         self.last_train_epoch = None  # the last epoch (of its own) the latest training fit reached
-        self.pending_cb_states, self.resume_epoch = {}, None  # set by `load`, used by the next training fit
+        # set by `load`, used by the next training fit
+        self.pending_cb_states, self.resume_epoch, self.resume_rng = {}, None, None
         # True during a training fit that continues a loaded checkpoint's run: callbacks keep the state it gave
         # them (a best so far, a history) instead of starting afresh, as they do in a new fit
         self.resuming = False
@@ -239,8 +240,9 @@ class Learner:
                              "after the epochs the loaded checkpoint finished; fit more epochs to continue its run "
                              f"(e.g. fit({start_epoch + 1})), or fit(n, start_epoch=0) for n more epochs as a new fit, "
                              "from the loaded weights")
+        rng = self.resume_rng if resuming else None
         if train:
-            self.resume_epoch = None
+            self.resume_epoch = self.resume_rng = None
             # a new training fit's rows go on from the epoch after the last one the previous fit reached (a resumed
             # one continues the loaded fit's numbering)
             if not resuming and self.last_train_epoch is not None:
@@ -254,6 +256,7 @@ class Learner:
         with self.added_cbs(cbs):
             try:
                 self.resuming = resuming
+                if rng is not None: set_rng_state(rng)   # the checkpoint's draws, whatever ran since the load
                 self.apply_pending_cb_states()
                 self.n_epochs, self.epochs = n_epochs, range(start_epoch, n_epochs)
                 self.epoch, self.do_train, self.do_valid = start_epoch, train, valid

@@ -138,6 +138,19 @@ def test_predictions_and_lr_find_after_load_leave_the_resume_to_the_next_fit(tmp
     assert [r['epoch'] for r in resumed.cbs[0].history] == [0, 1, 2]   # loaded 0-1, then epoch 2
 
 
+def test_predictions_and_an_evaluation_between_load_and_resume_keep_the_resume_bitwise_identical(tmp_path):
+    full = make_learner(tmp_path / 'full')
+    full.fit_one_cycle(4, 1e-2)
+    part = make_learner(tmp_path / 'part')
+    part.fit_one_cycle(4, 1e-2, cbs=[StopAfter(1)])
+    resumed = make_learner(tmp_path / 'other')
+    resumed.load(tmp_path / 'part' / 'last.pt')
+    get_preds(resumed)                           # each draws from torch's RNG (the loaders' base seeds)
+    resumed.fit(1, train=False)
+    resumed.fit_one_cycle(4, 1e-2)
+    assert all(torch.equal(a, b) for a, b in zip(weights(full), weights(resumed)))
+
+
 def test_an_evaluation_after_load_leaves_the_resume_whole_and_a_new_fit_after_load_starts_afresh(tmp_path):
     from miniai.learner import ProgressCB
     from miniai.sgd import OneCycleSchedCB, RecorderCB
