@@ -322,9 +322,9 @@ class ProgressCB(Callback):
     When output is not a terminal (CI, a log file) it draws no bars: the log gets the metrics table, one line per
     epoch, and nothing per batch. Losses are read from the device at most every `min_interval` seconds. With
     `plot=True` the curve of `train_loss` per step and `valid_loss` per epoch is drawn live in a notebook; where
-    no notebook can show it (a script, a terminal) it is saved at the end of the fit to `plot_path` (default
-    `progress.png`) and a line says where. An evaluation (`fit(train=False)`) shows its row and leaves the curve
-    as it was. Under torch.distributed only rank 0 draws and prints.
+    no notebook can show it (a script, a terminal) it is saved at the end of a training fit to `plot_path`
+    (default `progress.png`) and a line says where. An evaluation (`fit(train=False)`) leaves the curve as it was
+    and saves no plot. Under torch.distributed only rank 0 draws and prints.
     """
     order = Order.PROGRESS
     run_in_isolated_fits = False
@@ -335,7 +335,7 @@ class ProgressCB(Callback):
         self.plot, self.min_interval, self.interactive, self.plot_path = plot, min_interval, interactive, plot_path
         self.losses, self.val_losses, self.main, self.first_step = [], [], True, 0
         # what cleanup_fit reads, so it also runs when an earlier callback's before_fit raised
-        self._pending, self.live, self.notebook, self._evaluating = [], False, False, False
+        self._pending, self.live, self.notebook = [], False, False
 
     def before_fit(self, learn):
         from fastprogress import master_bar
@@ -346,9 +346,8 @@ class ProgressCB(Callback):
         # a loaded checkpoint's curve continues, with the losses of the steps done before it and no more (an
         # interrupted epoch runs again); a new fit starts anew; an evaluation (fit(train=False)) leaves it alone
         step = getattr(learn, 'iter_count', 0)   # (a learner written in a notebook may not count steps)
-        self._evaluating = not getattr(learn, 'do_train', True)
         if getattr(learn, 'resuming', False): self.losses = self.losses[:max(step - self.first_step, 0)]
-        elif not self._evaluating: self.losses, self.val_losses, self.first_step = [], [], step
+        elif getattr(learn, 'do_train', True): self.losses, self.val_losses, self.first_step = [], [], step
         self._pending, self._last, self._first = [], 0., True
         self._has_rows = any(isinstance(cb, MetricsCB) for cb in getattr(learn, 'cbs', ()))
         if self.live: learn.epochs = self.mbar = master_bar(learn.epochs)
@@ -363,7 +362,7 @@ class ProgressCB(Callback):
         row = learn.metrics_row
         if self._first: self._write(row_header(row)); self._first = False
         self._write(format_row(row))
-        if 'valid_loss' in row and not self._evaluating: self.val_losses.append(row['valid_loss'])
+        if 'valid_loss' in row: self.val_losses.append(row['valid_loss'])
 
     def before_epoch(self, learn):
         if self.live:
@@ -406,7 +405,7 @@ class ProgressCB(Callback):
 
     def cleanup_fit(self, learn):
         self._flush()
-        if not (self.plot and self.main and self.losses) or self._evaluating: return
+        if not (self.plot and self.main and self.losses and getattr(learn, 'do_train', True)): return
         if self.live and self.notebook: self._draw()
         elif not self.notebook: self._save_plot()
 

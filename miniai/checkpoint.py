@@ -250,7 +250,8 @@ def _load_model(model, sd, path):
 
 def load_checkpoint(learn, path, weights_only: bool = False) -> dict:
     """Restore `learn` from `path`: the weights only with `weights_only`, else everything, so that the next
-    `learn.fit(n)` continues the saved run at the epoch after the saved one (with its schedule and RNG)."""
+    training fit, `learn.fit(n)`, continues the saved run at the epoch after the saved one (with its schedule and
+    RNG)."""
     path = Path(path)
     ckpt = _read(path)
     _load_model(unwrap_model(learn.model), ckpt['model'], path)

@@ -110,8 +110,9 @@ class Callback:
     `order` places it among the others (see `Order`); `run_in_isolated_fits = False` keeps it out of `lr_find`
     and `get_preds`; `shows_metrics = True` says it shows the metrics rows, so MetricsCB does not print them.
     A callback with state worth resuming defines `state_dict()`/`load_state_dict(sd)`; checkpoints key that
-    state by `state_key` (the class name unless set). In `before_fit`, `learn.resuming` says whether the fit
-    continues a loaded checkpoint's run (keep that state) or is a new fit (start afresh).
+    state by `state_key` (the class name unless set). In `before_fit`, `learn.do_train` False means an evaluation
+    (`fit(train=False)`: leave that state alone); otherwise `learn.resuming` says whether the fit continues a loaded
+    checkpoint's run (keep it) or is a new fit (start afresh).
     """
     order = Order.TRAIN
     run_in_isolated_fits = True

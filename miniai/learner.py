@@ -220,11 +220,11 @@ class Learner:
             start_epoch: int | None = None):
         """Train for `n_epochs` (validating after each unless `valid=False`); `cbs` are only added for this fit.
 
-        After `load` of a checkpoint, the next training fit starts at the epoch after the saved one and continues
-        its run: `resuming` is True while it runs, so callbacks carry on with the state the checkpoint gave them (a
-        best so far, an early-stopping count, a schedule, a loss curve). With `start_epoch` given it is a new fit
-        instead, and those start afresh as in any new fit. An evaluation (`train=False`) leaves the resume to the
-        next training fit.
+        After `load` of a checkpoint, the next training fit starts at the epoch after the saved one (or repeats the
+        epoch a checkpoint saved inside one was in) and continues its run: `resuming` is True while it runs, so
+        callbacks carry on with the state the checkpoint gave them (a best so far, an early-stopping count, a
+        schedule, a loss curve). With `start_epoch` given it is a new fit instead, and those start afresh as in any
+        new fit. An evaluation (`train=False`) leaves the resume to the next training fit.
         """
         if not isinstance(n_epochs, int) or isinstance(n_epochs, bool) or n_epochs < 1:
             raise ValueError(f"n_epochs must be an integer >= 1, got {n_epochs!r}")
@@ -241,6 +241,7 @@ class Learner:
                              f"(e.g. fit({start_epoch + 1})), or fit(n, start_epoch=0) for n more epochs as a new fit, "
                              "from the loaded weights")
         rng = self.resume_rng if resuming else None
+        kept_epoch = None if train else self.epoch   # an evaluation leaves the run's epoch where it stood
         if train:
             self.resume_epoch = self.resume_rng = None
             # a new training fit's rows go on from the epoch after the last one the previous fit reached (a resumed
@@ -264,6 +265,7 @@ class Learner:
                 self._with_events(lambda: self._fit(train, valid), 'fit', CancelFitException)
             finally:
                 self.training = self.resuming = False
+                if kept_epoch is not None: self.epoch = kept_epoch   # so a checkpoint saved next is the run's
                 self.model.eval()
 
     @property

@@ -151,6 +151,23 @@ def test_predictions_and_an_evaluation_between_load_and_resume_keep_the_resume_b
     assert all(torch.equal(a, b) for a, b in zip(weights(full), weights(resumed)))
 
 
+def test_an_evaluation_leaves_the_run_where_it_stood_and_fit_one_cycle_can_start_anew_after_load(tmp_path):
+    from miniai.sgd import OneCycleSchedCB
+    fresh = make_learner(tmp_path / 'fresh')     # never trained, so no optimizer yet
+    fresh.fit(1, train=False, cbs=[OneCycleSchedCB(1e-2, wd=0.5)])
+    learn = make_learner(tmp_path / 'run')
+    learn.fit_one_cycle(2, 1e-2, wd=0.05)
+    learn.fit(1, train=False, cbs=[OneCycleSchedCB(1e-2, wd=0.5)])   # an evaluation sets no hypers
+    assert {g['weight_decay'] for g in learn.opt.param_groups} == {0.05}
+    learn.save(tmp_path / 'after_eval.pt')       # still the run after its second epoch
+    resumed = make_learner(tmp_path / 'resumed').load(tmp_path / 'after_eval.pt')
+    assert resumed.resume_epoch == 2 and resumed.iter_count == learn.iter_count
+    with pytest.raises(ValueError, match='nothing to train'): resumed.fit_one_cycle(2, 1e-2)
+    resumed.fit_one_cycle(2, 1e-2, start_epoch=0)   # a new one-cycle fit from the loaded weights
+    assert [r['epoch'] for r in resumed.cbs[0].history if 'train_loss' in r] == [0, 1, 2, 3]
+    assert resumed.iter_count == 2 * learn.iter_count
+
+
 def test_an_evaluation_after_load_leaves_the_resume_whole_and_a_new_fit_after_load_starts_afresh(tmp_path):
     from miniai.learner import ProgressCB
     from miniai.sgd import OneCycleSchedCB, RecorderCB

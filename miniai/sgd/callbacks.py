@@ -19,7 +19,7 @@ _HYPER_KEYS = ('lr', 'momentum', 'betas', 'mom', 'weight_decay', 'wd')
 
 
 class BaseSchedCB(Callback):
-    """Makes `sched(learn.opt)` at each `before_fit` (torch's or ours); subclasses call `_step` at their event.
+    """Makes `sched(learn.opt)` as each training fit starts (torch's or ours); subclasses call `_step` at their event.
 
     `state_dict()` holds the scheduler's state and the groups' scheduled hypers; after `load_state_dict(sd)` the
     fit that resumes the run (`learn.resuming`) continues from there. A new fit starts its schedule afresh, and an
@@ -78,8 +78,8 @@ class RecorderCB(Callback):
 
     `RecorderCB(lr=lambda cb: cb.pg['lr'], mom=lambda cb: cb.pg['betas'][0])`; `plot()` draws one subplot each.
     `steps` holds the training step (`learn.iter_count`) of each record, so values line up with per-step losses
-    even when steps are skipped (gradient accumulation). A new fit records anew; a fit resumed from a checkpoint
-    goes on from the records it holds (`state_dict`).
+    even when steps are skipped (gradient accumulation). A new fit records anew; the fit that resumes the run
+    (`learn.resuming`) goes on from the records a checkpoint gave it (`state_dict`); an evaluation keeps them.
     """
     run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
     def __init__(self, **getters: Callable):
@@ -106,6 +106,7 @@ class RecorderCB(Callback):
         return {'recs': {k: [float(v) for v in vs] for k, vs in self.recs.items()}, 'steps': list(self.steps)}
 
     def load_state_dict(self, sd: dict):
+        """Take a checkpoint's records: the fit that resumes the run (`learn.resuming`) goes on from them."""
         self.recs, self.steps = {k: list(v) for k, v in sd['recs'].items()}, list(sd['steps'])
 
     def plot(self, figsize=None):
@@ -129,6 +130,8 @@ class ParamSchedCB(Callback):
     """Sets hypers from schedules `f(pos)`, pos = training steps done / `n_epochs*len(dls.train)`, before each
     training batch; `scheds` maps a hyper (`lr`, `mom`: the momentum-like one, `wd`, or any group key) to one
     schedule or a list of one per param group. Groups without a momentum-like hyper are left alone for `mom`.
+    Each training fit starts its schedule afresh, but the fit that resumes the run (`learn.resuming`) goes on from
+    the position a checkpoint gave it (`state_dict`); an evaluation sets nothing.
     """
     run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
     def __init__(self, **scheds):
@@ -168,7 +171,8 @@ class ParamSchedCB(Callback):
 
 class OneCycleSchedCB(ParamSchedCB):
     """fastai's 1cycle: lr cosine from `lr_max/div` up to `lr_max` over `pct_start`, then down to `lr_max/div_final`;
-    the momentum-like hyper `moms[0] -> moms[1] -> moms[2]` (None: untouched); `wd` (if given) set at `before_fit`.
+    the momentum-like hyper `moms[0] -> moms[1] -> moms[2]` (None: untouched); `wd` (if given) set as a training
+    fit starts.
     `lr_max` may be a list, one per param group.
     """
     def __init__(self, lr_max, pct_start: float = 0.25, moms: Sequence[float] | None = (0.95, 0.85, 0.95),
@@ -186,6 +190,7 @@ class OneCycleSchedCB(ParamSchedCB):
         self.lr_max, self.wd = lr_max, wd
 
     def before_fit(self, learn):
+        if not getattr(learn, 'do_train', True): return   # an evaluation sets no hypers
         if self.wd is not None:
             for g in learn.opt.param_groups:
                 if 'weight_decay' not in g and 'wd' not in g:
@@ -196,8 +201,11 @@ class OneCycleSchedCB(ParamSchedCB):
 
 def fit_one_cycle(learn, n_epochs: int, lr_max: float | None = None, pct_start: float = 0.25,
                   moms: Sequence[float] | None = (0.95, 0.85, 0.95), wd: float | None = None, cbs=None,
-                  div: float = 25., div_final: float = 1e5):
+                  div: float = 25., div_final: float = 1e5, start_epoch: int | None = None):
     """`learn.fit(n_epochs)` under a `OneCycleSchedCB` (fastai's `fit_one_cycle`); `lr_max=None` uses `learn.lr`.
+
+    `start_epoch` is `Learner.fit`'s: after `learn.load`, `start_epoch=0` makes this a new one-cycle fit from the
+    loaded weights instead of the rest of the saved run.
 
     Raises:
         ValueError: the train loader is empty, or `lr_max` is None and so is `learn.lr`.
@@ -206,4 +214,5 @@ def fit_one_cycle(learn, n_epochs: int, lr_max: float | None = None, pct_start: 
     lr_max = learn.lr if lr_max is None else lr_max
     if lr_max is None: raise ValueError("fit_one_cycle needs lr_max (or a Learner made with lr)")
     cb = OneCycleSchedCB(lr_max, pct_start=pct_start, moms=moms, wd=wd, div=div, div_final=div_final)
-    return learn.fit(n_epochs, cbs=[cb] + list(cbs or []))
+    kw = {} if start_epoch is None else dict(start_epoch=start_epoch)   # a learner of the course's has no start_epoch
+    return learn.fit(n_epochs, cbs=[cb] + list(cbs or []), **kw)
