@@ -205,11 +205,12 @@ def _verify(path: Path, data: bytes):
 
 
 def _unsafe(e: Exception) -> str | None:
-    """The objects torch's weights-only unpickler refused, when that is why `e` was raised."""
+    """The objects torch's weights-only unpickler refused, when that is why `e` was raised (None for a file that
+    is simply not a pickle torch can read: a damaged file, an image, text)."""
     msg = str(e)
     if not isinstance(e, pickle.UnpicklingError) and 'Weights only load failed' not in msg: return None
     m = re.search(r'Unsupported global: GLOBAL ([\w.]+)', msg) or re.search(r'(?:global|GLOBAL) ([\w.]+)', msg)
-    return m.group(1) if m else 'unknown objects'
+    return m.group(1) if m else None
 
 
 def _read(path: Path) -> dict:
@@ -227,8 +228,13 @@ def _read(path: Path) -> dict:
             raise CheckpointError(f"{path} holds Python objects that are not allowed in a checkpoint ({bad}): "
                                   "miniai checkpoints hold only tensors and plain values, and miniai never unpickles "
                                   "code, so it refuses this file. Load only checkpoints from sources you trust") from e
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); use an earlier checkpoint") from e
+        detail = next((ln.strip() for ln in str(e).splitlines() if 'Unsupported' in ln), str(e).splitlines()[0])
+        raise CheckpointError(f"checkpoint {path} cannot be read: it is truncated or corrupt, or not a file that "
+                              f"miniai saved ({type(e).__name__}: {detail[:200]}); give a checkpoint that learn.save "
+                              "or miniai train wrote (e.g. last.pt or best.pt), or use an earlier one") from e
+    if isinstance(ckpt, dict) and {'format', 'model', 'preprocess'} <= ckpt.keys():
+        raise CheckpointError(f"{path} is an exported model (learn.export), not a training checkpoint: load it with "
+                              "load_learner(path) to predict, or load the run's last.pt or best.pt to train on")
     if not isinstance(ckpt, dict) or ckpt.get('format') != _FORMAT:
         raise CheckpointError(f"{path} is not a miniai checkpoint (expected format {_FORMAT!r}); "
                               "for a bare state_dict use model.load_state_dict(torch.load(path))")

@@ -52,6 +52,9 @@ def run_learner(run: Path, device='cpu'):
     from .learner import TrainLearner
     from .models import ArchitectureError, recipe_model
     run = Path(run)
+    if run.suffix.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"{run} is an image, not a model: miniai predict takes the model first, then the images "
+                         f"(miniai predict RUN_DIR_OR_MODEL_PT IMAGE ...)")
     if run.is_file() or (run.is_dir() and (run / 'model.pt').is_file()):
         path = run if run.is_file() else run / 'model.pt'
         try: return load_learner(path, device=device)

@@ -149,8 +149,9 @@ def read_export(path) -> dict:
     _verify(path, data)
     try: state = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
     except Exception as e:
-        raise DataError(f"{path} cannot be read as an exported model ({type(e).__name__}); export it again with "
-                        "learn.export(path)") from e
+        raise DataError(f"{path} cannot be read as an exported model: it is truncated or corrupt, or not a file "
+                        f"that learn.export wrote ({type(e).__name__}); give the model.pt of a run, or export it "
+                        "again with learn.export(path)") from e
     if not isinstance(state, dict) or state.get('format') != EXPORT_FORMAT:
         raise DataError(f"{path} is not a miniai export (format {EXPORT_FORMAT!r}): a training checkpoint such as "
                         "last.pt or best.pt loads with learn.load(path) (on the command line, give miniai predict the "

@@ -30,6 +30,7 @@ from miniai.checkpoint import (
 from miniai.core import Callback
 from miniai.gradients import GradientClipCB
 from miniai.learner import MetricsCB, TrainLearner, set_seed
+from miniai.predictions import fashion_preprocess
 from miniai.sgd import Adam
 
 
@@ -90,8 +91,12 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     data = (tmp_path / 'last.pt').read_bytes()
     (tmp_path / 'cut.pt').write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match='truncated or corrupt'): learn.load(tmp_path / 'cut.pt')
-    (tmp_path / 'other.pt').write_bytes(b'not a checkpoint')
-    with pytest.raises(CheckpointError): learn.load(tmp_path / 'other.pt')
+    (tmp_path / 'other.pt').write_bytes(b'not a checkpoint')           # text, an image...: no pickle at all
+    with pytest.raises(CheckpointError, match='not a file that miniai saved') as ei: learn.load(tmp_path / 'other.pt')
+    assert 'not allowed' not in str(ei.value)                          # not called hostile: simply not a checkpoint
+    with pytest.raises(CheckpointError, match=r'is an exported model \(learn.export\).*load_learner\(path\)'):
+        learn.preprocess = fashion_preprocess()
+        learn.load(learn.export(tmp_path / 'model.pt'))
     with pytest.raises(FileNotFoundError): learn.load(tmp_path / 'missing.pt')
 
 

@@ -114,7 +114,8 @@ def test_one_unreadable_image_among_many_is_reported_and_the_rest_classified(tra
     ('text_bomb', 'a PNG text chunk inflates past'), ('denied', 'permission denied; make it readable (chmod +r)'),
     ('gpu', "--device 'gpu' is not a device: use cpu, cuda, cuda:N or mps"),
     ('cuda', '--device cuda: cuda is not available on this machine; available here: cpu'),
-    ('cuda:99', '--device cuda:99: '), ('own_model', 'runs built-in architectures only')])
+    ('cuda:99', '--device cuda:99: '), ('own_model', 'runs built-in architectures only'),
+    ('swapped', 'is an image, not a model: miniai predict takes the model first')])
 def test_predict_errors_are_one_line_each(trained, pngs, tmp_path, capsys, monkeypatch, case, msg):
     good, bad = str(pngs[0][0]), tmp_path / 'bad.png'
     (tmp_path / 'empty').mkdir()
@@ -130,8 +131,9 @@ def test_predict_errors_are_one_line_each(trained, pngs, tmp_path, capsys, monke
         learn = load_learner(trained / 'model.pt')
         del learn.model.miniai_arch                                  # as a model of one's own
         model = str(learn.export(tmp_path / 'own.pt'))
+    elif case == 'swapped': model, good = good, str(trained)                  # the image first, then the run
     if case == 'cuda': monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)   # the same on a GPU machine
-    image = good if case in ('no_run', 'empty_run', 'gpu', 'cuda', 'cuda:99', 'own_model') else str(bad)
+    image = good if case in ('no_run', 'empty_run', 'gpu', 'cuda', 'cuda:99', 'own_model', 'swapped') else str(bad)
     capsys.readouterr()
     assert main(['predict', model, image, *flags]) == 1
     out, err = capsys.readouterr()
