@@ -8,14 +8,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ['plot_training', 'save_figure']
+__all__ = ['plot_training', 'save_figure', 'PHASE_COLORS']
+
+# one colour per phase in every panel, so train in one panel is never valid's colour in the next
+PHASE_COLORS = {'train': 'C0', 'valid': 'C1'}
 
 
 def plot_training(history: Sequence[dict], losses: Sequence[float] = (), lrs: Sequence[float] = (),
                   steps_per_epoch: int = 1, first_step: int = 0, metric: str = 'accuracy',
                   lr_steps: Sequence[int] | None = None):
     """One figure, three panels, in the names of the metrics rows: `train_loss` per step and `train_loss`,
-    `valid_loss` per epoch; `train_<metric>` and `valid_<metric>` per epoch; `lr` per optimizer step.
+    `valid_loss` per epoch; `train_<metric>` and `valid_<metric>` per epoch; `lr` per optimizer step. Each
+    phase keeps its colour in every panel (train blue, valid orange).
 
     `history` holds MetricsCB rows (epochs 0-based, placed at the step that ends them: `(epoch + 1) *
     steps_per_epoch`); `losses` are per-step values from step `first_step + 1` on; `lrs` are per optimizer step,
@@ -28,16 +32,16 @@ def plot_training(history: Sequence[dict], losses: Sequence[float] = (), lrs: Se
     fig = Figure(figsize=(15, 4))
     ax_loss, ax_metric, ax_lr = fig.subplots(1, 3)
     if len(losses):
-        ax_loss.plot(range(first_step + 1, first_step + len(losses) + 1), losses, lw=0.8, alpha=0.6,
-                     label='train_loss (per step)')
+        ax_loss.plot(range(first_step + 1, first_step + len(losses) + 1), losses, lw=0.8, alpha=0.4,
+                     color=PHASE_COLORS['train'], label='train_loss (per step)')
     for phase, style in (('train', 's-'), ('valid', 'o-')):
         rows = [r for r in history if f'{phase}_loss' in r]
         ax_loss.plot([(r['epoch'] + 1) * steps_per_epoch for r in rows], [r[f'{phase}_loss'] for r in rows], style,
-                     label=f'{phase}_loss (per epoch)')
+                     color=PHASE_COLORS[phase], label=f'{phase}_loss (per epoch)')
         rows = [r for r in history if f'{phase}_{metric}' in r]
         if rows:
             ax_metric.plot([r['epoch'] for r in rows], [r[f'{phase}_{metric}'] for r in rows], style,
-                           label=f'{phase}_{metric}')
+                           color=PHASE_COLORS[phase], label=f'{phase}_{metric}')
     ax_loss.set(xlabel='step', ylabel='loss', title='loss')
     ax_metric.set(xlabel='epoch', ylabel=metric, title=metric)
     ax_metric.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -298,3 +298,6 @@ def test_training_plot_puts_the_lr_at_its_steps_and_epochs_at_their_last_step():
     by_label = {ln.get_label(): ln for ln in loss_ax.lines}
     assert list(by_label['valid_loss (per epoch)'].get_xdata()) == [8, 16, 24]
     assert list(metric_ax.lines[0].get_xdata()) == [0, 1, 2] and metric_ax.lines[0].get_label() == 'valid_accuracy'
+    from matplotlib.colors import to_hex
+    colour = {ln.get_label(): to_hex(ln.get_color()) for ax in (loss_ax, metric_ax) for ln in ax.lines}
+    assert colour['valid_loss (per epoch)'] == colour['valid_accuracy'] != colour['train_loss (per step)']
