@@ -32,8 +32,9 @@ class TensorBoardCB(Callback):
     `step/train_loss`, `step/lr`, `step/mom` (and `step/lr_group{i}`... for further param groups). Per epoch (x
     axis: the row's `epoch`, which goes on across fits), every value of the metrics rows under its own name:
     `train_loss`, `valid_loss`, `valid_accuracy`, `lr`, `time`, ... (received through the `after_log` event). A
-    second fit of the same learner writes on in the same log. Losses are read from the device once per epoch, not
-    per batch. Only rank 0 writes under torch.distributed.
+    second fit of the same learner writes on in the same log; a fit that resumes a checkpoint (`learn.resuming`)
+    hides the steps logged past it before the run stopped. Losses are read from the device once per epoch, not per
+    batch. Only rank 0 writes under torch.distributed.
     """
     order = Order.LOGGER
     run_in_isolated_fits = False
@@ -43,7 +44,11 @@ class TensorBoardCB(Callback):
         self.log_dir, self.writer, self._losses = Path(log_dir), None, []
 
     def before_fit(self, learn):
-        if is_main_process() and self.writer is None: self.writer = self._writer_cls(log_dir=str(self.log_dir))
+        if not is_main_process() or self.writer is not None: return
+        # a resumed run hides the steps its log holds past the checkpoint (written before a crash or Ctrl-C, then
+        # trained again), as metrics.csv drops their rows: TensorBoard's purge_step
+        purge = learn.iter_count + 1 if getattr(learn, 'resuming', False) else None
+        self.writer = self._writer_cls(log_dir=str(self.log_dir), purge_step=purge)
 
     def before_step(self, learn):  # the hypers this step uses (schedulers change them in after_step)
         if self.writer is None: return

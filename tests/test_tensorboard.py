@@ -46,6 +46,25 @@ def test_event_files_read_back(tmp_path):
     assert [s for s, _ in got['valid_loss']] == [0, 1, 2]
 
 
+def test_a_resumed_run_hides_the_steps_logged_after_its_checkpoint(tmp_path):
+    pytest.importorskip('tensorboard')
+    from miniai.checkpoint import SaveModelCB
+    class DiesInEpoch1(Callback):                    # a crash 2 steps into epoch 1, after epoch 0's last.pt
+        def after_batch(self, learn):
+            if learn.training and learn.iter_count == 6: raise RuntimeError("killed")
+    def learner(*cbs):
+        return TrainLearner(tiny_cnn(), toy_images(n=64, bs=16), F.cross_entropy, lr=0.1,
+                            cbs=[MetricsCB(), TensorBoardCB(tmp_path / 'tb'), SaveModelCB(tmp_path), *cbs])
+    with pytest.raises(RuntimeError, match='killed'): learner(DiesInEpoch1()).fit(3)
+    assert [s for s, _ in scalars(tmp_path / 'tb')['step/train_loss']] == list(range(1, 6))   # 5: past last.pt
+    resumed = learner()
+    resumed.load(tmp_path / 'last.pt')
+    resumed.fit(3)
+    got = scalars(tmp_path / 'tb')
+    assert [s for s, _ in got['step/train_loss']] == [s for s, _ in got['step/lr']] == list(range(1, 13))
+    assert [s for s, _ in got['valid_loss']] == [0, 1, 2]
+
+
 def test_without_tensorboard_it_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, 'torch.utils.tensorboard', None)   # as if tensorboard were not installed
     with pytest.raises(ImportError, match=r"pip install 'miniai-learner\[tensorboard\]'"): TensorBoardCB('runs')
