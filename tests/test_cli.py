@@ -152,8 +152,12 @@ def test_bad_flags_exit_2_with_argparse_message(argv, msg, capsys):
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
-    assert main(['train', '--data', str(tmp_path / 'nope'), '--out', str(tmp_path / 'r')]) == 1
-    assert 'lacks the Fashion-MNIST file' in capsys.readouterr().err
+    (tmp_path / 'empty').mkdir()
+    (tmp_path / 'a_file').write_text('')
+    for name, fault in [('nope', 'does not exist'), ('a_file', 'is a file, not a folder'),
+                        ('empty', 'lacks the Fashion-MNIST file(s) train-images-idx3-ubyte.gz')]:
+        assert main(['train', '--data', str(tmp_path / name), '--out', str(tmp_path / 'r')]) == 1
+        assert f"the data folder {tmp_path / name} {fault}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -353,7 +357,7 @@ def test_internal_bugs_keep_their_traceback(data, tmp_path, monkeypatch):
 def test_a_failed_start_leaves_no_empty_run_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(['train', '--data', str(tmp_path / 'nope'), '--device', 'cpu']) == 1
-    assert 'lacks the Fashion-MNIST file' in capsys.readouterr().err
+    assert 'nope does not exist' in capsys.readouterr().err
     assert list((tmp_path / 'runs').iterdir()) == []
     (tmp_path / 'mine').mkdir()                       # a folder the user made stays, empty as it was
     assert main(['train', '--data', str(tmp_path / 'nope'), '--out', str(tmp_path / 'mine'), '--device', 'cpu']) == 1

@@ -39,9 +39,11 @@ def data_source(path: str | os.PathLike | None = None) -> Path | None:
         missing = [n for n in _all_files() if not (p / n).is_file()]
         if missing:
             where = ('the data folder' if what == 'path' else 'the folder $MINIAI_DATA names') + f" {p}"
-            raise FileNotFoundError(f"{where} lacks the Fashion-MNIST file(s) {', '.join(missing)}: point it (--data "
-                                    "in miniai train) at the folder holding the four IDX .gz files, or leave it out to "
-                                    "use Debian's dataset-fashion-mnist or the Hugging Face hub")
+            fault = ('does not exist' if not p.exists() else 'is a file, not a folder' if not p.is_dir() else
+                     f"lacks the Fashion-MNIST file(s) {', '.join(missing)}")
+            raise FileNotFoundError(f"{where} {fault}: point it (--data in miniai train) at the folder holding the "
+                                    "four IDX .gz files, or leave it out to use Debian's dataset-fashion-mnist or the "
+                                    "Hugging Face hub")
         return p
     return _DEBIAN_DIR if all((_DEBIAN_DIR / n).is_file() for n in _all_files()) else None
 
