@@ -446,6 +446,25 @@ def test_resumed_metrics_csv_keeps_the_lr_column(data, tmp_path, monkeypatch):
     assert drop(part) == drop(full) and all(float(r['lr']) > 0 for r in part)
 
 
+def test_a_damaged_last_pt_refuses_the_resume_with_a_way_to_go_on_from_best_pt(data, tmp_path, monkeypatch, capsys):
+    out = tmp_path / 'r'
+    with monkeypatch.context() as m:
+        _with_cb(m, StopAfter(1))
+        assert run(data, out, '--epochs', '3') == 0
+    blob = bytearray((out / 'last.pt').read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    (out / 'last.pt').write_bytes(bytes(blob))
+    capsys.readouterr()
+    assert main(['train', '--resume', str(out)]) == 1
+    err = capsys.readouterr().err
+    assert 'copy best.pt and best.pt.sha256 over last.pt and last.pt.sha256' in err and len(err.splitlines()) == 1
+    assert (out / 'last.pt').read_bytes() == bytes(blob)                # nothing on disk changed
+    for name in ('best.pt', 'best.pt.sha256'):                           # doing what it says
+        shutil.copy(out / name, out / name.replace('best', 'last'))
+    assert main(['train', '--resume', str(out)]) == 0
+    assert [r['epoch'] for r in rows(out / 'metrics.csv')] == ['0', '1', '2']   # each epoch once, from best's on
+
+
 def test_ctrl_c_in_the_first_epoch_does_not_advise_a_resume_that_is_refused(data, tmp_path, monkeypatch, capsys):
     """Regression: Ctrl-C before any epoch was complete said `--resume` continues, but without last.pt it is refused."""
     class Interrupt(Callback):

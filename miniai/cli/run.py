@@ -150,7 +150,7 @@ def _write_final_files(learn, valid_dl, out: Path, device, n_batches: int,
 
 def _run(args, out: Path, device, world: int, facts: dict | None, stops: StopSignals) -> Path:
     from ..callbacks import MetricsCB, set_seed
-    from ..checkpoint import load_checkpoint
+    from ..checkpoint import CheckpointError, load_checkpoint
     from ..datasets import get_dls
     from ..distributed import distributed_dls, is_main_process
     from ..sgd import OneCycleSchedCB
@@ -175,7 +175,11 @@ def _run(args, out: Path, device, world: int, facts: dict | None, stops: StopSig
     learn = build_learner(args, dls, out, device)
     metrics = next(cb for cb in learn.cbs if isinstance(cb, MetricsCB))
     if args.resume:
-        ckpt = load_checkpoint(learn, out / 'last.pt')
+        try: ckpt = load_checkpoint(learn, out / 'last.pt')
+        except CheckpointError as e:
+            if not (out / 'best.pt').is_file(): raise
+            raise CheckpointError(f"{e}. To go on from the best epoch instead, copy best.pt and best.pt.sha256 over "
+                                  f"last.pt and last.pt.sha256 in {out}, then --resume again") from e
         done = learn.resume_epoch
         stopper = next((cb for cb in learn.cbs if isinstance(cb, EarlyStoppingCB)), None)
         complete = done >= args.epochs or (stopper is not None and stopper.patience_spent)
