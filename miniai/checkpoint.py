@@ -228,13 +228,15 @@ def _read(path: Path) -> dict:
             raise CheckpointError(f"{path} holds Python objects that are not allowed in a checkpoint ({bad}): "
                                   "miniai checkpoints hold only tensors and plain values, and miniai never unpickles "
                                   "code, so it refuses this file. Load only checkpoints from sources you trust") from e
-        detail = next((ln.strip() for ln in str(e).splitlines() if 'Unsupported' in ln), str(e).splitlines()[0])
+        lines = str(e).splitlines() or ['']   # an empty file's EOFError has no message
+        detail = next((ln.strip() for ln in lines if 'Unsupported' in ln), lines[0])
         raise CheckpointError(f"checkpoint {path} cannot be read: it is truncated or corrupt, or not a file that "
                               f"miniai saved ({type(e).__name__}: {detail[:200]}); give a checkpoint that learn.save "
                               "or miniai train wrote (e.g. last.pt or best.pt), or use an earlier one") from e
     if isinstance(ckpt, dict) and {'format', 'model', 'preprocess'} <= ckpt.keys():
         raise CheckpointError(f"{path} is an exported model (learn.export), not a training checkpoint: load it with "
-                              "load_learner(path) to predict, or load the run's last.pt or best.pt to train on")
+                              "miniai.inference.load_learner(path) to predict, or load the run's last.pt or best.pt "
+                              "to train on")
     if not isinstance(ckpt, dict) or ckpt.get('format') != _FORMAT:
         raise CheckpointError(f"{path} is not a miniai checkpoint (expected format {_FORMAT!r}); "
                               "for a bare state_dict use model.load_state_dict(torch.load(path))")

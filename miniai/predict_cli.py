@@ -43,6 +43,14 @@ def add_predict_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _looks_like_an_image(path: Path) -> bool:
+    """A file named like an image that is not a torch file (those are zip archives): the arguments swapped."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file(): return False
+    try:
+        with open(path, 'rb') as f: return f.read(4) != b'PK\x03\x04'
+    except OSError: return False
+
+
 def run_learner(run: Path, device='cpu'):
     """A learner ready to `classify` from `run`: an exported model file, or a run folder (its model.pt, else its
     best.pt checkpoint with the recipe's model and the Fashion-MNIST preprocessing)."""
@@ -52,9 +60,9 @@ def run_learner(run: Path, device='cpu'):
     from .learner import TrainLearner
     from .models import ArchitectureError, recipe_model
     run = Path(run)
-    if run.suffix.lower() in IMAGE_SUFFIXES:
-        raise UsageError(f"{run} is an image, not a model: miniai predict takes the model first, then the images "
-                         f"(miniai predict RUN_DIR_OR_MODEL_PT IMAGE ...)")
+    if _looks_like_an_image(run):
+        raise UsageError(f"{run} is an image, not a model: miniai predict takes the MODEL first (a run folder or its "
+                         "model.pt), then the images: miniai predict MODEL IMAGE ...")
     if run.is_file() or (run.is_dir() and (run / 'model.pt').is_file()):
         path = run if run.is_file() else run / 'model.pt'
         try: return load_learner(path, device=device)

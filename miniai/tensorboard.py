@@ -33,8 +33,9 @@ class TensorBoardCB(Callback):
     axis: the row's `epoch`, which goes on across fits), every value of the metrics rows under its own name:
     `train_loss`, `valid_loss`, `valid_accuracy`, `lr`, `time`, ... (received through the `after_log` event). A
     second fit of the same learner writes on in the same log; a fit that resumes a checkpoint (`learn.resuming`)
-    hides the steps logged past it before the run stopped. Losses are read from the device once per epoch, not per
-    batch. Only rank 0 writes under torch.distributed.
+    hides the per-step values logged past it before the run stopped (per-epoch values of an epoch trained again, after
+    a resume from an older checkpoint, show twice). Losses are read from the device once per epoch, not per batch.
+    Only rank 0 writes under torch.distributed.
     """
     order = Order.LOGGER
     run_in_isolated_fits = False

@@ -91,6 +91,8 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     data = (tmp_path / 'last.pt').read_bytes()
     (tmp_path / 'cut.pt').write_bytes(data[:len(data) // 2])
     with pytest.raises(CheckpointError, match='truncated or corrupt'): learn.load(tmp_path / 'cut.pt')
+    (tmp_path / 'empty.pt').write_bytes(b'')
+    with pytest.raises(CheckpointError, match='not a file that miniai saved'): learn.load(tmp_path / 'empty.pt')
     (tmp_path / 'other.pt').write_bytes(b'not a checkpoint')           # text, an image...: no pickle at all
     with pytest.raises(CheckpointError, match='not a file that miniai saved') as ei: learn.load(tmp_path / 'other.pt')
     assert 'not allowed' not in str(ei.value)                          # not called hostile: simply not a checkpoint

@@ -157,7 +157,7 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
     for name, fault in [('nope', 'does not exist'), ('a_file', 'is a file, not a folder'),
                         ('empty', 'lacks the Fashion-MNIST file(s) train-images-idx3-ubyte.gz')]:
         assert main(['train', '--data', str(tmp_path / name), '--out', str(tmp_path / 'r')]) == 1
-        assert f"the data folder {tmp_path / name} {fault}" in capsys.readouterr().err
+        assert f"the data path {tmp_path / name} {fault}" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -458,6 +458,7 @@ def test_a_damaged_last_pt_refuses_the_resume_with_a_way_to_go_on_from_best_pt(d
     assert main(['train', '--resume', str(out)]) == 1
     err = capsys.readouterr().err
     assert 'copy best.pt and best.pt.sha256 over last.pt and last.pt.sha256' in err and len(err.splitlines()) == 1
+    assert 'last.pt' in err and 'is corrupt' in err
     assert (out / 'last.pt').read_bytes() == bytes(blob)                # nothing on disk changed
     for name in ('best.pt', 'best.pt.sha256'):                           # doing what it says
         shutil.copy(out / name, out / name.replace('best', 'last'))

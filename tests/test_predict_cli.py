@@ -94,6 +94,12 @@ def test_a_model_file_and_a_folder_of_images_are_accepted(trained, pngs, tmp_pat
     assert code == 0 and err == [] and got == want                   # the folder's images, by name
     code, got, err = predict(capsys, trained / 'model.pt', folder / 'sub')
     assert code == 1 and got == [] and len(err) == 1 and 'no image files in the folder' in err[0]
+    (tmp_path / 'run.png').mkdir()                  # a run folder, and a model file, named like an image
+    shutil.copy(trained / 'model.pt', tmp_path / 'run.png' / 'model.pt')
+    shutil.copy(trained / 'model.pt', tmp_path / 'model.jpg')
+    for model in (tmp_path / 'run.png', tmp_path / 'model.jpg'):
+        code, got, err = predict(capsys, model, *paths)
+        assert code == 0 and got == want
 
 
 def test_one_unreadable_image_among_many_is_reported_and_the_rest_classified(trained, pngs, tmp_path, capsys):
@@ -115,7 +121,7 @@ def test_one_unreadable_image_among_many_is_reported_and_the_rest_classified(tra
     ('gpu', "--device 'gpu' is not a device: use cpu, cuda, cuda:N or mps"),
     ('cuda', '--device cuda: cuda is not available on this machine; available here: cpu'),
     ('cuda:99', '--device cuda:99: '), ('own_model', 'runs built-in architectures only'),
-    ('swapped', 'is an image, not a model: miniai predict takes the model first')])
+    ('swapped', 'is an image, not a model: miniai predict takes the MODEL first')])
 def test_predict_errors_are_one_line_each(trained, pngs, tmp_path, capsys, monkeypatch, case, msg):
     good, bad = str(pngs[0][0]), tmp_path / 'bad.png'
     (tmp_path / 'empty').mkdir()

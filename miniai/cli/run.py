@@ -178,8 +178,9 @@ def _run(args, out: Path, device, world: int, facts: dict | None, stops: StopSig
         try: ckpt = load_checkpoint(learn, out / 'last.pt')
         except CheckpointError as e:
             if not (out / 'best.pt').is_file(): raise
-            raise CheckpointError(f"{e}. To go on from the best epoch instead, copy best.pt and best.pt.sha256 over "
-                                  f"last.pt and last.pt.sha256 in {out}, then --resume again") from e
+            raise CheckpointError(f"{e}. To go on from the best epoch instead (if best.pt is intact), copy best.pt "
+                                  f"and best.pt.sha256 over last.pt and last.pt.sha256 in {out}, then --resume "
+                                  "again") from e
         done = learn.resume_epoch
         stopper = next((cb for cb in learn.cbs if isinstance(cb, EarlyStoppingCB)), None)
         complete = done >= args.epochs or (stopper is not None and stopper.patience_spent)

@@ -31,19 +31,22 @@ def data_source(path: str | os.PathLike | None = None) -> Path | None:
     None means that none is there and the hub is the source. `miniai train` prints it, so a run says what it read.
 
     Raises:
-        FileNotFoundError: `path` or $MINIAI_DATA is given but lacks one of the four files (named).
+        FileNotFoundError: `path` or $MINIAI_DATA is given but does not exist, is not a folder, or lacks one of the
+            four files (named).
     """
-    for p, what in ((path, 'path'), (os.environ.get('MINIAI_DATA'), 'MINIAI_DATA')):
-        if not p: continue
-        p = Path(p).expanduser().resolve()
+    for p_given, what in ((path, 'path'), (os.environ.get('MINIAI_DATA'), 'MINIAI_DATA')):
+        if not p_given: continue
+        p = Path(p_given).expanduser().resolve()
         missing = [n for n in _all_files() if not (p / n).is_file()]
         if missing:
-            where = ('the data folder' if what == 'path' else 'the folder $MINIAI_DATA names') + f" {p}"
+            where, fix = ((f"the data path {p}", "point it (--data in miniai train)") if what == 'path' else
+                          (f"$MINIAI_DATA ({p})", "point $MINIAI_DATA"))
+            given = Path(p_given).expanduser()
+            if given.is_symlink() and not p.exists(): where += f" (where the link {given} points)"
             fault = ('does not exist' if not p.exists() else 'is a file, not a folder' if not p.is_dir() else
                      f"lacks the Fashion-MNIST file(s) {', '.join(missing)}")
-            raise FileNotFoundError(f"{where} {fault}: point it (--data in miniai train) at the folder holding the "
-                                    "four IDX .gz files, or leave it out to use Debian's dataset-fashion-mnist or the "
-                                    "Hugging Face hub")
+            raise FileNotFoundError(f"{where} {fault}: {fix} at the folder holding the four IDX .gz files, or leave "
+                                    "it out to use Debian's dataset-fashion-mnist or the Hugging Face hub")
         return p
     return _DEBIAN_DIR if all((_DEBIAN_DIR / n).is_file() for n in _all_files()) else None
 
