@@ -158,6 +158,9 @@ def test_missing_data_folder_is_a_clear_error(tmp_path, capsys):
                         ('empty', 'lacks the Fashion-MNIST file(s) train-images-idx3-ubyte.gz')]:
         assert main(['train', '--data', str(tmp_path / name), '--out', str(tmp_path / 'r')]) == 1
         assert f"the data path {tmp_path / name} {fault}" in capsys.readouterr().err
+    (tmp_path / 'link').symlink_to(tmp_path / 'gone')                  # a dangling link: both names are given
+    assert main(['train', '--data', str(tmp_path / 'link'), '--out', str(tmp_path / 'r')]) == 1
+    assert f"{tmp_path / 'gone'} (where the link {tmp_path / 'link'} points) does not exist" in capsys.readouterr().err
 
 
 @pytest.mark.slow
