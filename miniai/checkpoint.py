@@ -312,6 +312,7 @@ class SaveModelCB(Callback):
     """
     order = Order.CHECKPOINT  # after the loggers have the epoch's row
     run_in_isolated_fits = False
+    run_in_evaluations = False     # an evaluation logs no row, so it saves nothing
 
     def __init__(self, dir='.', every_epoch: bool = True, monitor: str | None = None, mode: str = 'auto',
                  reset_on_fit: bool = True):
@@ -320,7 +321,6 @@ class SaveModelCB(Callback):
         self.best, self.key, self.epoch_done = None, monitor, None   # `epoch_done`: the last epoch this fit completed
 
     def before_fit(self, learn):
-        if not getattr(learn, 'do_train', True): return   # an evaluation saves nothing (it logs no row)
         if self.reset_on_fit and not getattr(learn, 'resuming', False): self.best = None
         self.epoch_done = None
         if self.monitor: self.key = resolve_monitor(learn, self.monitor, f"SaveModelCB(monitor={self.monitor!r})")

@@ -53,7 +53,9 @@ constants of `Order`:
 
 Isolated passes (`Learner.isolated`, used by `lr_find` and `get_preds`) leave out the callbacks whose
 `run_in_isolated_fits` is False: the ones that record or act on real training (metrics, progress, loggers,
-checkpoints, early stopping, NaN guards, schedulers, recorders, weight averaging).
+checkpoints, early stopping, NaN guards, schedulers, recorders, weight averaging). Evaluations (`fit(train=False)`)
+leave out those whose `run_in_evaluations` is False: schedulers, recorders, checkpoints and early stopping, which
+act on training epochs only.
 """
 from __future__ import annotations
 
@@ -110,12 +112,13 @@ class Callback:
     `order` places it among the others (see `Order`); `run_in_isolated_fits = False` keeps it out of `lr_find`
     and `get_preds`; `shows_metrics = True` says it shows the metrics rows, so MetricsCB does not print them.
     A callback with state worth resuming defines `state_dict()`/`load_state_dict(sd)`; checkpoints key that
-    state by `state_key` (the class name unless set). In `before_fit`, `learn.do_train` False means an evaluation
-    (`fit(train=False)`: leave that state alone); otherwise `learn.resuming` says whether the fit continues a loaded
-    checkpoint's run (keep it) or is a new fit (start afresh).
+    state by `state_key` (the class name unless set); in `before_fit`, `learn.resuming` says whether the fit
+    continues a loaded checkpoint's run (keep that state) or is a new fit (start afresh). `run_in_evaluations =
+    False` keeps a callback out of evaluations (`fit(train=False)`), which then leave its state alone.
     """
     order = Order.TRAIN
     run_in_isolated_fits = True
+    run_in_evaluations = True
     shows_metrics = False
 
     @property

@@ -254,7 +254,10 @@ class Learner:
                           "valid_loss or valid_ metric; give dls a non-empty `.valid` loader, or pass valid=False",
                           stacklevel=2)
             valid = False
-        with self.added_cbs(cbs):
+        # an evaluation is no training epoch: schedulers, recorders, checkpoints and early stopping sit it out
+        resting = [] if train else [cb for cb in self.cbs + as_cb_list(cbs)
+                                    if not getattr(cb, 'run_in_evaluations', True)]
+        with self.added_cbs(cbs), self.removed_cbs(resting):
             try:
                 self.resuming = resuming
                 if rng is not None: set_rng_state(rng)   # the checkpoint's draws, whatever ran since the load

@@ -23,6 +23,7 @@ class EarlyStoppingCB(Callback):
     """
     order = Order.STOPPING  # before SaveModelCB, so the checkpoint of an epoch holds its count
     run_in_isolated_fits = False
+    run_in_evaluations = False     # an evaluation is no epoch to count
 
     def __init__(self, monitor: str = 'valid_loss', mode: str = 'auto', patience: int = 3, min_delta: float = 0.,
                  restore_best: bool = True, verbose: bool = True):
@@ -35,12 +36,11 @@ class EarlyStoppingCB(Callback):
         self.key, self._seen, self.active, self._ended = monitor, False, False, False
 
     def before_fit(self, learn):
-        self.active = getattr(learn, 'do_train', True)   # an evaluation (fit(train=False)) is no epoch to count
-        if not self.active: return
         self.key = resolve_monitor(learn, self.monitor, type(self).__name__)
         if not getattr(learn, 'resuming', False):   # a new fit starts afresh; a resumed run counts on
             self.best, self.best_epoch, self.wait = None, None, 0
         self.stopped_epoch, self.best_state, self._seen, self._ended = None, None, False, False
+        self.active = True   # this fit's before_fit ran to its end: cleanup_fit may act
 
     @property
     def patience_spent(self) -> bool:
@@ -74,7 +74,8 @@ class EarlyStoppingCB(Callback):
         """After everything else has ended its epoch (EMACB swaps its average out in cleanup_epoch): the best
         weights, when the fit stopped early or ran to its end (not after an error or Ctrl-C, whose checkpoint must
         hold the weights training reached), and the line that says so."""
-        if not getattr(self, 'active', False) or not (self._ended or self.stopped_epoch is not None): return
+        ran, self.active = getattr(self, 'active', False), False
+        if not ran or not (self._ended or self.stopped_epoch is not None): return
         restored = self._restore(learn)
         if self.stopped_epoch is None or not (self.verbose and is_main_process()): return
         n = f"{self.wait} epoch{'s' if self.wait != 1 else ''}"

@@ -92,6 +92,22 @@ def test_progress_records_every_training_loss():
     assert len(prog.losses) == 20 and all(isinstance(v, float) for v in prog.losses)
 
 
+def test_callbacks_that_sit_out_evaluations_see_none_of_their_events_and_keep_their_place():
+    class TrainingOnly(Callback):
+        run_in_evaluations = False
+        def __init__(self): self.events = []
+        def before_fit(self, learn): self.events.append('before_fit')
+        def after_batch(self, learn): self.events.append('after_batch')
+    class Any(TrainingOnly): run_in_evaluations = True
+    kept, added, other = TrainingOnly(), TrainingOnly(), Any()
+    learn = TrainLearner(tiny_cnn(), toy_images(n=32, bs=16), F.cross_entropy, lr=0.01, cbs=[kept, other])
+    learn.fit(1, train=False, cbs=[added])
+    assert kept.events == added.events == [] and other.events == ['before_fit', 'after_batch', 'after_batch']
+    assert learn.cbs == [kept, other]                                          # back at its place, the fit's one gone
+    learn.fit(1)
+    assert kept.events[0] == 'before_fit' and kept.events.count('after_batch') == 4   # 2 train + 2 valid batches
+
+
 def test_single_batch_cb_stops_after_one_batch():
     seen = []
     learn = TrainLearner(tiny_cnn(), toy_images(), F.cross_entropy, cbs=[SingleBatchCB()])

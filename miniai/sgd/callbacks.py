@@ -26,10 +26,10 @@ class BaseSchedCB(Callback):
     evaluation (`fit(train=False)`) leaves it alone.
     """
     run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
+    run_in_evaluations = False     # nor an evaluation
     def __init__(self, sched: Callable): self.sched, self.schedo, self._pending = sched, None, None
 
     def before_fit(self, learn):
-        if not getattr(learn, 'do_train', True): return   # an evaluation steps nothing
         self.schedo = self.sched(learn.opt)
         if self._pending is not None and getattr(learn, 'resuming', False): self._restore(self._pending)
         self._pending = None
@@ -82,11 +82,11 @@ class RecorderCB(Callback):
     (`learn.resuming`) goes on from the records a checkpoint gave it (`state_dict`); an evaluation keeps them.
     """
     run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
+    run_in_evaluations = False     # nor an evaluation
     def __init__(self, **getters: Callable):
         self.getters, self.recs, self.steps, self.pg = getters, {k: [] for k in getters}, [], None
 
     def before_fit(self, learn):
-        if not getattr(learn, 'do_train', True): return   # an evaluation records nothing and keeps the records
         if getattr(learn, 'resuming', False):   # the records of the steps done before the checkpoint, no more
             keep = sum(s <= learn.iter_count for s in self.steps)
             self.recs, self.steps = {k: v[:keep] for k, v in self.recs.items()}, self.steps[:keep]
@@ -134,11 +134,11 @@ class ParamSchedCB(Callback):
     the position a checkpoint gave it (`state_dict`); an evaluation sets nothing.
     """
     run_in_isolated_fits = False   # an lr sweep or a prediction pass must not move it, nor be moved by it
+    run_in_evaluations = False     # nor an evaluation
     def __init__(self, **scheds):
         self.scheds, self.i, self.total, self._pending = scheds, 0, None, None
 
     def before_fit(self, learn):
-        if not getattr(learn, 'do_train', True): return   # an evaluation sets no hypers
         self.total = learn.n_epochs * len(learn.dls.train)
         if self.total == 0: raise ValueError("ParamSchedCB: the train loader is empty (0 batches)")
         self.opt, self.i = learn.opt, 0
@@ -190,7 +190,6 @@ class OneCycleSchedCB(ParamSchedCB):
         self.lr_max, self.wd = lr_max, wd
 
     def before_fit(self, learn):
-        if not getattr(learn, 'do_train', True): return   # an evaluation sets no hypers
         if self.wd is not None:
             for g in learn.opt.param_groups:
                 if 'weight_decay' not in g and 'wd' not in g:
