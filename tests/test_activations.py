@@ -20,6 +20,17 @@ def test_general_relu_leak_sub_and_clamp():
     assert torch.equal(GeneralRelu()(x), F.relu(x))
 
 
+@pytest.mark.parametrize('leak', [0.1, None])
+def test_general_relu_gradients_match_the_formula_and_leave_the_input_alone(leak):
+    x = torch.linspace(-3, 3, 13, requires_grad=True)
+    kept = x.detach().clone()
+    GeneralRelu(leak=leak, sub=0.4)(x).pow(2).sum().backward()
+    want_x = x.detach().clone().requires_grad_()
+    ((F.leaky_relu(want_x, leak) if leak else F.relu(want_x)) - 0.4).pow(2).sum().backward()
+    assert torch.allclose(x.grad, want_x.grad)
+    assert torch.equal(x.detach(), kept)
+
+
 def hooked_modules(model): return sum(len(m._forward_hooks) for m in model.modules())
 
 
