@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import Callback, CancelFitException, Order
-from .device import def_device, is_distributed, is_main_process, to_cpu, to_device
+from .device import def_device, detached, is_distributed, is_main_process, to_cpu, to_device
 from .distributed import reduce_metrics
 from .sgd.schedules import get_mom
 
@@ -176,7 +176,7 @@ class MetricsCB(Callback):
         n = len(y)
         for m in self.metrics.values():
             if m.device != y.device: m.to(y.device)
-            m.update(learn.preds.detach(), y)
+            m.update(detached(learn.preds), y)   # a tuple for a model with several outputs (a VAE's)
         loss = learn.loss.detach().float() * n  # weighted, so a short last batch counts for what it holds
         self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
         self._count += n

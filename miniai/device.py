@@ -1,9 +1,9 @@
 """The ground floor: where tensors live and which process this is. Imports nothing of miniai but its errors.
 
-Device helpers (`def_device`, `to_device`, `to_cpu`) and the torch.distributed rank helpers (`rank`,
-`world_size`, `is_main_process`, `barrier`, ...), which are no-ops outside a process group. `miniai.callbacks`
-re-exports the first, `miniai.distributed` the second, so both keep their import paths. Explained in
-nbs/02_learner.ipynb (devices) and nbs/10_distributed.ipynb (ranks).
+Device helpers (`def_device`, `to_device`, `to_cpu`; and `detached`) and the torch.distributed rank helpers
+(`rank`, `world_size`, `is_main_process`, `barrier`, ...), which are no-ops outside a process group.
+`miniai.callbacks` re-exports the first three, `miniai.distributed` the rank helpers, so both keep their import
+paths. Explained in nbs/02_learner.ipynb (devices) and nbs/10_distributed.ipynb (ranks).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
-__all__ = ['def_device', 'to_device', 'to_cpu', 'is_distributed', 'rank', 'local_rank', 'world_size',
+__all__ = ['def_device', 'to_device', 'to_cpu', 'detached', 'is_distributed', 'rank', 'local_rank', 'world_size',
            'is_main_process', 'barrier', 'all_reduce_sum', 'all_reduce_mean', 'broadcast_object', 'unwrap_model',
            'check_device']
 
@@ -32,6 +32,16 @@ def unwrap_model(model):
     """The module inside a DistributedDataParallel (or compiled) wrapper, so state_dict keys never change."""
     while hasattr(model, 'module') and isinstance(model.module, torch.nn.Module): model = model.module
     return getattr(model, '_orig_mod', model)
+
+
+def detached(x):
+    """`x` with each tensor inside it (nested dicts, lists and tuples too) detached from the autograd graph, on its
+    own device: what a callback keeps of `learn.preds`, which is a tuple for a model with several outputs."""
+    if isinstance(x, torch.Tensor): return x.detach()
+    if isinstance(x, Mapping): return {k: detached(v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, '_fields'): return type(x)(*(detached(o) for o in x))   # a namedtuple
+    if isinstance(x, (list, tuple)): return type(x)(detached(o) for o in x)
+    return x
 
 
 def to_cpu(x):

@@ -76,6 +76,30 @@ def test_metrics_are_weighted_by_batch_size_and_reset_each_epoch(capsys):
     assert len(out) == 3 and out[2].split()[0] == '1'
 
 
+def test_metrics_take_the_tuple_a_model_with_several_outputs_returns():
+    # the course's VAE lesson: the model returns (reconstruction, mu, logvar) and its metrics read all three
+    from torcheval.metrics import Mean
+
+    class TwoOutputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+        def forward(self, x): return self.lin(x), self.lin.weight.sum().expand(len(x))
+
+    class SecondOutputMean(Mean):
+        def update(self, preds, targets):
+            assert isinstance(preds, tuple) and not any(p.requires_grad for p in preds)
+            return super().update(preds[1])
+
+    x = torch.randn(32, 4)
+    dls = DLs(DataLoader(TensorDataset(x, x), batch_size=8), DataLoader(TensorDataset(x, x), batch_size=8))
+    def loss(preds, y): return F.mse_loss(preds[0], y)
+    metrics = MetricsCB(second=SecondOutputMean())
+    learn = TrainLearner(TwoOutputs(), dls, loss, lr=0.01, cbs=[metrics], opt_func=torch.optim.SGD)
+    learn.fit(1)
+    assert metrics.history[-1]['valid_second'] == pytest.approx(learn.model.lin.weight.sum().item(), rel=1e-5)
+
+
 @pytest.mark.parametrize('with_metrics,lines', [(True, 1 + 3), (False, 3 * 2)])
 def test_progress_prints_plain_lines_when_not_a_terminal(capsys, with_metrics, lines):
     cbs = [ProgressCB()] + ([MetricsCB(accuracy=MulticlassAccuracy())] if with_metrics else [])
