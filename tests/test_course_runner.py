@@ -128,6 +128,17 @@ def test_epochs_caps_ints_only(harness):
     assert harness.epochs(2.5) == 2.5 and harness.epochs(True) is True
 
 
+def test_few_timesteps_sets_the_schedulers_sampling_steps_from_step_999(harness):
+    class Scheduler:   # as diffusers' schedulers space their sampling steps
+        spacing = 'leading'
+        def register_to_config(self, timestep_spacing): self.spacing = timestep_spacing
+        def set_timesteps(self, n):
+            self.timesteps = (list(range(999, -1, -1000 // n)) if self.spacing == 'trailing' else
+                              list(range(1000 - 1000 // n, -1, -1000 // n)))
+    sched = harness.few_timesteps(Scheduler(), 4)
+    assert isinstance(sched, Scheduler) and sched.timesteps == [999, 749, 499, 249]
+
+
 def test_fashion_mnist_comes_from_miniai_cut_to_size(harness, monkeypatch):
     datasets = pytest.importorskip('datasets')
     import miniai.datasets

@@ -51,6 +51,26 @@ def test_sampling_is_cut_in_diffusion_notebooks_only():
     assert codes('11_initializing', src, n_samples=8, sample_steps=5)[0] == src   # plot_func(steps=...) etc. untouched
 
 
+def test_a_schedule_built_from_the_cut_n_steps_keeps_its_1000_levels_and_diffusers_sample_in_few_steps():
+    got = codes('20_DDIM', 'n_steps=1000', 'sc = linear_sched(betamax=0.01, n_steps=n_steps)',
+                'c = cos_sched(n_steps=500)\nsched = DDPMScheduler(beta_end=0.01)\nsched.set_timesteps(333)',
+                'sched.set_timesteps(4)', sample_steps=5)
+    assert got[:2] == ['n_steps = 5', 'sc = linear_sched(betamax=0.01)']
+    assert got[2].splitlines() == ['c = cos_sched(n_steps=500)',     # a literal size is the cell's own choice
+                                   'sched = _course_harness.few_timesteps(DDPMScheduler(beta_end=0.01), 5)',
+                                   'sched.set_timesteps(5)']
+    assert got[3] == 'sched.set_timesteps(4)'
+    assert codes('14_augment', 'sched = DDPMScheduler()')[0] == 'sched = DDPMScheduler()'
+
+
+def test_the_rules_reach_the_body_of_a_timed_cell():
+    got = codes('20_DDIM', '%%time\nx_t = torch.randn(sz).cuda()\nsched.set_timesteps(333)', '%%time\ny = 1',
+                '%%bash\necho x.cuda()', sample_steps=5)
+    assert got[0].splitlines() == ['%%time', 'x_t = torch.randn(sz).to(_course_harness.device)',
+                                   'sched.set_timesteps(5)']
+    assert got[1:] == ['%%time\ny = 1', '%%bash\necho x.cuda()']   # untouched: nothing to rewrite, not Python
+
+
 def test_the_unused_k_diffusion_import_is_dropped():
     assert codes('22_x', 'import torch, k_diffusion as K, math\nimport k_diffusion as K')[0].splitlines() == [
         'import torch, math', 'pass']

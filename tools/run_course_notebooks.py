@@ -26,7 +26,8 @@ they run (`--show-rewrites` prints every rewritten cell):
    `num_workers=<anything>` becomes `num_workers=0` (worker processes only cost time on a few batches). A cell
    that runs longer than `--timeout` seconds is interrupted and counted as failed.
 A rewritten cell runs as Python regenerated from its syntax tree (same code, comments dropped); a cell that no rule
-touches runs exactly as written.
+touches runs exactly as written. In a cell that starts with `%%time`, `%%timeit` or `%%capture` the rules rewrite
+the body and the magic line stays.
 4. Skipped, counted and listed: cells that only serve the course's own build (`nbdev_export()`), and empty cells
    (not counted). Nothing else is skipped.
 5. Environment: the course ran on a CUDA GPU with the torch of 2022. These rewrites change only the machine and
@@ -50,7 +51,10 @@ rules (`EnvRules`) change the data, the sizes and the files a cell meets, never 
    than 09 to 14's classifiers); a literal batch of samples, `sz = (N, ...)` or `n_samples = N`, is cut to
    `--n-samples`, and a literal `steps=N` argument to `--sample-steps`. So is `n_steps = N`, the number of noise
    levels that a DDPM notebook's sampler walks one model call at a time: its schedule keeps all 1000 levels
-   (`linear_sched`'s own default), and training and sampling use the first N, the least noisy.
+   (`linear_sched`'s own default; a `..._sched(n_steps=n_steps)` call loses that argument, so that it does too),
+   and training and sampling use the first N, the least noisy. A diffusers `DDPMScheduler` or `DDIMScheduler`
+   samples in `--sample-steps` steps instead of its 1000 training steps, the first of them still step 999
+   (diffusers' "trailing" spacing), and `set_timesteps(N)` is cut to that.
 8. `import k_diffusion as K` is dropped where no cell uses `K`: the notebooks never do, and the package's
    dependency dctorch requires numpy below 2.
 9. Course order: 26_diffusion_unet calls `sample_lms` (cell 58 on) before the cells that import `integrate` and
@@ -206,13 +210,28 @@ def uncomment_saves(src: str, loaded_later: set[str]) -> str:
     return COMMENTED_SAVE.sub(restore, src)
 
 
+# cell magics whose body is Python that runs in the notebook's namespace: the rules apply to the body
+BODY_MAGIC = re.compile(r'\A(?P<magic>[ \t]*%%(?:time|timeit|capture)\b[^\n]*\n)(?P<body>.*)\Z', re.S)
+
+
+def under_magic(src: str, rewrite) -> str:
+    """`rewrite(src)`, or for a cell that starts with `%%time` (`%%timeit`, `%%capture`) its body rewritten and the
+    magic line kept: IPython would hand the body to the magic as a string, out of the rules' reach."""
+    m = BODY_MAGIC.match(src)
+    if not m: return rewrite(src)
+    body = rewrite(m['body'])
+    return src if body == m['body'] else m['magic'] + body
+
+
 def rewrite_code(src: str, max_epochs: int = 1) -> str:
     """`src` with rules 2, 3 and 5 applied; unchanged (comments and all) when none applies."""
-    try: tree = ast.parse(python_source(src))
-    except SyntaxError: return src            # the kernel reports it, as it would in the course
-    rw, env = _Rewriter(max_epochs), _EnvRewriter()
-    tree = env.visit(rw.visit(tree))
-    return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed or env.changed else src
+    def rewrite(src):
+        try: tree = ast.parse(python_source(src))
+        except SyntaxError: return src            # the kernel reports it, as it would in the course
+        rw, env = _Rewriter(max_epochs), _EnvRewriter()
+        tree = env.visit(rw.visit(tree))
+        return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed or env.changed else src
+    return under_magic(src, rewrite)
 
 
 def plan(nb: dict, max_epochs: int = 1, env: EnvRules | None = None) -> tuple[str | None, list[dict]]:
@@ -254,6 +273,8 @@ def _files(pattern, code: str) -> set[str]:
 class _DiffusionRewriter(ast.NodeTransformer):
     """Rules 7 and 8 on one cell's syntax tree."""
 
+    DIFFUSERS_SCHEDULERS = ('DDPMScheduler', 'DDIMScheduler')
+
     def __init__(self, rules: EnvRules, unused_modules: set[str]):
         self.rules, self.unused, self.changed = rules, unused_modules, False
 
@@ -265,9 +286,21 @@ class _DiffusionRewriter(ast.NodeTransformer):
 
     def visit_Call(self, node):
         self.generic_visit(node)
-        if self.rules.cut_sampling:
-            for kw in node.keywords:
-                if kw.arg == 'steps': kw.value = self.cap(kw.value, self.rules.sample_steps)
+        if not self.rules.cut_sampling: return node
+        for kw in node.keywords:
+            if kw.arg == 'steps': kw.value = self.cap(kw.value, self.rules.sample_steps)
+        f = node.func
+        name = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else ''
+        if name.endswith('_sched'):   # a schedule built with the (cut) n_steps keeps its own 1000 levels
+            keep = [kw for kw in node.keywords if not (kw.arg == 'n_steps' and isinstance(kw.value, ast.Name)
+                                                         and kw.value.id == 'n_steps')]
+            if len(keep) < len(node.keywords): node.keywords, self.changed = keep, True
+        if name == 'set_timesteps' and node.args:   # a diffusers scheduler's number of sampling steps
+            node.args[0] = self.cap(node.args[0], self.rules.sample_steps)
+        if name in self.DIFFUSERS_SCHEDULERS:        # sampled over all its 1000 training steps unless told
+            self.changed = True
+            return ast.Call(ast.Attribute(ast.Name(HARNESS, ast.Load()), 'few_timesteps', ast.Load()),
+                            [node, ast.Constant(self.rules.sample_steps)], [])
         return node
 
     def visit_Assign(self, node):
@@ -304,11 +337,13 @@ class EnvRules:
         return self.reorder(cells)
 
     def rewrite(self, src: str, unused: set[str]) -> str:
-        try: tree = ast.parse(python_source(src))
-        except SyntaxError: return src
-        rw = _DiffusionRewriter(self, unused)
-        tree = rw.visit(tree)
-        return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed else src
+        def rewrite(src):
+            try: tree = ast.parse(python_source(src))
+            except SyntaxError: return src
+            rw = _DiffusionRewriter(self, unused)
+            tree = rw.visit(tree)
+            return ast.unparse(ast.fix_missing_locations(tree)) if rw.changed else src
+        return under_magic(src, rewrite)
 
     def reorder(self, cells: list[dict]) -> list[dict]:
         if self.stem not in ORDER_FIXES: return cells
@@ -427,6 +462,13 @@ class _CourseHarness:
 
     def epochs(self, n):
         return min(n, self.max_epochs) if isinstance(n, int) and not isinstance(n, bool) else n
+
+    def few_timesteps(self, scheduler, n):
+        """A diffusers scheduler set to sample in `n` steps (rule 7), spaced so that the first is still the last
+        training step (999), which cells step from by number."""
+        if hasattr(scheduler, 'register_to_config'): scheduler.register_to_config(timestep_spacing='trailing')
+        scheduler.set_timesteps(n)
+        return scheduler
 
 '''
 
