@@ -57,15 +57,26 @@ _FIT_STATE = ('epoch', 'epochs', 'n_epochs', 'epoch_offset', 'last_train_epoch',
               'resume_epoch', 'resume_rng', 'resuming')
 
 
+class _NeverRaised(Exception):
+    """The cancel exception of a `with_cbs` stage that has none: nothing raises it, so nothing is swallowed."""
+
+
 class with_cbs:
     """Decorator for a method of a learner-like object `o`: run `o.callback('before_<nm>')`, the method, then
-    `after_<nm>`; `Cancel<Nm>Exception` skips the rest, `cleanup_<nm>` always runs (the course's loop builder)."""
+    `after_<nm>`; `cleanup_<nm>` always runs (the course's loop builder).
+
+    Any name is a stage, as in the course (its notebooks wrap `predict`, `get_loss`, `backward`, ... this way).
+    For `fit`, `epoch`, `batch` and `step`, raising `Cancel<Nm>Exception` skips the rest of the stage; other
+    stages have no cancel exception, so every exception goes up.
+    """
     def __init__(self, nm: str):
-        if nm not in _CANCELS: raise ValueError(f"with_cbs stage must be one of {', '.join(_CANCELS)}; got {nm!r}")
+        if not isinstance(nm, str) or not nm.isidentifier():
+            raise ValueError(f"with_cbs takes the stage's name, which becomes the events before_<name> and "
+                             f"after_<name>, e.g. with_cbs('batch'); got {nm!r}")
         self.nm = nm
 
     def __call__(self, f):
-        nm, cancel = self.nm, _CANCELS[self.nm]
+        nm, cancel = self.nm, {**_CANCELS, 'step': CancelStepException}.get(self.nm, _NeverRaised)
 
         def _f(o, *args, **kwargs): run_stage(o, nm, lambda: f(o, *args, **kwargs), cancel)
         _f.__name__, _f.__qualname__, _f.__doc__ = f.__name__, f.__qualname__, f.__doc__
@@ -163,7 +174,13 @@ class Learner:
     def callback(self, name: str):
         """Run event `name` on every callback that has it."""
         if self._table is None or self._table_key != self.cbs: self._build_table()
-        for cb, method in self._table[name]: call_cb(cb, method, name, self)
+        methods = self._table.get(name)
+        if methods is None:
+            raise ValueError(f"{name!r} is not an event of {type(self).__name__}, so no callback can have it; the "
+                             f"events are: {', '.join(EVENTS)} (and the steps {', '.join(STEPS)}). A method "
+                             "decorated with with_cbs(stage) needs before_, after_ and cleanup_ events of its stage: "
+                             "fit, epoch or batch")
+        for cb, method in methods: call_cb(cb, method, name, self)
 
     # --- the loop ------------------------------------------------------------------------------------------
     def _with_events(self, body, stage: str, cancel): run_stage(self, stage, body, cancel)

@@ -129,7 +129,45 @@ def test_with_cbs_runs_before_after_cleanup_and_swallows_its_cancel():
     loop.log = []
     with pytest.raises(CancelEpochException): loop.fit(CancelEpochException)  # not this stage's: it goes up
     assert loop.log == ['before_fit', 'body', 'cleanup_fit']
-    with pytest.raises(ValueError, match='fit, epoch, batch'): with_cbs('step')
+
+
+
+def test_with_cbs_makes_a_stage_of_any_method_as_the_course_does():
+    from miniai.learner import CancelBatchException, CancelStepException, with_cbs
+
+    class Loop:
+        def __init__(self): self.log = []
+        def callback(self, nm): self.log.append(nm)
+
+        @with_cbs('backward')
+        def backward(self, error=None):
+            self.log.append('body')
+            if error: raise error()
+
+        @with_cbs('step')
+        def step(self): raise CancelStepException()
+    loop = Loop()
+    loop.backward()
+    assert loop.log == ['before_backward', 'body', 'after_backward', 'cleanup_backward']
+    loop.log = []
+    with pytest.raises(CancelBatchException): loop.backward(CancelBatchException)   # a stage without its own
+    assert loop.log == ['before_backward', 'body', 'cleanup_backward']                 # cancel swallows none
+    loop.log = []
+    loop.step()
+    assert loop.log == ['before_step', 'cleanup_step']
+    with pytest.raises(ValueError, match=r"stage's name.*got 'after backward'"): with_cbs('after backward')
+
+
+def test_a_learner_says_which_events_it_has_when_a_stage_of_its_own_has_none():
+    from miniai.learner import TrainLearner, with_cbs
+
+    class OwnStage(TrainLearner):
+        @with_cbs('get_loss')
+        def get_loss(self): super().get_loss()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    learn = OwnStage(model, _ordered()[0], F.cross_entropy, lr=0.1, opt_func=torch.optim.SGD)
+    with pytest.raises(ValueError, match=r"_get_loss' is not an event of OwnStage.*stage: fit, epoch or batch"):
+        learn.fit(1)
 
 
 # ---------------------------------------------------------------- MetricsCB reads the model's mode
