@@ -65,7 +65,8 @@ class with_cbs:
     """Decorator for a method of a learner-like object `o`: run `o.callback('before_<nm>')`, the method, then
     `after_<nm>`; `cleanup_<nm>` always runs (the course's loop builder).
 
-    Any name is a stage, as in the course (its notebooks wrap `predict`, `get_loss`, `backward`, ... this way).
+    Any name is a stage, as in the course (its draft notebook `_learner_cb_chain` wraps each method of a callback
+    this way).
     For `fit`, `epoch`, `batch` and `step`, raising `Cancel<Nm>Exception` skips the rest of the stage; other
     stages have no cancel exception, so every exception goes up.
     """
