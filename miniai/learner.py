@@ -66,9 +66,8 @@ class with_cbs:
     `after_<nm>`; `cleanup_<nm>` always runs (the course's loop builder).
 
     Any name is a stage, as in the course (its draft notebook `_learner_cb_chain` wraps each method of a callback
-    this way).
-    For `fit`, `epoch`, `batch` and `step`, raising `Cancel<Nm>Exception` skips the rest of the stage; other
-    stages have no cancel exception, so every exception goes up.
+    this way). For `fit`, `epoch`, `batch` and `step`, raising `Cancel<Nm>Exception` skips the rest of the stage;
+    other stages have no cancel exception, so every exception goes up.
     """
     def __init__(self, nm: str):
         if not isinstance(nm, str) or not nm.isidentifier():

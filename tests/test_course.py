@@ -131,7 +131,6 @@ def test_with_cbs_runs_before_after_cleanup_and_swallows_its_cancel():
     assert loop.log == ['before_fit', 'body', 'cleanup_fit']
 
 
-
 def test_with_cbs_makes_a_stage_of_any_method_as_the_course_does():
     from miniai.learner import CancelBatchException, CancelStepException, with_cbs
 
