@@ -1,7 +1,7 @@
 """The ground floor: where tensors live and which process this is. Imports nothing of miniai but its errors.
 
-Device helpers (`def_device`, `to_device`, `to_cpu`; and `detached`) and the torch.distributed rank helpers
-(`rank`, `world_size`, `is_main_process`, `barrier`, ...), which are no-ops outside a process group.
+Device helpers (`def_device`, `to_device`, `to_cpu`; and `detached`, `map_tensors`) and the torch.distributed
+rank helpers (`rank`, `world_size`, `is_main_process`, `barrier`, ...), which are no-ops outside a process group.
 `miniai.callbacks` re-exports the first three, `miniai.distributed` the rank helpers, so both keep their import
 paths. Explained in nbs/02_learner.ipynb (devices) and nbs/10_distributed.ipynb (ranks).
 """
@@ -13,19 +13,26 @@ from collections.abc import Mapping
 import torch
 import torch.distributed as dist
 
-__all__ = ['def_device', 'to_device', 'to_cpu', 'detached', 'is_distributed', 'rank', 'local_rank', 'world_size',
-           'is_main_process', 'barrier', 'all_reduce_sum', 'all_reduce_mean', 'broadcast_object', 'unwrap_model',
-           'check_device']
+__all__ = ['def_device', 'map_tensors', 'to_device', 'to_cpu', 'detached', 'is_distributed', 'rank', 'local_rank',
+           'world_size', 'is_main_process', 'barrier', 'all_reduce_sum', 'all_reduce_mean', 'broadcast_object',
+           'unwrap_model', 'check_device']
 
 def_device = 'cuda' if torch.cuda.is_available() else 'mps' if torch.backends.mps.is_available() else 'cpu'
 
 
+def map_tensors(fn, x):
+    """`fn(t)` for each tensor `t` in `x`, through nested dicts, lists, tuples and namedtuples (kept as the types they
+    are); any other value as it is. The one walk of a batch or of `learn.preds` that the helpers below share."""
+    if isinstance(x, torch.Tensor): return fn(x)
+    if isinstance(x, Mapping): return {k: map_tensors(fn, v) for k, v in x.items()}
+    if isinstance(x, tuple) and hasattr(x, '_fields'): return type(x)(*(map_tensors(fn, o) for o in x))
+    if isinstance(x, (list, tuple)): return type(x)(map_tensors(fn, o) for o in x)
+    return x
+
+
 def to_device(x, device=def_device, non_blocking: bool = False):
     """Move a tensor, or the tensors inside nested dicts, lists and tuples, to `device`."""
-    if isinstance(x, torch.Tensor): return x.to(device, non_blocking=non_blocking)
-    if isinstance(x, Mapping): return {k: to_device(v, device, non_blocking) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(to_device(o, device, non_blocking) for o in x)
-    return x
+    return map_tensors(lambda t: t.to(device, non_blocking=non_blocking), x)
 
 
 def unwrap_model(model):
@@ -37,20 +44,15 @@ def unwrap_model(model):
 def detached(x):
     """`x` with each tensor inside it (nested dicts, lists and tuples too) detached from the autograd graph, on its
     own device: what a callback keeps of `learn.preds`, which is a tuple for a model with several outputs."""
-    if isinstance(x, torch.Tensor): return x.detach()
-    if isinstance(x, Mapping): return {k: detached(v) for k, v in x.items()}
-    if isinstance(x, tuple) and hasattr(x, '_fields'): return type(x)(*(detached(o) for o in x))   # a namedtuple
-    if isinstance(x, (list, tuple)): return type(x)(detached(o) for o in x)
-    return x
+    return map_tensors(torch.Tensor.detach, x)
 
 
 def to_cpu(x):
     """Detached CPU copies of the tensors in `x` (float16/bfloat16 become float32, so numpy can read them)."""
-    if isinstance(x, Mapping): return {k: to_cpu(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)): return type(x)(to_cpu(o) for o in x)
-    if not isinstance(x, torch.Tensor): return x
-    res = x.detach().cpu()
-    return res.float() if res.dtype in (torch.float16, torch.bfloat16) else res
+    def cpu(t):
+        t = t.detach().cpu()
+        return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+    return map_tensors(cpu, x)
 
 
 # ---------------------------------------------------------------- ranks and collectives (no-ops outside a group)

@@ -50,7 +50,9 @@ __all__ = ['EVENTS', 'CancelFitException', 'CancelEpochException', 'CancelBatchE
            'TrainCB', 'DeviceCB', 'SingleBatchCB', 'MetricsCB', 'ProgressCB', 'def_device', 'to_device', 'to_cpu',
            'set_seed', 'LRFinderCB', 'lr_find', 'with_cbs']
 
-_CANCELS = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException}
+# the stages that have a cancel exception of their own (`with_cbs`)
+_CANCELS = {'fit': CancelFitException, 'epoch': CancelEpochException, 'batch': CancelBatchException,
+            'step': CancelStepException}
 # what a fit changes on the learner, which `Learner.isolated` puts back
 _FIT_STATE = ('epoch', 'epochs', 'n_epochs', 'epoch_offset', 'last_train_epoch', 'iter_count', 'dls', 'dl',
               'iter', 'n_iter', 'batch', 'preds', 'loss', 'training', 'do_train', 'do_valid', 'metrics_row',
@@ -76,7 +78,7 @@ class with_cbs:
         self.nm = nm
 
     def __call__(self, f):
-        nm, cancel = self.nm, {**_CANCELS, 'step': CancelStepException}.get(self.nm, _NeverRaised)
+        nm, cancel = self.nm, _CANCELS.get(self.nm, _NeverRaised)
 
         def _f(o, *args, **kwargs): run_stage(o, nm, lambda: f(o, *args, **kwargs), cancel)
         _f.__name__, _f.__qualname__, _f.__doc__ = f.__name__, f.__qualname__, f.__doc__

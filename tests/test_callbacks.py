@@ -12,6 +12,7 @@ from torcheval.metrics import MulticlassAccuracy
 from conftest import DLs, tiny_cnn, toy_images
 from miniai.callbacks import CSVLoggerCB
 from miniai.core import Callback
+from miniai.device import detached
 from miniai.learner import (
     DeviceCB,
     MetricsCB,
@@ -32,6 +33,13 @@ def test_to_device_and_to_cpu_walk_nested_structures():
     assert moved['x'].device.type == 'meta' and moved['ys'][1][0].device.type == 'meta' and moved['n'] == 3
     back = to_cpu({'x': b['x'].requires_grad_(False)})
     assert back['x'].dtype == torch.float32 and back['x'].device.type == 'cpu'
+    from collections import namedtuple
+    Out = namedtuple('Out', 'recon mu')
+    out = Out(torch.ones(2, requires_grad=True) * 2, [torch.zeros(1, requires_grad=True)])
+    moved, back, kept = to_device(out, 'meta'), to_cpu(out), detached(out)
+    assert isinstance(moved, Out) and moved.recon.device.type == 'meta' and moved.mu[0].device.type == 'meta'
+    assert isinstance(back, Out) and not back.recon.requires_grad and torch.equal(back.recon, torch.full((2,), 2.))
+    assert isinstance(kept, Out) and not kept.mu[0].requires_grad and kept.recon.data_ptr() == out.recon.data_ptr()
 
 
 def test_devicecb_moves_model_and_batch():

@@ -109,13 +109,16 @@ def test_a_single_callback_or_none_is_accepted_everywhere():
 
 
 # ---------------------------------------------------------------- with_cbs
+class _Logged:
+    """A loop of one's own, as the course writes them: its `callback` records each event's name."""
+    def __init__(self): self.log = []
+    def callback(self, nm): self.log.append(nm)
+
+
 def test_with_cbs_runs_before_after_cleanup_and_swallows_its_cancel():
     from miniai.learner import CancelEpochException, CancelFitException, with_cbs
 
-    class Loop:
-        def __init__(self): self.log = []
-        def callback(self, nm): self.log.append(nm)
-
+    class Loop(_Logged):
         @with_cbs('fit')
         def fit(self, cancel=None):
             self.log.append('body')
@@ -134,10 +137,7 @@ def test_with_cbs_runs_before_after_cleanup_and_swallows_its_cancel():
 def test_with_cbs_makes_a_stage_of_any_method_as_the_course_does():
     from miniai.learner import CancelBatchException, CancelStepException, with_cbs
 
-    class Loop:
-        def __init__(self): self.log = []
-        def callback(self, nm): self.log.append(nm)
-
+    class Loop(_Logged):
         @with_cbs('backward')
         def backward(self, error=None):
             self.log.append('body')
