@@ -2,17 +2,17 @@
 
 `--recipe fast` is the quickest route to 0.93 found on a 2-core CPU, in one of two versions chosen by the hardware
 found (and said in the first line of output): `fast-bf16` on CUDA and on a CPU with bfloat16 units (AMX or
-AVX512-BF16), `fast-fp32` on other CPUs, where bfloat16 arithmetic is slow. `fast-fp32` trains in float32 with
-channels_last, a cheaper last width, and after the first epoch only on the hardest half of the training images
-(`KeepHardCB`). `--recipe best` aims at 0.95; `--recipe resnet` is the course's 4.9M-parameter ResNet for 5 epochs
-(the earlier record). Every flag a recipe sets can be overridden (`--recipe fast --epochs 8`); `--holdout N`
-evaluates on the last N training images instead of the test set, for choosing settings. The pieces are miniai's:
-`get_resnet` or a small net built from `conv` and `ResBlock`, kaiming init, on-device augmentation (random flips,
-`--padding` for random crops), AdamW under `fit_one_cycle`, `EMACB` (an exponential moving average of the weights,
-which the evaluation uses), flip TTA, bfloat16 autocast and channels_last (`--amp --channels-last`: on by default on
-CUDA and on a CPU with bfloat16 units, AMX or AVX512-BF16, the only CPUs where they pay), `torch.compile`
-(`--compile`), the in-memory loader (uint8 on the device, normalised per batch; the short last training batch is
-dropped so shapes stay fixed).
+AVX512-BF16), `fast-fp32` on other CPUs, where bfloat16 arithmetic is slow. `fast-fp32` trains a cheaper net (last
+width 96, `LeakyReLU` in place, no norm after the stem) in float32 and channels_last for six epochs, and after the
+first epoch only on the hardest half of the training images (`KeepHardCB`). `--recipe best` aims at 0.95;
+`--recipe resnet` is the course's 4.9M-parameter ResNet for 5 epochs (the earlier record). Every flag a recipe sets
+can be overridden (`--recipe fast --epochs 8`); `--holdout N` evaluates on the last N training images instead of the
+test set, for choosing settings. The pieces are miniai's: `get_resnet` or a small net built from `conv` and
+`ResBlock`, kaiming init, on-device augmentation (random flips, `--padding` for random crops), AdamW under
+`fit_one_cycle`, `EMACB` (an exponential moving average of the weights, which the evaluation uses), flip TTA,
+bfloat16 autocast and channels_last (`--amp --channels-last`: on by default on CUDA and on a CPU with bfloat16
+units, AMX or AVX512-BF16, the only CPUs where they pay), `torch.compile` (`--compile`), the in-memory loader (uint8
+on the device, normalised per batch; the short last training batch is dropped so shapes stay fixed).
 
 Timing: one warm-up of a few batches (on the same model, whose weights, optimizer and RNG are then put back) takes
 the first-call costs (cuDNN autotuning, allocator growth) out of the timed run; with `--compile` the warm-up

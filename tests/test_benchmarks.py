@@ -256,3 +256,16 @@ def test_float32_check_alternates_the_two_recipes_and_reports_their_ratio(tmp_pa
     assert summary.count('past 0.93: 3 of 3') == 2
     assert subprocess.run(['bash', 'benchmarks/float32_check.sh', '--bogus'], cwd=ROOT, capture_output=True,
                           text=True).returncode == 64
+
+
+def test_step_time_goes_from_the_bf16_net_to_the_fp32_route_one_change_a_row(capsys):
+    tta = load_tool('time_to_accuracy', 'benchmarks')
+    rows = load_tool('step_time', 'benchmarks').main(['--rounds', '1', '--steps', '1', '--bs', '4'])
+    cfgs = [r['config'] for r in rows]
+    route = tta.RECIPES['fast-fp32']
+    assert cfgs[0] == dict(channels_last=False, nfs=tta.RECIPES['fast-bf16']['nfs'], act='general', stem_norm=True)
+    assert cfgs[-1] == {k: route[k] for k in cfgs[-1]}
+    assert all(sum(a[k] != b[k] for k in a) == 1 for a, b in zip(cfgs, cfgs[1:]))   # one change a row
+    assert rows[0]['ratio'] == 1 and all(r['ms_per_step'] > 0 for r in rows)
+    out = capsys.readouterr().out
+    assert '--recipe fast-bf16 --no-amp --no-channels-last' in out and '(--recipe fast-fp32)' in out
