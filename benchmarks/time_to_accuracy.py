@@ -129,7 +129,11 @@ def small_net(act, nfs, norm=nn.BatchNorm2d, stem_stride=1, stem_norm=True):
                          nn.BatchNorm1d(10))
 
 
+# 'leaky' may work in place: in these nets every activation follows a conv, a BatchNorm or a residual add, and none
+# of their backward passes reads its output (GeneralRelu's shift after the leaky ReLU is what rules it out there)
 ACTS = {'general': partial(GeneralRelu, leak=0.1, sub=0.4), 'leaky': partial(nn.LeakyReLU, 0.1, inplace=True)}
+# what the net is when neither the recipe nor a flag says otherwise
+NET_DEFAULTS = dict(act='general', stem_norm=True)
 
 
 def make_model(arch='resnet', nfs=(16, 32, 64, 128, 256, 512), act='general', stem_norm=True):
@@ -323,7 +327,7 @@ def parse_args(argv=None):
     ap.add_argument('--act', choices=sorted(ACTS),
                     help="'general': GeneralRelu(leak=0.1, sub=0.4); 'leaky': LeakyReLU(0.1), in place")
     ap.add_argument('--stem-norm', action=argparse.BooleanOptionalAction,
-                    help="a BatchNorm after the small net's first conv")
+                    help="a BatchNorm after the small net's first conv (default: on; off in fast-fp32)")
     ap.add_argument('--epochs', type=int)
     ap.add_argument('--bs', type=int)
     ap.add_argument('--lr', type=float, help='peak lr of the one-cycle schedule')
@@ -354,11 +358,15 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     dev = torch.device(args.device).type
     args.recipe, args.chosen = resolve_recipe(args.recipe, dev)
-    for k, v in {**dict(keep=1., act='general', stem_norm=True), **RECIPES[args.recipe]}.items():
+    stem_norm_given = args.stem_norm is not None
+    for k, v in {**dict(keep=1.), **NET_DEFAULTS, **RECIPES[args.recipe]}.items():
         if getattr(args, k) is None: setattr(args, k, v)
     fast_bf16 = dev == 'cuda' or (dev == 'cpu' and cpu_has_bf16())
     if args.amp is None: args.amp = fast_bf16
     if args.channels_last is None: args.channels_last = fast_bf16
+    if stem_norm_given and args.arch == 'resnet':
+        ap.error("--stem-norm/--no-stem-norm is for the small nets (--arch net or net-s2): the ResNet's first block "
+                 "keeps its norms")
     if args.epochs < 1: ap.error(f"--epochs must be >= 1, got {args.epochs}")
     if not 0 <= args.ema < 1: ap.error(f"--ema must be a decay in [0, 1), got {args.ema}")
     if not 0 < args.keep <= 1: ap.error(f"--keep must be a fraction in (0, 1], got {args.keep}")

@@ -120,34 +120,6 @@ def test_time_to_accuracy_small_net_strides_where_its_arch_says(arch, first_side
     assert (sides[0], sides[-1]) == (first_side, last_side)   # a halving per further width (net-s2: at the first too)
 
 
-def test_time_to_accuracy_net_options_drop_the_stem_norm_and_the_shift():
-    tta = load_tool('time_to_accuracy', 'benchmarks')
-    torch.manual_seed(0)
-    general = tta.make_model('net', [8, 16, 32])
-    torch.manual_seed(0)
-    leaky = tta.make_model('net', [8, 16, 32], act='leaky', stem_norm=False)
-    stem = leaky[0]
-    # the stem's norm is gone, and its conv has the bias the norm's shift stood in for
-    assert isinstance(general[0][1], torch.nn.BatchNorm2d) and general[0][0].bias is None
-    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in stem) and stem[0].bias is not None
-    # 'leaky' keeps the slope of GeneralRelu(leak=0.1, sub=0.4) without its shift
-    x = torch.tensor([-2., 0.5])
-    assert torch.allclose(stem[-1](x.clone()), torch.tensor([-0.2, 0.5]))
-    assert torch.allclose(general[0][-1](x), torch.tensor([-0.6, 0.1]))
-    # acting in place, it leaves the gradients as an out-of-place LeakyReLU would
-    x = torch.randn(4, 1, 28, 28)
-    out = leaky(x)
-    out.sum().backward()
-    grads = [p.grad.clone() for p in leaky.parameters()]
-    for m in leaky.modules():
-        if isinstance(m, torch.nn.LeakyReLU): m.inplace = False
-    leaky.zero_grad()
-    out2 = leaky(x)
-    out2.sum().backward()
-    assert torch.allclose(out, out2)
-    assert all(torch.allclose(g, p.grad, atol=1e-6) for g, p in zip(grads, leaky.parameters()))
-
-
 def test_loop_benchmark_tiny_run_prints_its_table(capsys):
     load_tool('bench_loop', 'benchmarks').main(['--limit', '512', '--epochs', '1', '--bs', '128', '--skip-hf'])
     out = capsys.readouterr().out
@@ -257,15 +229,3 @@ def test_float32_check_alternates_the_two_recipes_and_reports_their_ratio(tmp_pa
     assert subprocess.run(['bash', 'benchmarks/float32_check.sh', '--bogus'], cwd=ROOT, capture_output=True,
                           text=True).returncode == 64
 
-
-def test_step_time_goes_from_the_bf16_net_to_the_fp32_route_one_change_a_row(capsys):
-    tta = load_tool('time_to_accuracy', 'benchmarks')
-    rows = load_tool('step_time', 'benchmarks').main(['--rounds', '1', '--steps', '1', '--bs', '4'])
-    cfgs = [r['config'] for r in rows]
-    route = tta.RECIPES['fast-fp32']
-    assert cfgs[0] == dict(channels_last=False, nfs=tta.RECIPES['fast-bf16']['nfs'], act='general', stem_norm=True)
-    assert cfgs[-1] == {k: route[k] for k in cfgs[-1]}
-    assert all(sum(a[k] != b[k] for k in a) == 1 for a, b in zip(cfgs, cfgs[1:]))   # one change a row
-    assert rows[0]['ratio'] == 1 and all(r['ms_per_step'] > 0 for r in rows)
-    out = capsys.readouterr().out
-    assert '--recipe fast-bf16 --no-amp --no-channels-last' in out and '(--recipe fast-fp32)' in out
