@@ -136,7 +136,8 @@ ACTS = {'general': partial(GeneralRelu, leak=0.1, sub=0.4), 'leaky': partial(nn.
 NET_DEFAULTS = dict(act='general', stem_norm=True)
 
 
-def make_model(arch='resnet', nfs=(16, 32, 64, 128, 256, 512), act='general', stem_norm=True):
+def make_model(arch='resnet', nfs=(16, 32, 64, 128, 256, 512), act=NET_DEFAULTS['act'],
+               stem_norm=NET_DEFAULTS['stem_norm']):
     """`arch` with activation `act`: 'general' is the course's `GeneralRelu(leak=0.1, sub=0.4)`, 'leaky' the same
     slope without the shift, in place (one pass over each activation map instead of two, and no new tensor)."""
     act = ACTS[act]
